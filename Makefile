@@ -1,0 +1,25 @@
+# The two commands of the README: `make up` and `make test`. Each sets itself up on first use.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: up test system-packages clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "aifmon needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+up: $(STAMP)
+	$(VENV)/bin/aifmon up
+
+system-packages:
+	@.ci/install-system-packages
+
+test: $(STAMP) system-packages
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) data test-artifacts

@@ -1,0 +1,285 @@
+"""The `aifmon` command: parses arguments and wires the packages together. Nothing imports this module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from telemetry.config import DEFAULT_DASHBOARD_LISTEN, DEFAULT_SCRAPE_INTERVAL_S, DEFAULT_STORE_URL, parse_time
+from telemetry.inventory import InventoryError, load_inventory
+from telemetry.store import StoreError, open_store
+
+log = logging.getLogger("aifmon")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.run(args) or 0
+    except (InventoryError, StoreError, ValueError, KeyError) as e:
+        print(f"aifmon: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except RuntimeError as e:
+        print(f"aifmon: {e}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aifmon", description="Energy and power monitoring for GPU supercomputers.")
+    p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(parent, name: str, run, help: str, store: bool = True) -> argparse.ArgumentParser:
+        c = parent.add_parser(name, help=help, description=help)
+        c.add_argument("--inventory", help="site inventory YAML (default: the demo inventory)")
+        if store:
+            c.add_argument("--store", default=DEFAULT_STORE_URL, help=f"store URL (default {DEFAULT_STORE_URL})")
+        c.set_defaults(run=run)
+        return c
+
+    inv = sub.add_parser("inventory", help="site inventory").add_subparsers(required=True, metavar="ACTION")
+    c = command(inv, "show", _inventory_show, "validate and show the site inventory", store=False)
+    c.add_argument("--format", choices=["table", "json"], default="table")
+
+    exp = sub.add_parser("exporter", help="exporters").add_subparsers(required=True, metavar="KIND")
+    c = command(exp, "sim", _exporter_sim, "serve a simulated factory on /metrics", store=False)
+    c.add_argument("--factory", required=True, help="factory id from the inventory")
+    c.add_argument("--listen", help="host:port (default: the factory's first target in the inventory)")
+    c.add_argument("--seed", type=int, default=1, help="simulation seed (same seed and epoch: same history)")
+    c.add_argument("--epoch", type=float, help="simulation start, Unix seconds (default: now)")
+    c.add_argument("--step", type=float, default=1.0, help="simulation tick, s (power is constant within a tick)")
+    c.add_argument("--poll", type=float, default=1.0, help="re-render the exposition every POLL s")
+
+    c = command(sub, "collect", _collect, "scrape the inventory's exporters into the store")
+    c.add_argument("--interval", type=float, default=DEFAULT_SCRAPE_INTERVAL_S, help="scrape interval, s")
+    c.add_argument("--once", action="store_true", help="scrape once and exit")
+
+    roll = sub.add_parser("rollup", help="rollups").add_subparsers(required=True, metavar="WHAT")
+    c = command(roll, "energy", _rollup_energy, "GPU energy, GPU-hours, cost and CO2e per group over a time range")
+    c.add_argument("--start", required=True, help="ISO 8601, Unix seconds, now or -24h")
+    c.add_argument("--end", default="now")
+    c.add_argument("--by", default="project", choices=["job", "project", "access_mode", "sector", "system", "factory", "country", "total"])
+    c.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    c = command(roll, "hourly", _rollup_hourly, "compute every finished hour missing from the hourly rollup table")
+
+    c = command(sub, "dashboard", _dashboard, "serve the dashboard")
+    c.add_argument("--listen", default=DEFAULT_DASHBOARD_LISTEN)
+    c.add_argument("--refresh", type=float, default=5.0, help="live page refresh, s")
+
+    c = command(sub, "up", _up, "the whole stack on the embedded store: simulators, collector, rollups, dashboard")
+    c.add_argument("--listen", default=DEFAULT_DASHBOARD_LISTEN, help="dashboard address")
+    c.add_argument("--backfill-hours", type=float, default=24.0, help="simulated history written before going live, h")
+    c.add_argument("--interval", type=float, default=DEFAULT_SCRAPE_INTERVAL_S, help="scrape interval, s")
+    c.add_argument("--seed", type=int, default=1)
+    return p
+
+
+def _inventory_show(args: argparse.Namespace) -> None:
+    inventory = load_inventory(args.inventory)
+    if args.format == "json":
+        print(json.dumps({
+            "name": inventory.name, "illustrative": inventory.illustrative, "note": inventory.note, "source": inventory.source,
+            "factories": [f.model_dump() | {"gpus": f.gpu_count, "nodes": f.node_count} for f in inventory.factories],
+            "projects": [p.model_dump() for p in inventory.projects],
+        }, indent=2))
+        return
+    from rollups.report_format import text_table
+
+    rows = [[f.id, f.name, f.country, f.kind + (" (planning)" if f.planning_only else ""), f"{f.node_count:,}", f"{f.gpu_count:,}",
+             f"{f.power_cap_mw:g}", f"{f.design_pue:.2f}", f"{f.energy_price_eur_per_kwh:.3f}", ", ".join(f.targets) or "-"]
+            for f in inventory.factories]
+    print(f"{inventory.name}  ({inventory.source})")
+    if inventory.illustrative:
+        print(f"ILLUSTRATIVE: {inventory.note}")
+    print(text_table(["factory", "name", "country", "kind", "nodes", "GPUs", "cap MW", "PUE", "EUR/kWh", "targets"], rows))
+    print(f"\n{len(inventory.projects)} projects; by access mode: " + ", ".join(
+        f"{m} {n}" for m, n in sorted(_count(p.access_mode for p in inventory.projects).items())))
+
+
+def _count(items) -> dict:
+    out: dict = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def _exporter_sim(args: argparse.Namespace) -> None:
+    from exporters.http import serve_exposition
+    from exporters.sim import SimExporter
+    from exporters.simulation import FactorySimulation
+
+    inventory = load_inventory(args.inventory)
+    factory = inventory.factory(args.factory)
+    listen = args.listen or (factory.targets[0] if factory.targets else None)
+    if not listen:
+        raise ValueError(f"factory {factory.id!r} has no target in the inventory; pass --listen host:port")
+    sim = FactorySimulation(factory, inventory.projects_of(factory.id), seed=args.seed,
+                            epoch=args.epoch if args.epoch is not None else time.time(), step_s=args.step)
+    exporter = SimExporter(sim, poll_s=args.poll)
+    server = serve_exposition(listen, exporter.body, f"aifmon simulated factory {factory.id}")
+    exporter.start()
+    log.info("simulating %s (%d GPUs on %d nodes) on http://%s/metrics", factory.id, sim.gpu_count, sim.node_count, listen)
+    _wait_for_signal()
+    exporter.stop()
+    server.shutdown()
+
+
+def _collect(args: argparse.Namespace) -> None:
+    from telemetry.collector import Collector, targets_of
+
+    inventory = load_inventory(args.inventory)
+    store = open_store(args.store)
+    collector = Collector(store, targets_of(inventory), interval_s=args.interval)
+    try:
+        if args.once:
+            print(f"{collector.collect_once()} samples stored in {store.url}")
+            return
+        thread = threading.Thread(target=collector.run, name="collector")
+        thread.start()
+        log.info("collecting from %d targets every %g s into %s", len(collector.targets), args.interval, store.url)
+        _wait_for_signal()
+        collector.stop()
+        thread.join()
+    finally:
+        store.close()
+
+
+def _rollup_energy(args: argparse.Namespace) -> None:
+    from rollups.energy import energy_rollup
+    from rollups.report_format import format_energy_rollup
+
+    inventory = load_inventory(args.inventory)
+    store = open_store(args.store, read_only=True)
+    try:
+        result = energy_rollup(store, inventory, parse_time(args.start), parse_time(args.end), by=args.by)
+    finally:
+        store.close()
+    print(format_energy_rollup(result, args.format))
+
+
+def _rollup_hourly(args: argparse.Namespace) -> None:
+    from rollups.hourly import HourlyRollups
+
+    store = open_store(args.store)
+    try:
+        print(f"{HourlyRollups(store).catch_up()} hour(s) computed")
+    finally:
+        store.close()
+
+
+def _dashboard(args: argparse.Namespace) -> None:
+    from dashboard.app import create_app, make_server
+
+    inventory = load_inventory(args.inventory)
+    store = open_store(args.store, read_only=True)
+    server = make_server(create_app(store, inventory, refresh_s=args.refresh), args.listen)
+    threading.Thread(target=server.run, name="dashboard", daemon=True).start()
+    print(f"aifmon: dashboard on http://{args.listen}/", file=sys.stderr, flush=True)
+    try:
+        _wait_for_signal()
+    finally:
+        server.close()
+        store.close()
+
+
+def _up(args: argparse.Namespace) -> None:
+    """Simulators (child processes), backfill, collector, hourly rollups and dashboard, until Ctrl-C."""
+    from dashboard.app import create_app, make_server
+    from exporters.backfill import backfill
+    from exporters.simulation import FactorySimulation
+    from rollups.hourly import HourlyRollups
+    from telemetry.collector import Collector, targets_of
+    from tqdm import tqdm
+
+    inventory = load_inventory(args.inventory)
+    if not args.store.startswith("duckdb:"):
+        raise ValueError("`aifmon up` runs the embedded stack; --store must be a duckdb:/// URL")
+    store = open_store(args.store)
+    step_s = 5.0  # simulation tick for the demo: as fine as the scrape interval, cheap enough for 2 cores
+    epoch = _demo_epoch(store, args.seed, args.backfill_hours)
+    sims: list[subprocess.Popen] = []
+    workers: list[tuple[object, threading.Thread]] = []
+    server = None
+    try:
+        for f in inventory.live_factories():
+            for target in f.targets[:1]:
+                cmd = [sys.executable, "-m", "aifmon", "--quiet", "exporter", "sim", "--factory", f.id, "--listen", target,
+                       "--epoch", str(epoch), "--seed", str(args.seed), "--step", str(step_s)]
+                if args.inventory:
+                    cmd += ["--inventory", args.inventory]
+                sims.append(subprocess.Popen(cmd))
+        server = make_server(create_app(store, inventory), args.listen)
+        threading.Thread(target=server.run, name="dashboard", daemon=True).start()
+        print(f"aifmon: dashboard on http://{args.listen}/  (Ctrl-C stops everything)", file=sys.stderr, flush=True)
+
+        bounds = store.time_bounds()
+        now = time.time() // 60 * 60
+        start = max(epoch, (bounds[1] // 1000 // 60 + 1) * 60) if bounds else epoch
+        steps = max(0, int((now - start) // 60))
+        if steps:
+            with tqdm(total=steps * len(inventory.live_factories()), desc="backfill", unit="snapshot", file=sys.stderr) as bar:
+                for f in inventory.live_factories():
+                    sim = FactorySimulation(f, inventory.projects_of(f.id), seed=args.seed, epoch=epoch, step_s=step_s)
+                    backfill(store, sim, start, now, 60.0, progress=bar.update)
+        for worker in (Collector(store, targets_of(inventory), interval_s=args.interval), HourlyRollups(store)):
+            thread = threading.Thread(target=worker.run, name=type(worker).__name__)
+            thread.start()
+            workers.append((worker, thread))
+        log.info("live: scraping %d simulators every %g s", len(sims), args.interval)
+        _wait_for_signal(sims)
+    finally:
+        print("aifmon: stopping...", file=sys.stderr, flush=True)
+        for worker, thread in workers:
+            worker.stop()  # the collector finishes (and commits) the cycle it is in
+            thread.join()
+        if server is not None:
+            server.close()
+        for proc in sims:
+            proc.terminate()
+        for proc in sims:
+            proc.wait(timeout=10)
+        store.close()
+        print("aifmon: stopped; store closed cleanly", file=sys.stderr, flush=True)
+
+
+def _demo_epoch(store, seed: int, backfill_hours: float) -> float:
+    """The simulation epoch of the demo store: kept across runs, so counters and job ids continue."""
+    state = Path(str(getattr(store, "path", "data/aifmon.duckdb")) + ".demo.json")
+    if state.exists():
+        saved = json.loads(state.read_text())
+        if saved.get("seed") == seed and time.time() - saved["epoch"] < 7 * 86400:
+            return float(saved["epoch"])
+        if store.time_bounds() is not None:
+            raise ValueError(f"the demo store {store.path} was simulated with another seed or over a week ago; "
+                             "move it aside (or delete it) to start a fresh demo")
+    epoch = time.time() // 3600 * 3600 - backfill_hours * 3600
+    state.write_text(json.dumps({"epoch": epoch, "seed": seed}))
+    return epoch
+
+
+def _wait_for_signal(children: list[subprocess.Popen] | None = None) -> None:
+    """Block until SIGINT or SIGTERM (or a child process dies, which is reported)."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        for proc in children or []:
+            if proc.poll() is not None:
+                raise RuntimeError(f"child process {' '.join(proc.args[3:7])} exited with status {proc.returncode}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""What the live panels read: factory power against its cap, now and over the last hours.
+
+These are plain functions of a store and an inventory, so they are tested without a browser.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from telemetry.inventory import Inventory
+from telemetry.store import Store
+
+WARNING, CRITICAL, BREACHED = 0.85, 0.95, 1.00
+"""Share of a power cap at which a factory turns amber, red, and is over its cap."""
+
+
+def factory_status(store: Store, inventory: Inventory, now_ms: int | None = None, lookback_s: float = 60.0) -> pd.DataFrame:
+    """One row per live factory: facility and IT power (W), cap (W), share of cap, busy GPUs, data age (s).
+
+    Facility power is the meter (`aif_facility_power_watts`) where the factory has one and it reported;
+    otherwise IT power (sum of node power) times the design PUE, and `power_source` says so.
+    """
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    meter = _sum_by_factory(store.latest("aif_facility_power_watts", now_ms, lookback_s))
+    it = _sum_by_factory(store.latest("aif_node_power_watts", now_ms, lookback_s))
+    jobs = store.latest("aif_gpu_job_info", now_ms, lookback_s)
+    busy = jobs.groupby("factory").size() if not jobs.empty else pd.Series(dtype=float)
+    rows = []
+    for f in inventory.live_factories():
+        it_w = it["value"].get(f.id, np.nan)
+        metered = f.facility_meter and f.id in meter.index
+        facility_w = meter["value"][f.id] if metered else it_w * f.design_pue
+        newest = max(meter["t_ms"].get(f.id, -1), it["t_ms"].get(f.id, -1))
+        cap_w = f.power_cap_mw * 1e6
+        rows.append({
+            "factory": f.id, "name": f.name, "country": f.country, "latitude": f.latitude, "longitude": f.longitude,
+            "facility_power_watts": facility_w, "it_power_watts": it_w, "power_cap_watts": cap_w,
+            "share_of_cap": facility_w / cap_w, "power_source": "meter" if metered else "IT x design PUE",
+            "gpus": f.gpu_count, "gpus_busy": int(busy.get(f.id, 0)),
+            "data_age_s": (now_ms - newest) / 1000.0 if newest >= 0 else np.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def factory_power_history(store: Store, inventory: Inventory, start_ms: int, end_ms: int, bucket_s: int = 300) -> pd.DataFrame:
+    """Facility power per factory averaged over `bucket_s` buckets: factory, t_ms (bucket start), watts, share_of_cap."""
+    raw = store.range("aif_facility_power_watts", start_ms, end_ms)
+    if raw.empty:
+        return pd.DataFrame(columns=["factory", "t_ms", "watts", "share_of_cap"])
+    bucket_ms = bucket_s * 1000
+    # Sum the feeds of one scrape first, then average the scrapes of a bucket.
+    per_scrape = raw.groupby(["factory", "t_ms"], as_index=False)["value"].sum()
+    per_scrape["t_ms"] = per_scrape["t_ms"] // bucket_ms * bucket_ms
+    hist = per_scrape.groupby(["factory", "t_ms"], as_index=False)["value"].mean().rename(columns={"value": "watts"})
+    caps = {f.id: f.power_cap_mw * 1e6 for f in inventory.factories}
+    hist["share_of_cap"] = hist["watts"] / hist["factory"].map(caps)
+    return hist
+
+
+def _sum_by_factory(latest: pd.DataFrame) -> pd.DataFrame:
+    if latest.empty:
+        return pd.DataFrame(columns=["value", "t_ms"])
+    return latest.groupby("factory").agg(value=("value", "sum"), t_ms=("t_ms", "max"))
+
+
+def format_watts(w: float) -> str:
+    """Power with a unit a person reads at a glance: W, kW or MW."""
+    if w is None or not np.isfinite(w):
+        return "no data"
+    for unit, scale in (("MW", 1e6), ("kW", 1e3)):
+        if abs(w) >= scale:
+            return f"{w / scale:,.2f} {unit}" if scale == 1e6 else f"{w / scale:,.1f} {unit}"
+    return f"{w:,.0f} W"
+
+
+def level_of(share: float) -> str:
+    """`ok`, `warning`, `critical` or `breached` for a share of cap; `no-data` for NaN."""
+    if not np.isfinite(share):
+        return "no-data"
+    if share > BREACHED:
+        return "breached"
+    if share >= CRITICAL:
+        return "critical"
+    return "warning" if share >= WARNING else "ok"

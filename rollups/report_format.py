@@ -1,0 +1,63 @@
+"""Rollup results as text tables, JSON and CSV; every figure with its unit and provenance."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timezone
+
+from rollups.energy import EnergyRollup
+
+_COLUMNS = [  # (column, heading with unit, format)
+    ("energy_kwh", "GPU energy kWh", "{:,.3f}"),
+    ("share", "share", "{:.1%}"),
+    ("gpu_hours", "GPU-hours h", "{:,.1f}"),
+    ("avg_power_kw", "avg power kW", "{:,.2f}"),
+    ("cost_eur", "cost EUR", "{:,.2f}"),
+    ("co2e_kg", "CO2e kg", "{:,.1f}"),
+]
+
+
+def text_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain aligned table; columns whose cells look numeric are right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    numeric = [bool(rows) and all(r[i][:1].isdigit() or r[i][:1] == "-" for r in rows) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def provenance(r: EnergyRollup) -> dict:
+    return {
+        "by": r.by,
+        "start": _iso(r.start_ms),
+        "end": _iso(r.end_ms),
+        "hours": (r.end_ms - r.start_ms) / 3.6e6,
+        "energy_source": "GPU board energy counters (aif_gpu_energy_joules_total), increments, no extrapolation",
+        "coverage": r.coverage,
+        "total_energy_kwh": r.total_energy_kwh,
+        "cost_basis": "each factory's energy price (EUR/kWh) from the inventory",
+        "carbon_intensity_source": r.carbon_source,
+    }
+
+
+def format_energy_rollup(r: EnergyRollup, fmt: str) -> str:
+    keys = [c for c in r.rows.columns if c not in {c for c, _, _ in _COLUMNS}]
+    if fmt == "json":
+        return json.dumps({**provenance(r), "rows": r.rows.to_dict(orient="records")}, indent=2, default=float)
+    if fmt == "csv":
+        buf = io.StringIO()
+        r.rows.to_csv(buf, index=False, float_format="%.6f")
+        return buf.getvalue().rstrip("\n")
+    p = provenance(r)
+    rows = [[str(getattr(row, k)) for k in keys] + [f.format(getattr(row, c)) for c, _, f in _COLUMNS]
+            for row in r.rows.itertuples(index=False)]
+    head = (f"GPU energy by {r.by}, {p['start']} to {p['end']} ({p['hours']:.2f} h); total {r.total_energy_kwh:,.3f} kWh; "
+            f"coverage {r.coverage:.1%}\nCost at each factory's price; CO2e from {r.carbon_source}.\n")
+    return head + text_table(keys + [h for _, h, _ in _COLUMNS], rows)

@@ -1,0 +1,1 @@
+"""What every part of aifmon shares: metric schema, site inventory, store, collector, configuration."""

@@ -1,0 +1,208 @@
+"""The embedded store: one DuckDB file.
+
+Tables:
+- `series(id, metric, labels)`: one row per series; `labels` is canonical JSON (sorted keys).
+- `samples(series_id, t_ms, value)`: appended in time order, so DuckDB's per-row-group min/max on
+  `t_ms` lets range and latest reads skip everything outside their window.
+
+Every write is one transaction; DuckDB syncs its write-ahead log on commit, so a sample whose
+`append` returned survives a kill. One process holds the file for writing; readers in the same
+process share it (the dashboard reads while the collector writes).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from telemetry.store import SeriesKey, StoreError
+
+def _derived_table(table: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", table):
+        raise ValueError(f"derived table name {table!r} must be lower_snake_case")
+    return f"derived_{table}"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, metric VARCHAR NOT NULL, labels VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (series_id INTEGER NOT NULL, t_ms BIGINT NOT NULL, value DOUBLE NOT NULL);
+"""
+
+
+class DuckDBStore:
+    """Store backed by a DuckDB file (see module docstring)."""
+
+    def __init__(self, path: str | Path, read_only: bool = False, url: str | None = None):
+        self.path = Path(path)
+        self.url = url or f"duckdb:///{path}"
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise StoreError(f"store {self.path} does not exist; run `aifmon collect` (or `make up`) to create it")
+        try:
+            if not read_only:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._con = duckdb.connect(str(self.path), read_only=read_only)
+        except (duckdb.IOException, OSError) as e:
+            if "lock" in str(e).lower():
+                raise StoreError(
+                    f"store {self.path} is held by another aifmon process ({e}); stop it, or run the dashboard and "
+                    "rollups inside it (`aifmon up`)"
+                ) from None
+            raise StoreError(f"cannot open store {self.path}: {e}") from None
+        if not read_only:
+            self._con.execute(_SCHEMA)
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self._ids: dict[SeriesKey, int] = {}
+        self._labels_cache: dict[str, tuple[int, pd.DataFrame]] = {}
+        for sid, metric, labels in self._con.execute("SELECT id, metric, labels FROM series").fetchall():
+            self._ids[(metric, tuple(sorted(json.loads(labels).items())))] = sid
+
+    @contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection of its own for one call: DuckDB connections are not shared across threads, and one
+        kept per thread would outlive the store in the dashboard's worker threads."""
+        if self._closed:
+            raise StoreError(f"store {self.path} is closed")
+        cur = self._con.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    # -- writes --------------------------------------------------------------------------------
+    def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
+        new = list(dict.fromkeys(k for k in keys if k not in self._ids))
+        if new:
+            self._check_writable()
+            with self._write_lock:
+                new = [k for k in new if k not in self._ids]
+                first = len(self._ids) + 1
+                rows = pd.DataFrame(
+                    {
+                        "id": np.arange(first, first + len(new), dtype=np.int32),
+                        "metric": [k[0] for k in new],
+                        "labels": [json.dumps(dict(k[1]), sort_keys=True) for k in new],
+                    }
+                )
+                with self._cursor() as cur:
+                    cur.execute("INSERT INTO series SELECT * FROM rows")
+                for k, sid in zip(new, rows["id"]):
+                    self._ids[k] = int(sid)
+        return np.fromiter((self._ids[k] for k in keys), dtype=np.int32, count=len(keys))
+
+    def append(self, series_ids: np.ndarray, t_ms: np.ndarray, values: np.ndarray) -> None:
+        self._check_writable()
+        batch = pd.DataFrame(
+            {
+                "series_id": np.asarray(series_ids, dtype=np.int32),
+                "t_ms": np.broadcast_to(np.asarray(t_ms, dtype=np.int64), np.shape(series_ids)),
+                "value": np.asarray(values, dtype=np.float64),
+            }
+        )
+        with self._write_lock:
+            try:
+                with self._cursor() as cur:
+                    cur.execute("INSERT INTO samples SELECT * FROM batch")
+            except duckdb.Error as e:
+                raise StoreError(f"write to {self.path} failed, nothing of this batch was stored: {e}") from None
+
+    def replace_rows(self, table: str, window_start_ms: int, rows: pd.DataFrame) -> None:
+        self._check_writable()
+        name = _derived_table(table)
+        if not (rows["window_start_ms"] == window_start_ms).all():
+            raise ValueError(f"rows for {table} must all have window_start_ms = {window_start_ms}")
+        with self._write_lock, self._cursor() as cur:
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM rows LIMIT 0")
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                cur.execute(f"DELETE FROM {name} WHERE window_start_ms = ?", [window_start_ms])
+                cur.execute(f"INSERT INTO {name} BY NAME SELECT * FROM rows")
+                cur.execute("COMMIT")
+            except duckdb.Error as e:
+                cur.execute("ROLLBACK")
+                raise StoreError(f"replacing {table} rows in {self.path} failed, the old rows stay: {e}") from None
+
+    def read_rows(self, table: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        name = _derived_table(table)
+        with self._cursor() as cur:
+            if not cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0]:
+                return pd.DataFrame()
+            return cur.execute(
+                f"SELECT * FROM {name} WHERE window_start_ms >= ? AND window_start_ms < ? ORDER BY window_start_ms", [start_ms, end_ms]
+            ).df()
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"store {self.path} is open read-only")
+
+    # -- reads ---------------------------------------------------------------------------------
+    def _series_of(self, metric: str) -> pd.DataFrame:
+        """series_id and one column per label, for every series of `metric` (cached until new series appear)."""
+        known = len(self._ids)
+        cached = self._labels_cache.get(metric)
+        if cached and cached[0] == known:
+            return cached[1]
+        with self._cursor() as cur:
+            rows = cur.execute("SELECT id, labels FROM series WHERE metric = ?", [metric]).fetchall()
+        frame = pd.DataFrame([json.loads(labels) for _, labels in rows])
+        frame.insert(0, "series_id", np.array([sid for sid, _ in rows], dtype=np.int32))
+        self._labels_cache[metric] = (known, frame)
+        return frame
+
+    def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0) -> pd.DataFrame:
+        at_ms = int(time.time() * 1000) if at_ms is None else at_ms
+        with self._cursor() as cur:
+            found = cur.execute(
+                """SELECT s.series_id, max(s.t_ms) AS t_ms, arg_max(s.value, s.t_ms) AS value
+                   FROM samples s JOIN series ON series.id = s.series_id
+                   WHERE series.metric = ? AND s.t_ms > ? AND s.t_ms <= ?
+                   GROUP BY s.series_id""",
+                [metric, at_ms - int(lookback_s * 1000), at_ms],
+            ).df()
+        return self._with_labels(metric, found).drop(columns="series_id")
+
+    def range(self, metric: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        with self._cursor() as cur:
+            found = cur.execute(
+                """SELECT s.series_id, s.t_ms, s.value
+                   FROM samples s JOIN series ON series.id = s.series_id
+                   WHERE series.metric = ? AND s.t_ms >= ? AND s.t_ms <= ?
+                   ORDER BY s.series_id, s.t_ms""",
+                [metric, start_ms, end_ms],
+            ).df()
+        return self._with_labels(metric, found)
+
+    def _with_labels(self, metric: str, found: pd.DataFrame) -> pd.DataFrame:
+        found["series_id"] = found["series_id"].astype(np.int32)
+        if found.empty:
+            return found
+        return found.merge(self._series_of(metric), on="series_id", how="left")
+
+    def time_bounds(self) -> tuple[int, int] | None:
+        with self._cursor() as cur:
+            lo, hi = cur.execute("SELECT min(t_ms), max(t_ms) FROM samples").fetchone()
+        return None if lo is None else (int(lo), int(hi))
+
+    def sample_count(self) -> int:
+        with self._cursor() as cur:
+            return int(cur.execute("SELECT count(*) FROM samples").fetchone()[0])
+
+    def close(self) -> None:
+        """Checkpoint (fold the write-ahead log into the file) and close every connection."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            if not self.read_only:
+                self._con.execute("CHECKPOINT")
+            self._con.close()

@@ -1,0 +1,99 @@
+"""Prometheus text exposition (format 0.0.4): rendering for the exporters, parsing for the collector.
+
+Rendering works on whole label and value columns so an exporter renders a factory once per poll;
+parsing keeps each sample's series text (`name{labels}`) as the key, so the collector resolves
+labels only for series it has not seen before.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from telemetry.schema import Metric
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def escape_label_value(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def label_text(labels: dict[str, str]) -> str:
+    """`a="1",b="2"` (no braces), values escaped, in the given order."""
+    return ",".join(f'{k}="{escape_label_value(str(v))}"' for k, v in labels.items())
+
+
+def format_value(v: float) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(float(v))
+
+
+def render_family(metric: Metric, label_texts: Sequence[str], values: Iterable[float] | np.ndarray) -> str:
+    """HELP, TYPE and one sample line per (label text, value) of one metric family."""
+    head = f"# HELP {metric.name} {metric.help}\n# TYPE {metric.name} {metric.type}\n"
+    name = metric.name
+    if isinstance(values, np.ndarray):
+        values = values.tolist()  # Python floats format several times faster than NumPy scalars
+    return head + "".join(f"{name}{{{lt}}} {format_value(v)}\n" for lt, v in zip(label_texts, values))
+
+
+class ExpositionError(ValueError):
+    """A line that is not valid exposition text; says which line and why."""
+
+
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_UNESCAPE = re.compile(r"\\(.)")
+
+
+def parse_samples(text: str) -> list[tuple[str, float, int | None]]:
+    """(series text, value, timestamp ms or None) per sample line; comments and blank lines skipped.
+
+    The series text is the line up to its value, e.g. `aif_gpu_power_watts{node="n1",gpu="0"}`.
+    Raises ExpositionError naming the first bad line.
+    """
+    out: list[tuple[str, float, int | None]] = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line or line[0] == "#":
+            continue
+        brace = line.rfind("}")
+        head, _, rest = (line[: brace + 1], "", line[brace + 1:]) if brace >= 0 else line.partition(" ")
+        parts = rest.split()
+        try:
+            if not head or not 1 <= len(parts) <= 2:
+                raise ValueError
+            value = float(parts[0])
+            ts = int(parts[1]) if len(parts) == 2 else None
+        except ValueError:
+            raise ExpositionError(f"line {lineno}: expected 'name{{labels}} value [timestamp]', got {line[:120]!r}") from None
+        out.append((head.strip(), value, ts))
+    return out
+
+
+def parse_series(series_text: str) -> tuple[str, dict[str, str]]:
+    """Split `name{a="1"}` into ("name", {"a": "1"}), unescaping values."""
+    name, brace, rest = series_text.partition("{")
+    name = name.strip()
+    if not _NAME.match(name):
+        raise ExpositionError(f"invalid metric name {name!r}")
+    labels: dict[str, str] = {}
+    if brace:
+        body = rest.rstrip()
+        if not body.endswith("}"):
+            raise ExpositionError(f"unterminated label set in {series_text[:120]!r}")
+        body = body[:-1]
+        pos = 0
+        while pos < len(body):
+            m = _LABEL.match(body, pos)
+            if not m:
+                raise ExpositionError(f"invalid labels in {series_text[:120]!r}")
+            labels[m.group(1)] = _UNESCAPE.sub(lambda e: "\n" if e.group(1) == "n" else e.group(1), m.group(2))
+            pos = m.end()
+    return name, labels

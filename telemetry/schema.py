@@ -1,0 +1,58 @@
+"""The metric schema: every series aifmon exports, in base units and Prometheus naming.
+
+This table is a public interface; its twin is the README's "Metric schema" section.
+`factory` and `system` labels come from the scrape target's configuration (the simulator, which
+stands in for a whole factory, sets them itself).
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    type: Literal["gauge", "counter"]
+    help: str
+    labels: tuple[str, ...]
+
+
+GPU_LABELS = ("node", "gpu", "uuid", "model")
+
+METRICS: tuple[Metric, ...] = (
+    Metric("aif_gpu_power_watts", "gauge", "GPU board power draw, W (NVML power usage).", GPU_LABELS),
+    Metric(
+        "aif_gpu_energy_joules_total",
+        "counter",
+        "GPU board energy since the exporter started counting, J; monotonic across driver reloads and GPU resets.",
+        GPU_LABELS,
+    ),
+    Metric("aif_gpu_power_limit_watts", "gauge", "Enforced GPU power limit, W.", GPU_LABELS),
+    Metric("aif_gpu_utilization_ratio", "gauge", "GPU compute utilisation over the last sample period, 0-1.", GPU_LABELS),
+    Metric("aif_gpu_memory_used_bytes", "gauge", "GPU framebuffer memory in use, bytes.", GPU_LABELS),
+    Metric("aif_gpu_temperature_celsius", "gauge", "GPU die temperature, degrees Celsius.", GPU_LABELS),
+    Metric("aif_gpu_sm_clock_hertz", "gauge", "GPU SM clock, Hz.", GPU_LABELS),
+    Metric("aif_gpu_throttled", "gauge", "1 while the GPU clocks are held down for the given reason, else 0.", GPU_LABELS + ("reason",)),
+    Metric("aif_gpu_xid_errors_total", "counter", "XID errors the driver reported for this GPU.", GPU_LABELS),
+    Metric("aif_gpu_up", "gauge", "1 while NVML answers for this GPU, else 0.", GPU_LABELS),
+    Metric(
+        "aif_gpu_job_info",
+        "gauge",
+        "Slurm job using a GPU (always 1); join on node and gpu at query time.",
+        ("node", "gpu", "job", "project", "access_mode"),
+    ),
+    Metric("aif_node_power_watts", "gauge", "Node input power, W, from the BMC or estimated.", ("node", "source")),
+    Metric(
+        "aif_cpu_energy_joules_total",
+        "counter",
+        "CPU package or DRAM energy from RAPL, J; corrected for counter wraps.",
+        ("node", "socket", "domain"),
+    ),
+    Metric("aif_facility_power_watts", "gauge", "Facility power at a meter feed, W (IT plus cooling and losses).", ("feed",)),
+    Metric("aif_exporter_collect_seconds", "gauge", "Time the exporter's last poll took, s.", ("source",)),
+    Metric("aif_exporter_errors_total", "counter", "Errors the exporter met while polling, by source.", ("source",)),
+)
+
+BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+
+THROTTLE_REASONS = ("sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake")

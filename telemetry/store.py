@@ -1,0 +1,93 @@
+"""The store interface every part reads and writes through, and `open_store(url)`.
+
+A series is a metric name and its labels; samples are (series, time in ms since the Unix epoch,
+value in the metric's base unit). Reads return pandas DataFrames with one column per label, so the
+rollups and panels do not care which backend answered.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+
+from telemetry.config import DEFAULT_STORE_URL
+
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
+"""(metric name, sorted (label, value) pairs)."""
+
+
+def series_key(metric: str, labels: dict[str, str]) -> SeriesKey:
+    return metric, tuple(sorted(labels.items()))
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be opened, read or written; the message says what to do."""
+
+
+class Store(Protocol):
+    """What the collector, rollups, alerts and dashboard need from a time-series store."""
+
+    url: str
+
+    def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
+        """Ids for these series, registering new ones durably."""
+
+    def append(self, series_ids: np.ndarray, t_ms: np.ndarray, values: np.ndarray) -> None:
+        """Write samples; when this returns, they are on disk."""
+
+    def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0) -> pd.DataFrame:
+        """Newest sample per series of `metric` within `lookback_s` before `at_ms` (default: now).
+
+        Columns: one per label, `t_ms`, `value`.
+        """
+
+    def range(self, metric: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        """Every sample of `metric` with start_ms <= t_ms <= end_ms, sorted by series then time.
+
+        Columns: `series_id`, one per label, `t_ms`, `value`.
+        """
+
+    def replace_rows(self, table: str, window_start_ms: int, rows: pd.DataFrame) -> None:
+        """Atomically replace the rows of derived table `table` (rollup results) for one window.
+
+        `rows` must carry a `window_start_ms` column equal to `window_start_ms`.
+        """
+
+    def read_rows(self, table: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        """Rows of derived table `table` whose window starts in [start_ms, end_ms); empty if there is none."""
+
+    def time_bounds(self) -> tuple[int, int] | None:
+        """(oldest, newest) sample time in ms, or None when the store is empty."""
+
+    def close(self) -> None:
+        """Flush and release the store."""
+
+
+_PLANNED = {
+    "prometheus+http": "the PromQL backend",
+    "victoriametrics+http": "the PromQL backend",
+    "influxdb+http": "the InfluxDB sink",
+}
+
+
+def open_store(url: str = DEFAULT_STORE_URL, read_only: bool = False) -> Store:
+    """Open the store a `--store` URL names.
+
+    `duckdb:///relative/path.duckdb` or `duckdb:////absolute/path.duckdb` (as SQLAlchemy counts slashes).
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "duckdb":
+        if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2:
+            raise StoreError(f"store URL {url!r}: expected duckdb:///relative/path.duckdb or duckdb:////absolute/path.duckdb")
+        from telemetry.duckdb_store import DuckDBStore
+
+        return DuckDBStore(parts.path[1:], read_only=read_only, url=url)
+    if parts.scheme in _PLANNED:
+        raise StoreError(f"store URL {url!r}: {_PLANNED[parts.scheme]} is not in this version yet; use duckdb:///path.duckdb")
+    raise StoreError(
+        f"store URL {url!r} is not understood; expected duckdb:///path.duckdb, prometheus+http://host:9090, "
+        "victoriametrics+http://host:8428 or influxdb+http://host:8086?org=O&bucket=B"
+    )
