@@ -161,9 +161,10 @@ def _rollup_energy(args: argparse.Namespace) -> None:
     from rollups.report_format import format_energy_rollup
 
     inventory = load_inventory(args.inventory)
+    start_ms, end_ms = parse_time(args.start), parse_time(args.end)
     store = open_store(args.store, read_only=True)
     try:
-        result = energy_rollup(store, inventory, parse_time(args.start), parse_time(args.end), by=args.by)
+        result = energy_rollup(store, inventory, start_ms, end_ms, by=args.by)
     finally:
         store.close()
     print(format_energy_rollup(result, args.format))

@@ -29,7 +29,7 @@ JOB_METRIC = "aif_gpu_job_info"
 UNALLOCATED = "(unallocated)"
 GROUPINGS = ("job", "project", "access_mode", "sector", "system", "factory", "country", "total")
 _GPU = ["factory", "node", "gpu"]
-_LOOKBACK_MS = 15 * 60 * 1000  # how far before the range to look for the sample that opens it
+_MARGIN_MS = 15 * 60 * 1000  # how far past each end of the range to look for the samples that straddle it
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def gpu_intervals(store: Store, start_ms: int, end_ms: int) -> pd.DataFrame:
     Columns: factory, system, node, gpu, t_ms (interval end), energy_j, seconds (clipped duration),
     interval_s (full duration).
     """
-    e = store.range(ENERGY_METRIC, start_ms - _LOOKBACK_MS, end_ms)
+    e = store.range(ENERGY_METRIC, start_ms - _MARGIN_MS, end_ms + _MARGIN_MS)
     cols = ["factory", "system", "node", "gpu", "t_ms", "energy_j", "seconds", "interval_s"]
     if e.empty:
         return pd.DataFrame(columns=cols)
@@ -75,7 +75,7 @@ def gpu_intervals(store: Store, start_ms: int, end_ms: int) -> pd.DataFrame:
 
 def attribute_jobs(store: Store, intervals: pd.DataFrame, start_ms: int, end_ms: int) -> pd.DataFrame:
     """Add job, project, access_mode columns to `intervals` (NaN where no job held the GPU)."""
-    jobs = store.range(JOB_METRIC, start_ms - _LOOKBACK_MS, end_ms)
+    jobs = store.range(JOB_METRIC, start_ms - _MARGIN_MS, end_ms + _MARGIN_MS)
     if jobs.empty:
         return intervals.assign(job=np.nan, project=np.nan, access_mode=np.nan)
     jobs = jobs[jobs["value"] > 0][_GPU + ["t_ms", "job", "project", "access_mode"]]

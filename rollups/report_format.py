@@ -53,7 +53,10 @@ def format_energy_rollup(r: EnergyRollup, fmt: str) -> str:
         return json.dumps({**provenance(r), "rows": r.rows.to_dict(orient="records")}, indent=2, default=float)
     if fmt == "csv":
         buf = io.StringIO()
-        r.rows.to_csv(buf, index=False, float_format="%.6f")
+        # provenance on every row, so a row copied out of the file still says where it came from
+        p = provenance(r)
+        rows = r.rows.assign(start=p["start"], end=p["end"], coverage=r.coverage, carbon_intensity_source=r.carbon_source)
+        rows.to_csv(buf, index=False, float_format="%.6f")
         return buf.getvalue().rstrip("\n")
     p = provenance(r)
     rows = [[str(getattr(row, k)) for k in keys] + [f.format(getattr(row, c)) for c, _, f in _COLUMNS]

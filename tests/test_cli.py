@@ -1,0 +1,104 @@
+"""The `aifmon` command as an operator types it: outputs, exit codes and error messages."""
+
+import csv
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from exporters.backfill import backfill
+from exporters.simulation import FactorySimulation
+from telemetry.duckdb_store import DuckDBStore
+from tests.conftest import free_port, inventory_text, wait_for_http
+
+
+def aifmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aifmon", "--quiet", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_inventory_show_json_and_table():
+    out = aifmon("inventory", "show", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert len(data["factories"]) == 14 and data["illustrative"] is True
+    table = aifmon("inventory", "show")
+    assert "ILLUSTRATIVE" in table.stdout and "gigafactory-scenario" in table.stdout and "100,000" in table.stdout
+
+
+def test_bad_inventory_exits_2_with_the_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(inventory_text().replace("power_cap_mw: 0.015", "power_cap_mw: lots"))
+    out = aifmon("inventory", "show", "--inventory", str(bad))
+    assert out.returncode == 2
+    assert f"{bad}:9: factories[0].power_cap_mw" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["rollup", "energy", "--start", "now-1h", "--store", "sqlite:///x.db"], "is not understood"),
+    (["rollup", "energy", "--start", "yesterday-ish"], "is not understood; use ISO 8601"),
+    (["exporter", "sim", "--factory", "atlantis"], "no factory 'atlantis'"),
+    (["dashboard", "--listen", "0.0.0.0:8050", "--store", "duckdb:////nonexistent/x.duckdb"], "does not exist"),
+])
+def test_errors_are_one_line_without_traceback(args, message):
+    out = aifmon(*args)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.fixture(scope="module")
+def filled_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "cli.duckdb"
+    inv_path = path.parent / "inv.yaml"
+    inv_path.write_text(inventory_text())
+    from telemetry.inventory import load_inventory
+
+    inv = load_inventory(inv_path)
+    store = DuckDBStore(path)
+    epoch = 1_790_000_000.0
+    for f in inv.live_factories():
+        backfill(store, FactorySimulation(f, inv.projects_of(f.id), epoch=epoch, step_s=5.0), epoch, epoch + 7201, 60.0)
+    store.close()
+    return path, inv_path, epoch
+
+
+def test_rollup_energy_formats(filled_store):
+    path, inv_path, epoch = filled_store
+    common = ["rollup", "energy", "--store", f"duckdb:///{path}", "--inventory", str(inv_path),
+              "--start", str(int(epoch + 3600)), "--end", str(int(epoch + 7200))]
+    table = aifmon(*common, "--by", "factory")
+    assert table.returncode == 0, table.stderr
+    assert "GPU energy kWh" in table.stdout and "CO2e kg" in table.stdout and "Our World in Data" in table.stdout
+    assert "alpha" in table.stdout and "beta" in table.stdout
+    js = json.loads(aifmon(*common, "--by", "project", "--format", "json").stdout)
+    assert js["hours"] == 1.0 and js["coverage"] == pytest.approx(1.0) and "2023" in js["carbon_intensity_source"]
+    assert sum(r["energy_kwh"] for r in js["rows"]) == pytest.approx(js["total_energy_kwh"])
+    rows = list(csv.DictReader(io.StringIO(aifmon(*common, "--by", "job", "--format", "csv").stdout)))
+    assert rows and {"job", "project", "energy_kwh", "coverage", "carbon_intensity_source"} <= set(rows[0])
+
+
+def test_exporter_sim_serves_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "aifmon", "--quiet", "exporter", "sim", "--factory", "slaif",
+                             "--listen", f"127.0.0.1:{port}", "--epoch", str(time.time() - 3600)])
+    try:
+        body = wait_for_http(f"http://127.0.0.1:{port}/metrics").decode()
+        assert 'aif_gpu_power_watts{factory="slaif"' in body
+        assert wait_for_http(f"http://127.0.0.1:{port}/").startswith(b"<html>")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_collect_once(tmp_path, sim_server):
+    a = f"127.0.0.1:{free_port()}"
+    inv_path = tmp_path / "inv.yaml"
+    inv_path.write_text(inventory_text({"alpha": a}))
+    from telemetry.inventory import load_inventory
+
+    sim_server(load_inventory(inv_path), "alpha", address=a)
+    out = aifmon("collect", "--once", "--inventory", str(inv_path), "--store", f"duckdb:///{tmp_path}/c.duckdb")
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[0]) > 16 * 14

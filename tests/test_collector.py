@@ -1,0 +1,68 @@
+"""The embedded collector against real HTTP targets: simulators, a dead port, a target that answers HTML."""
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from telemetry.collector import Collector, Target, targets_of
+from telemetry.duckdb_store import DuckDBStore
+from telemetry.inventory import parse_inventory
+from tests.conftest import free_port, inventory_text
+
+PER_GPU = 9 + 5  # nine per-GPU metrics plus five throttle reasons
+PER_NODE = 1 + 4  # BMC power, CPU package and DRAM energy for two sockets
+PER_FACTORY = 1 + 2  # facility meter, exporter self metrics
+
+
+@pytest.fixture
+def html_target():
+    class Html(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html><body>login required</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Html)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_collects_every_series_and_marks_bad_targets_down(tmp_path, sim_server, html_target, caplog):
+    a, b, dead = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    inv = parse_inventory(inventory_text({"alpha": a, "beta": b}), "t.yaml")
+    sim_server(inv, "alpha", address=a)
+    sim_server(inv, "beta", address=b)
+    targets = targets_of(inv) + [Target(dead, {"factory": "gamma", "instance": dead}),
+                                 Target(html_target, {"factory": "delta", "instance": html_target})]
+    store = DuckDBStore(tmp_path / "c.duckdb")
+    collector = Collector(store, targets, interval_s=1.0, timeout_s=2.0)
+    for _ in range(3):
+        collector.collect_once()
+    up = store.latest("up", lookback_s=60).set_index("factory")["value"].to_dict()
+    assert up == {"alpha": 1.0, "beta": 1.0, "gamma": 0.0, "delta": 0.0}
+    assert sum("is down" in r.message for r in caplog.records) == 2, "a down target is logged once, not every cycle"
+    assert any("text/html" in r.message for r in caplog.records)
+
+    gpus = sum(inv.factory(f).gpu_count for f in ("alpha", "beta"))
+    nodes = sum(inv.factory(f).node_count for f in ("alpha", "beta"))
+    fixed = [m for m in store._ids if m[0] != "aif_gpu_job_info" and m[0].startswith("aif_")]
+    assert len(fixed) == PER_GPU * gpus + PER_NODE * nodes + PER_FACTORY * 2
+    power = store.latest("aif_gpu_power_watts", lookback_s=60)
+    assert len(power) == gpus and set(power["factory"]) == {"alpha", "beta"}
+    assert {"instance", "system", "node", "gpu", "uuid", "model"} <= set(power.columns)
+    jobs = store.latest("aif_gpu_job_info", lookback_s=60)
+    assert "job" in jobs.columns and jobs["job"].str.isdigit().all(), "the Slurm job label is not overwritten by target labels"
+    store.close()
+
+
+def test_scrape_interval_must_be_positive(tmp_path):
+    with pytest.raises(ValueError):
+        Collector(DuckDBStore(tmp_path / "x.duckdb"), [], interval_s=0)

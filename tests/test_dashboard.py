@@ -1,0 +1,96 @@
+"""The factories page: panel data without a browser, then the page itself in headless Chromium."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dashboard.app import create_app, make_server
+from dashboard.panels import factory_power_history, factory_status, format_watts, level_of
+from exporters.backfill import backfill
+from exporters.simulation import FactorySimulation
+from telemetry.duckdb_store import DuckDBStore
+from telemetry.inventory import load_inventory
+from telemetry.store import series_key
+from tests.browser import chromium, console_errors, save_screenshot
+from tests.conftest import free_port, wait_for_http
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    """The demo inventory's 13 factories, two simulated hours ending now, 30 s apart."""
+    inventory = load_inventory()
+    store = DuckDBStore(tmp_path_factory.mktemp("dash") / "demo.duckdb")
+    end = time.time()
+    epoch = end // 60 * 60 - 3 * 3600
+    for f in inventory.live_factories():
+        backfill(store, FactorySimulation(f, inventory.projects_of(f.id), epoch=epoch, step_s=5.0), end - 7200, end, 30.0)
+    yield inventory, store
+    store.close()
+
+
+def test_factory_status_uses_the_meter_or_it_power_times_pue(tmp_path, small_inventory):
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    now = 1_790_000_000_000
+    meter = store.series_ids([series_key("aif_facility_power_watts", {"factory": "alpha", "feed": "main"})])
+    nodes = store.series_ids([series_key("aif_node_power_watts", {"factory": f, "node": n, "source": "bmc"})
+                              for f, n in (("alpha", "a1"), ("alpha", "a2"), ("beta", "b1"))])
+    store.append(meter, np.array([now - 5000]), np.array([14_250.0]))
+    store.append(nodes, np.full(3, now - 5000), np.array([6000.0, 6000.0, 5000.0]))
+    s = factory_status(store, small_inventory, now).set_index("factory")
+    assert s.loc["alpha", "facility_power_watts"] == 14_250.0 and s.loc["alpha", "power_source"] == "meter"
+    assert s.loc["alpha", "share_of_cap"] == pytest.approx(0.95)
+    assert s.loc["beta", "facility_power_watts"] == pytest.approx(5000.0 * 1.2)  # no meter reported: IT x design PUE
+    assert s.loc["beta", "power_source"] == "IT x design PUE"
+    assert s.loc["alpha", "data_age_s"] == 5.0
+    stale = factory_status(store, small_inventory, now + 3_600_000)
+    assert stale["facility_power_watts"].isna().all(), "old samples are not shown as live power"
+    store.close()
+
+
+def test_levels_and_units():
+    assert [level_of(x) for x in (0.80, 0.85, 0.96, 1.01, float("nan"))] == ["ok", "warning", "critical", "breached", "no-data"]
+    assert [format_watts(x) for x in (950, 85_200, 1_234_000, float("nan"))] == ["950 W", "85.2 kW", "1.23 MW", "no data"]
+
+
+def test_power_history_averages_buckets(demo_store):
+    inventory, store = demo_store
+    now = int(time.time() * 1000)
+    hist = factory_power_history(store, inventory, now - 7_200_000, now, bucket_s=600)
+    assert set(hist["factory"]) == {f.id for f in inventory.live_factories()}
+    assert hist.groupby("factory").size().max() <= 13  # 2 h in 10-minute buckets
+    assert hist["share_of_cap"].between(0.05, 1.5).all()
+
+
+def test_factories_page_in_headless_chromium(tmp_path, demo_store):
+    inventory, store = demo_store
+    port = free_port()
+    server = make_server(create_app(store, inventory, refresh_s=2.0), f"127.0.0.1:{port}")
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/")
+        with chromium(tmp_path) as driver:
+            from selenium.webdriver.common.by import By
+            from selenium.webdriver.support.ui import WebDriverWait
+
+            driver.get(f"http://127.0.0.1:{port}/")
+            WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.factory-row")) == 13)
+            WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#factories-bars .bars path")) >= 13)
+            # read in one script: the live refresh may replace the rows between two WebDriver calls
+            text = driver.execute_script(
+                "return Array.from(document.querySelectorAll('tr.factory-row')).map(r => r.innerText).join(' ')")
+            for f in inventory.live_factories():
+                assert f.name in text, f.name
+            assert "kW" in text and "%" in text, "figures carry their units"
+            assert driver.execute_script("return document.getElementById('factories-reporting').innerText") == "13 / 13"
+            assert not driver.find_elements(By.CSS_SELECTOR, ".dash-fe-error__title, .dash-debug-menu__error")
+            # every script and style came from this server: no CDN
+            sources = driver.execute_script(
+                "return Array.from(document.querySelectorAll('script[src], link[href]')).map(e => e.src || e.href)")
+            assert sources and all(s.startswith(f"http://127.0.0.1:{port}/") for s in sources), sources
+            time.sleep(2.5)  # one live refresh
+            save_screenshot(driver, "factories-page")
+            assert console_errors(driver) == []
+    finally:
+        server.close()
