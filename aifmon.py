@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from telemetry.config import DEFAULT_DASHBOARD_LISTEN, DEFAULT_SCRAPE_INTERVAL_S, DEFAULT_STORE_URL, parse_time
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:  # a child that died, a port in use, a full disk
         print(f"aifmon: {e}", file=sys.stderr)
         return 1
 
@@ -104,15 +105,8 @@ def _inventory_show(args: argparse.Namespace) -> None:
     if inventory.illustrative:
         print(f"ILLUSTRATIVE: {inventory.note}")
     print(text_table(["factory", "name", "country", "kind", "nodes", "GPUs", "cap MW", "PUE", "EUR/kWh", "targets"], rows))
-    print(f"\n{len(inventory.projects)} projects; by access mode: " + ", ".join(
-        f"{m} {n}" for m, n in sorted(_count(p.access_mode for p in inventory.projects).items())))
-
-
-def _count(items) -> dict:
-    out: dict = {}
-    for i in items:
-        out[i] = out.get(i, 0) + 1
-    return out
+    modes = Counter(p.access_mode for p in inventory.projects)
+    print(f"\n{len(inventory.projects)} projects; by access mode: " + ", ".join(f"{m} {n}" for m, n in sorted(modes.items())))
 
 
 def _exporter_sim(args: argparse.Namespace) -> None:

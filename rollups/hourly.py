@@ -62,7 +62,7 @@ class HourlyRollups:
             self._done = set(existing["window_start_ms"].unique().tolist()) if not existing.empty else set()
         computed = 0
         for hour in range(first, last, HOUR_MS):
-            if hour not in self._done and hour + HOUR_MS > bounds[0]:
+            if hour not in self._done:
                 rollup_hour(self.store, hour)
                 self._done.add(hour)
                 computed += 1

@@ -37,13 +37,21 @@ class Target:
     def url(self) -> str:
         return f"http://{self.address}/metrics"
 
-    def key(self, series_text: str) -> SeriesKey:
-        """The store key of a series line, resolved once per distinct line."""
-        k = self._keys.get(series_text)
-        if k is None:
-            name, labels = parse_series(series_text)
-            k = self._keys[series_text] = series_key(name, {**self.labels, **labels})
-        return k
+    def keys(self, series_texts: list[str]) -> list[SeriesKey]:
+        """Store keys of one scrape's series lines; lines seen in the previous scrape are not parsed again.
+
+        Only this scrape's lines are kept, so series that come and go (a job's info) do not pile up.
+        Raises ExpositionError for a line whose labels do not parse.
+        """
+        previous, current = self._keys, {}
+        for text in series_texts:
+            k = previous.get(text)
+            if k is None:
+                name, labels = parse_series(text)
+                k = series_key(name, {**self.labels, **labels})
+            current[text] = k
+        self._keys = current
+        return [current[t] for t in series_texts]
 
 
 def targets_of(inventory: Inventory) -> list[Target]:
@@ -73,6 +81,7 @@ def scrape(target: Target, timeout_s: float) -> ScrapeResult:
             if not ctype.startswith("text/plain") and "openmetrics" not in ctype:
                 raise ExpositionError(f"answered {ctype or 'no content type'}, not Prometheus text")
             samples = parse_samples(resp.read().decode("utf-8"))
+            target.keys([text for text, _, _ in samples])  # labels that do not parse fail the whole scrape
         return ScrapeResult(target, started, time.perf_counter() - t0, samples)
     except (OSError, ExpositionError, UnicodeDecodeError) as e:
         return ScrapeResult(target, started, time.perf_counter() - t0, [], f"{type(e).__name__}: {e}")
@@ -103,14 +112,9 @@ class Collector:
         for r in results:
             self._log_state(r)
             stamp = int(r.started * 1000)
-            for text, value, ts in r.samples:
-                try:
-                    keys.append(r.target.key(text))
-                except ExpositionError as e:
-                    log.warning("%s: skipping series: %s", r.target.address, e)
-                    continue
-                values.append(value)
-                t_ms.append(ts if ts is not None else stamp)
+            keys += r.target.keys([text for text, _, _ in r.samples])
+            values += [value for _, value, _ in r.samples]
+            t_ms += [stamp if ts is None else ts for _, _, ts in r.samples]
             keys += [series_key("up", r.target.labels), series_key("scrape_duration_seconds", r.target.labels)]
             values += [0.0 if r.error else 1.0, r.duration_s]
             t_ms += [stamp, stamp]

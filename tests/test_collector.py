@@ -16,40 +16,53 @@ PER_FACTORY = 1 + 2  # facility meter, exporter self metrics
 
 
 @pytest.fixture
-def html_target():
-    class Html(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b"<html><body>login required</body></html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+def fixed_target():
+    """Start a target that always answers `body` with `content_type`; returns its address."""
+    servers = []
 
-        def log_message(self, *a):
-            pass
+    def start(content_type: str, body: bytes) -> str:
+        class Fixed(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Html)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+            def log_message(self, *a):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", free_port()), Fixed)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
 
 
-def test_collects_every_series_and_marks_bad_targets_down(tmp_path, sim_server, html_target, caplog):
+def test_collects_every_series_and_marks_bad_targets_down(tmp_path, sim_server, fixed_target, caplog):
     a, b, dead = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    html = fixed_target("text/html", b"<html><body>login required</body></html>")
+    # valid lines first, then one whose labels do not parse: nothing of this scrape may be stored
+    malformed = fixed_target("text/plain; version=0.0.4", b'aif_node_power_watts{node="n1"} 5\naif_node_power_watts{node=n2} 6\n')
     inv = parse_inventory(inventory_text({"alpha": a, "beta": b}), "t.yaml")
     sim_server(inv, "alpha", address=a)
     sim_server(inv, "beta", address=b)
     targets = targets_of(inv) + [Target(dead, {"factory": "gamma", "instance": dead}),
-                                 Target(html_target, {"factory": "delta", "instance": html_target})]
+                                 Target(html, {"factory": "delta", "instance": html}),
+                                 Target(malformed, {"factory": "epsilon", "instance": malformed})]
     store = DuckDBStore(tmp_path / "c.duckdb")
     collector = Collector(store, targets, interval_s=1.0, timeout_s=2.0)
     for _ in range(3):
         collector.collect_once()
     up = store.latest("up", lookback_s=60).set_index("factory")["value"].to_dict()
-    assert up == {"alpha": 1.0, "beta": 1.0, "gamma": 0.0, "delta": 0.0}
-    assert sum("is down" in r.message for r in caplog.records) == 2, "a down target is logged once, not every cycle"
+    assert up == {"alpha": 1.0, "beta": 1.0, "gamma": 0.0, "delta": 0.0, "epsilon": 0.0}
+    assert sum("is down" in r.message for r in caplog.records) == 3, "a down target is logged once, not every cycle"
     assert any("text/html" in r.message for r in caplog.records)
+    assert any("invalid labels" in r.message for r in caplog.records)
+    assert "epsilon" not in set(store.latest("aif_node_power_watts", lookback_s=60)["factory"])
 
     gpus = sum(inv.factory(f).gpu_count for f in ("alpha", "beta"))
     nodes = sum(inv.factory(f).node_count for f in ("alpha", "beta"))
