@@ -14,44 +14,28 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from telemetry.exposition import ExpositionError, parse_samples, parse_series
+from telemetry.exposition import ExpositionError, parse_exposition
 from telemetry.inventory import Inventory
-from telemetry.store import SeriesKey, Store, series_key
+from telemetry.series_index import SeriesIndex
+from telemetry.store import Store, series_key
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
     """One exporter to scrape; `labels` are added to its series unless the exporter sets them itself."""
 
     address: str
     labels: dict[str, str]
-    _keys: dict[str, SeriesKey] = field(default_factory=dict, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://{self.address}/metrics"
-
-    def keys(self, series_texts: list[str]) -> list[SeriesKey]:
-        """Store keys of one scrape's series lines; lines seen in the previous scrape are not parsed again.
-
-        Only this scrape's lines are kept, so series that come and go (a job's info) do not pile up.
-        Raises ExpositionError for a line whose labels do not parse.
-        """
-        previous, current = self._keys, {}
-        for text in series_texts:
-            k = previous.get(text)
-            if k is None:
-                name, labels = parse_series(text)
-                k = series_key(name, {**self.labels, **labels})
-            current[text] = k
-        self._keys = current
-        return [current[t] for t in series_texts]
 
 
 def targets_of(inventory: Inventory) -> list[Target]:
@@ -64,15 +48,19 @@ def targets_of(inventory: Inventory) -> list[Target]:
 
 @dataclass
 class ScrapeResult:
+    """One target's scrape: series ids, values and times (ms) ready to append, or the error."""
+
     target: Target
     started: float
     duration_s: float
-    samples: list[tuple[str, float, int | None]]
+    series_ids: np.ndarray
+    values: np.ndarray
+    t_ms: np.ndarray
     error: str | None = None
 
 
-def scrape(target: Target, timeout_s: float) -> ScrapeResult:
-    """Fetch and parse one target; errors are returned, never raised."""
+def scrape(target: Target, index: SeriesIndex, timeout_s: float) -> ScrapeResult:
+    """Fetch, parse and resolve one target; errors are returned, never raised. A bad line fails the whole scrape."""
     started = time.time()
     t0 = time.perf_counter()
     try:
@@ -80,11 +68,15 @@ def scrape(target: Target, timeout_s: float) -> ScrapeResult:
             ctype = resp.headers.get("Content-Type", "")
             if not ctype.startswith("text/plain") and "openmetrics" not in ctype:
                 raise ExpositionError(f"answered {ctype or 'no content type'}, not Prometheus text")
-            samples = parse_samples(resp.read().decode("utf-8"))
-            target.keys([text for text, _, _ in samples])  # labels that do not parse fail the whole scrape
-        return ScrapeResult(target, started, time.perf_counter() - t0, samples)
-    except (OSError, ExpositionError, UnicodeDecodeError) as e:
-        return ScrapeResult(target, started, time.perf_counter() - t0, [], f"{type(e).__name__}: {e}")
+            body = resp.read()
+        samples = parse_exposition(body, "s" if "openmetrics" in ctype else "ms")
+        ids = index.ids(samples.series)
+        t_ms = np.where(samples.t_ms >= 0, samples.t_ms, int(started * 1000))
+        return ScrapeResult(target, started, time.perf_counter() - t0, ids, samples.values, t_ms)
+    except (OSError, ExpositionError) as e:
+        empty = np.zeros(0)
+        return ScrapeResult(target, started, time.perf_counter() - t0, empty.astype(np.int64), empty, empty.astype(np.int64),
+                            f"{type(e).__name__}: {e}")
 
 
 class Collector:
@@ -97,6 +89,7 @@ class Collector:
         self.targets = targets
         self.interval_s = interval_s
         self.timeout_s = timeout_s if timeout_s is not None else max(0.5, interval_s * 0.8)
+        self._indexes = {t.address: SeriesIndex(store, t.labels) for t in targets}
         self._pool = ThreadPoolExecutor(max_workers=min(32, max(1, len(targets))), thread_name_prefix="scrape")
         self._stop = threading.Event()
         self._down: set[str] = set()
@@ -104,25 +97,23 @@ class Collector:
         self.samples_written = 0
 
     def collect_once(self) -> int:
-        """One scrape of every target, written durably; returns the number of samples stored."""
-        results = list(self._pool.map(lambda t: scrape(t, self.timeout_s), self.targets))
-        keys: list[SeriesKey] = []
-        t_ms: list[int] = []
-        values: list[float] = []
+        """One scrape of every target, written durably in one transaction; returns the number of samples stored."""
+        results = list(self._pool.map(lambda t: scrape(t, self._indexes[t.address], self.timeout_s), self.targets))
+        health = self.store.series_ids([series_key(m, r.target.labels) for r in results for m in ("up", "scrape_duration_seconds")])
+        ids, t_ms, values = [health], [], []
         for r in results:
             self._log_state(r)
-            stamp = int(r.started * 1000)
-            keys += r.target.keys([text for text, _, _ in r.samples])
-            values += [value for _, value, _ in r.samples]
-            t_ms += [stamp if ts is None else ts for _, _, ts in r.samples]
-            keys += [series_key("up", r.target.labels), series_key("scrape_duration_seconds", r.target.labels)]
-            values += [0.0 if r.error else 1.0, r.duration_s]
-            t_ms += [stamp, stamp]
-        ids = self.store.series_ids(keys)
-        self.store.append(ids, np.array(t_ms, dtype=np.int64), np.array(values, dtype=np.float64))
+            t_ms.append(np.full(2, int(r.started * 1000), dtype=np.int64))
+            values.append(np.array([0.0 if r.error else 1.0, r.duration_s]))
+        for r in results:
+            ids.append(r.series_ids)
+            t_ms.append(r.t_ms)
+            values.append(r.values)
+        n = sum(len(v) for v in values)
+        self.store.append(np.concatenate(ids), np.concatenate(t_ms), np.concatenate(values))
         self.cycles += 1
-        self.samples_written += len(values)
-        return len(values)
+        self.samples_written += n
+        return n
 
     def _log_state(self, r: ScrapeResult) -> None:
         """Log a target going down or coming back once, not on every cycle."""

@@ -1,8 +1,8 @@
-"""Prometheus text exposition (format 0.0.4): rendering for the exporters, parsing for the collector.
+"""Prometheus text exposition (format 0.0.4) and OpenMetrics: rendering for the exporters, parsing for the collector.
 
 Rendering works on whole label and value columns so an exporter renders a factory once per poll;
-parsing keeps each sample's series text (`name{labels}`) as the key, so the collector resolves
-labels only for series it has not seen before.
+parsing is vectorised and keeps each sample's series text (`name{labels}`) as the key, so the
+collector resolves labels only for series it has not seen before.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from telemetry.schema import Metric
 
@@ -48,33 +50,107 @@ class ExpositionError(ValueError):
     """A line that is not valid exposition text; says which line and why."""
 
 
+_HASH, _SPACE, _CLOSE = ord("#"), ord(" "), ord("}")
+
+
 _LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _UNESCAPE = re.compile(r"\\(.)")
 
 
-def parse_samples(text: str) -> list[tuple[str, float, int | None]]:
-    """(series text, value, timestamp ms or None) per sample line; comments and blank lines skipped.
+@dataclass(frozen=True)
+class Samples:
+    """The samples of one exposition, as columns: series text, value, timestamp (ms; -1 where none)."""
 
-    The series text is the line up to its value, e.g. `aif_gpu_power_watts{node="n1",gpu="0"}`.
-    Raises ExpositionError naming the first bad line.
+    series: pa.StringArray
+    values: np.ndarray
+    t_ms: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def parse_exposition(body: bytes, timestamp_unit: str = "ms") -> Samples:
+    """Parse Prometheus text (timestamps in ms) or OpenMetrics text (`timestamp_unit="s"`) into columns.
+
+    Vectorised: line, series and value boundaries are found with NumPy over the whole body, series
+    texts are cut out in one gather into an Arrow string array, and values are converted in one call.
+    The series text is the line up to its value, e.g. `aif_gpu_power_watts{node="n1",gpu="0"}`; its
+    labels are parsed later, once per new series (`parse_series`). Raises ExpositionError naming the
+    first bad line.
     """
-    out: list[tuple[str, float, int | None]] = []
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line or line[0] == "#":
-            continue
-        brace = line.rfind("}")
-        head, _, rest = (line[: brace + 1], "", line[brace + 1:]) if brace >= 0 else line.partition(" ")
-        parts = rest.split()
+    if timestamp_unit not in ("ms", "s"):
+        raise ValueError("timestamp_unit is 'ms' (Prometheus text) or 's' (OpenMetrics)")
+    buf = np.frombuffer(body, np.uint8)
+    ends = np.flatnonzero(buf == 10)
+    if len(buf) and buf[-1] != 10:
+        ends = np.append(ends, len(buf))
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    first = buf[np.minimum(starts, max(len(buf) - 1, 0))] if len(buf) else np.zeros(0, np.uint8)
+    data = (ends > starts) & (first != _HASH)
+    line_no = np.flatnonzero(data) + 1
+    starts, ends = starts[data], ends[data]
+    if not len(starts):
+        return Samples(pa.array([], pa.string()), np.zeros(0), np.zeros(0, np.int64))
+    # Sentinels at both ends keep every lookup in bounds (-1: none before; len + 1: none after).
+    spaces = np.concatenate(([-1], np.flatnonzero(buf == _SPACE), [len(buf) + 1]))
+    braces = np.concatenate(([-1], np.flatnonzero(buf == _CLOSE)))
+    # The series ends after the line's last '}' or, without labels, at its first space.
+    brace = braces[np.searchsorted(braces, ends) - 1]
+    series_end = np.where(brace >= starts, brace + 1, spaces[np.searchsorted(spaces, starts)])
+    last_space = spaces[np.searchsorted(spaces, ends) - 1]
+    has_ts = last_space > series_end
+    value_end = np.where(has_ts, last_space, ends)
+    bad = (series_end >= ends) | (series_end <= starts) | (value_end <= series_end + 1)
+    bad[~bad] = buf[series_end[~bad]] != _SPACE
+    if bad.any():
+        _raise_at(body, starts, ends, line_no, int(np.argmax(bad)))
+    try:
+        values = _fixed_width(buf, series_end + 1, value_end).astype(np.float64)
+        raw_ts = _fixed_width(buf, last_space + 1, np.where(has_ts, ends, last_space + 1))
+        t_ms = np.full(len(starts), -1, dtype=np.int64)
+        if has_ts.any():
+            ts = raw_ts[has_ts].astype(np.float64)
+            t_ms[has_ts] = np.round(ts * 1000) if timestamp_unit == "s" else ts
+    except ValueError:
+        _raise_at(body, starts, ends, line_no, _first_unparsable(buf, series_end + 1, ends))
+    return Samples(_strings(buf, starts, series_end), values, t_ms)
+
+
+def _strings(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.StringArray:
+    """The byte ranges [starts, ends) of `buf` as one Arrow string array (one gather, no per-item Python)."""
+    lengths = (ends - starts).astype(np.int32)
+    offsets = np.zeros(len(starts) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    index = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
+    return pa.StringArray.from_buffers(len(starts), pa.py_buffer(offsets), pa.py_buffer(buf[index]))
+
+
+def _fixed_width(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Byte ranges as a NumPy bytes array (short fields: values and timestamps)."""
+    width = int((ends - starts).max()) if len(starts) else 1
+    index = starts[:, None] + np.arange(max(width, 1))
+    chars = buf[np.minimum(index, len(buf) - 1)]
+    chars[index >= ends[:, None]] = 0  # NumPy bytes strings end at the first NUL
+    return np.ascontiguousarray(chars).view(f"S{max(width, 1)}").ravel()
+
+
+def _first_unparsable(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> int:
+    """Index of the first line whose value or timestamp is not a number (error path only)."""
+    for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
+        fields = bytes(buf[a:b]).split(b" ")
         try:
-            if not head or not 1 <= len(parts) <= 2:
+            if not 1 <= len(fields) <= 2:
                 raise ValueError
-            value = float(parts[0])
-            ts = int(parts[1]) if len(parts) == 2 else None
+            [float(f) for f in fields]
         except ValueError:
-            raise ExpositionError(f"line {lineno}: expected 'name{{labels}} value [timestamp]', got {line[:120]!r}") from None
-        out.append((head.strip(), value, ts))
-    return out
+            return i
+    return 0
+
+
+def _raise_at(body: bytes, starts: np.ndarray, ends: np.ndarray, line_no: np.ndarray, i: int) -> None:
+    line = body[starts[i]:ends[i]].decode("utf-8", errors="replace")
+    raise ExpositionError(f"line {line_no[i]}: expected 'name{{labels}} value [timestamp]', got {line[:120]!r}")
 
 
 def parse_series(series_text: str) -> tuple[str, dict[str, str]]:

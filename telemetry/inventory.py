@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -231,29 +231,51 @@ def load_inventory(path: str | Path | None = None) -> Inventory:
 
 def parse_inventory(text: str, source: str = "<inventory>") -> Inventory:
     """Validate inventory YAML text; `source` names the file in error messages."""
+    parsed, lines = validate_yaml(text, source, _InventoryFile, InventoryError, "a mapping with 'factories'")
+    problems = [format_problem(source, lines, loc, msg) for loc, msg in _cross_check(parsed)]
+    if problems:
+        raise InventoryError(source, problems)
+    return Inventory(parsed.name, parsed.illustrative, parsed.note, tuple(parsed.factories), tuple(parsed.projects), source)
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def validate_yaml(
+    text: str, source: str, model: type[_Model], error: Callable[[str, list[str]], ValueError], expected: str,
+    message: Callable[[dict], str | None] = lambda err: None,
+) -> tuple[_Model, dict[tuple, int]]:
+    """Parse YAML `text` into `model`, or raise `error(source, problems)` with every problem as `file:line: key.path: message`.
+
+    Shared by every YAML file aifmon reads (inventory, alert rules). `expected` says what the top of
+    the file should be; `message` may word a pydantic error its own way (None: the usual words).
+    Returns the model and the 1-based line of every key path, for later checks that span several
+    objects (see `format_problem`).
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else 0
-        raise InventoryError(source, [f"{source}:{line}: YAML syntax: {e.problem}"]) from None
+        raise error(source, [f"{source}:{line}: YAML syntax: {e.problem}"]) from None
     if root is None:
-        raise InventoryError(source, [f"{source}:1: the file is empty; expected a mapping with 'factories'"])
+        raise error(source, [f"{source}:1: the file is empty; expected {expected}"])
     lines: dict[tuple, int] = {}
     problems: list[str] = []
     _index_lines(root, (), lines, problems, source)
     if problems:
-        raise InventoryError(source, problems)
+        raise error(source, problems)
     data = yaml.safe_load(text)
     if not isinstance(data, dict):
-        raise InventoryError(source, [f"{source}:1: expected a mapping with 'factories' at the top"])
+        raise error(source, [f"{source}:1: expected {expected} at the top"])
     try:
-        parsed = _InventoryFile.model_validate(data)
+        return model.model_validate(data), lines
     except ValidationError as e:
-        raise InventoryError(source, [_format(source, lines, err["loc"], _message(err)) for err in e.errors()]) from None
-    problems = [_format(source, lines, loc, msg) for loc, msg in _cross_check(parsed)]
-    if problems:
-        raise InventoryError(source, problems)
-    return Inventory(parsed.name, parsed.illustrative, parsed.note, tuple(parsed.factories), tuple(parsed.projects), source)
+        raise error(source, [format_problem(source, lines, err["loc"], message(err) or _message(err)) for err in e.errors()]) from None
+
+
+def format_problem(source: str, lines: dict[tuple, int], loc: tuple, msg: str) -> str:
+    """`file:line: key.path: message` for the key at `loc` (or its nearest parent that has a line)."""
+    return _format(source, lines, loc, msg)
 
 
 def _index_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int], problems: list[str], source: str) -> None:

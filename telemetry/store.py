@@ -66,17 +66,17 @@ class Store(Protocol):
         """Flush and release the store."""
 
 
-_PLANNED = {
-    "prometheus+http": "the PromQL backend",
-    "victoriametrics+http": "the PromQL backend",
-    "influxdb+http": "the InfluxDB sink",
-}
+_PROMQL = {"prometheus+http": "prometheus", "prometheus+https": "prometheus",
+           "victoriametrics+http": "victoriametrics", "victoriametrics+https": "victoriametrics"}
+_PLANNED = {"influxdb+http": "the InfluxDB sink", "influxdb+https": "the InfluxDB sink"}
 
 
 def open_store(url: str = DEFAULT_STORE_URL, read_only: bool = False) -> Store:
     """Open the store a `--store` URL names.
 
-    `duckdb:///relative/path.duckdb` or `duckdb:////absolute/path.duckdb` (as SQLAlchemy counts slashes).
+    `duckdb:///relative/path.duckdb` or `duckdb:////absolute/path.duckdb` (as SQLAlchemy counts slashes);
+    `prometheus+http://host:9090`, `victoriametrics+http://host:8428` (a path prefix is kept, e.g. a
+    vmselect `.../select/0/prometheus`).
     """
     parts = urlsplit(url)
     if parts.scheme == "duckdb":
@@ -85,6 +85,13 @@ def open_store(url: str = DEFAULT_STORE_URL, read_only: bool = False) -> Store:
         from telemetry.duckdb_store import DuckDBStore
 
         return DuckDBStore(parts.path[1:], read_only=read_only, url=url)
+    if parts.scheme in _PROMQL:
+        if not parts.hostname or parts.query:
+            raise StoreError(f"store URL {url!r}: expected {parts.scheme}://host:port[/path prefix]")
+        from telemetry.promql_store import PromQLStore
+
+        base = f"{parts.scheme.split('+')[1]}://{parts.netloc}{parts.path}"
+        return PromQLStore(base, _PROMQL[parts.scheme], url)
     if parts.scheme in _PLANNED:
         raise StoreError(f"store URL {url!r}: {_PLANNED[parts.scheme]} is not in this version yet; use duckdb:///path.duckdb")
     raise StoreError(

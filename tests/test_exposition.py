@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporters.sim import SimExporter
 from exporters.simulation import FactorySimulation
-from telemetry.exposition import ExpositionError, label_text, parse_samples, parse_series, render_family
+from telemetry.exposition import ExpositionError, label_text, parse_exposition, parse_series, render_family
 from telemetry.schema import BY_NAME
 
 
@@ -18,9 +18,10 @@ def test_simulator_output_parses_the_same_with_prometheus_client(small_inventory
     theirs = {(s.name, tuple(sorted(s.labels.items()))): s.value
               for fam in text_string_to_metric_families(text) for s in fam.samples}
     ours = {}
-    for series, value, ts in parse_samples(text):
+    samples = parse_exposition(text.encode())
+    assert (samples.t_ms == -1).all()
+    for series, value in zip(samples.series.to_pylist(), samples.values):
         name, labels = parse_series(series)
-        assert ts is None
         ours[(name, tuple(sorted(labels.items())))] = value
     assert ours == theirs
     assert len(ours) > 16 * 9  # 16 GPUs x at least 9 per-GPU metrics
@@ -29,21 +30,26 @@ def test_simulator_output_parses_the_same_with_prometheus_client(small_inventory
 def test_label_values_are_escaped_and_unescaped():
     tricky = {"node": 'n"1', "path": "a\\b", "note": "two\nlines"}
     text = render_family(BY_NAME["aif_node_power_watts"], [label_text(tricky)], [12.5])
-    (series, value, _), = parse_samples(text)
-    assert parse_series(series) == ("aif_node_power_watts", tricky)
-    assert value == 12.5
+    samples = parse_exposition(text.encode())
+    assert parse_series(samples.series[0].as_py()) == ("aif_node_power_watts", tricky)
+    assert samples.values.tolist() == [12.5]
 
 
 def test_special_values_and_timestamps():
-    samples = parse_samples('a_total 1.5e3 1790000000000\nb NaN\nc{x="1"} +Inf\n')
-    assert samples[0] == ("a_total", 1500.0, 1790000000000)
-    assert math.isnan(samples[1][1]) and samples[2][1] == math.inf
+    samples = parse_exposition(b'a_total 1.5e3 1790000000000\nb NaN\nc{x="1 } 2"} +Inf\nd -2')
+    assert samples.series.to_pylist() == ["a_total", "b", 'c{x="1 } 2"}', "d"]
+    assert samples.values[0] == 1500.0 and math.isnan(samples.values[1]) and samples.values[2] == math.inf
+    assert samples.values[3] == -2.0
+    assert samples.t_ms.tolist() == [1790000000000, -1, -1, -1]
+    openmetrics = parse_exposition(b"a_total 1 1790000000.125\n# EOF\n", timestamp_unit="s")
+    assert openmetrics.t_ms.tolist() == [1790000000125]
+    assert len(parse_exposition(b"# only comments\n\n")) == 0
 
 
-@pytest.mark.parametrize("bad", ["metric_without_value", 'm{a="1"} twelve', "m 1 2 3", "<html><body>oops</body></html>"])
+@pytest.mark.parametrize("bad", ["metric_without_value", 'm{a="1"} twelve', "m 1 2 3", 'm{a="1"}', "m 1 ", "<html><body>oops</body></html>"])
 def test_malformed_lines_name_the_line(bad):
-    with pytest.raises(ExpositionError, match="line 2"):
-        parse_samples("# HELP m fine\n" + bad + "\n")
+    with pytest.raises(ExpositionError, match="line 3"):
+        parse_exposition(("# HELP m fine\nm 1\n" + bad + "\nm 2\n").encode())
 
 
 def test_malformed_labels_are_refused():

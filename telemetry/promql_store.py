@@ -1,0 +1,127 @@
+"""The PromQL backend: the store interface over an existing Prometheus or VictoriaMetrics (single node or cluster).
+
+Reads fetch raw samples with range-vector instant queries (`metric[window]` evaluated at the window's
+end), so rollups see exactly the samples the server holds — no `rate`/`increase` extrapolation — and
+give the same answer as on the embedded store. Long ranges are read window by window.
+
+Writes: VictoriaMetrics accepts samples on `/api/v1/import/prometheus` (the collector and
+`aifmon store import` can write to it). Prometheus ingests only by scraping (or offline blocks from
+`promtool tsdb create-blocks-from openmetrics`), so this backend is read-only there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pandas as pd
+
+from telemetry.exposition import format_value, label_text
+from telemetry.store import SeriesKey, StoreError
+
+_WINDOW_S = 3600  # one query per hour of data: bounds the server's and our memory per answer
+_IMPORT_BATCH = 200_000  # lines per import request
+
+
+class PromQLStore:
+    """Store interface over the Prometheus HTTP API (`kind` is "prometheus" or "victoriametrics")."""
+
+    def __init__(self, base_url: str, kind: str, url: str, timeout_s: float = 60.0):
+        self.base_url = base_url.rstrip("/")
+        self.kind = kind
+        self.url = url
+        self.timeout_s = timeout_s
+        self._keys: list[SeriesKey] = []
+        self._ids: dict[SeriesKey, int] = {}
+
+    # -- reads ---------------------------------------------------------------------------------
+    def _get(self, path: str, params: dict[str, str]) -> dict:
+        query = f"{self.base_url}{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(query, timeout=self.timeout_s) as r:
+                body = json.load(r)
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")[:300]
+            raise StoreError(f"{self.kind} at {self.base_url} refused {params.get('query', path)!r}: HTTP {e.code} {detail}") from None
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{self.kind} at {self.base_url} did not answer: {e}") from None
+        if body.get("status") != "success":
+            raise StoreError(f"{self.kind} at {self.base_url}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]
+
+    def _raw(self, metric: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        """Raw samples with start_ms <= t <= end_ms, one frame with `__series` (result index) and label columns."""
+        frames = []
+        series_ids: dict[tuple, int] = {}
+        t = end_ms
+        while t >= start_ms:
+            window_ms = min(_WINDOW_S * 1000, t - start_ms + 1)  # the selector is left-open: (t - window, t]
+            data = self._get("/api/v1/query", {"query": f"{metric}[{window_ms}ms]", "time": f"{t / 1000:.3f}"})
+            for result in data["result"]:
+                labels = {k: v for k, v in result["metric"].items() if k != "__name__"}
+                sid = series_ids.setdefault(tuple(sorted(labels.items())), len(series_ids))
+                values = np.array(result["values"], dtype=object)
+                frames.append(pd.DataFrame({
+                    "series_id": np.int32(sid),
+                    **{k: v for k, v in labels.items()},
+                    "t_ms": np.round(values[:, 0].astype(np.float64) * 1000).astype(np.int64),
+                    "value": values[:, 1].astype(np.float64),
+                }))
+            t -= window_ms
+        if not frames:
+            return pd.DataFrame(columns=["series_id", "t_ms", "value"])
+        return pd.concat(frames, ignore_index=True)
+
+    def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0) -> pd.DataFrame:
+        at_ms = int(time.time() * 1000) if at_ms is None else at_ms
+        raw = self._raw(metric, at_ms - int(lookback_s * 1000) + 1, at_ms)
+        if raw.empty:
+            return raw.drop(columns="series_id")
+        newest = raw.sort_values("t_ms", kind="stable").groupby("series_id").tail(1)
+        return newest.drop(columns="series_id").reset_index(drop=True)
+
+    def range(self, metric: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        raw = self._raw(metric, start_ms, end_ms)
+        return raw.sort_values(["series_id", "t_ms"], kind="stable").reset_index(drop=True)
+
+    def time_bounds(self) -> tuple[int, int] | None:
+        raise StoreError(f"{self.kind} does not report the store's time bounds; give the time range explicitly")
+
+    def read_rows(self, table: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        raise StoreError(f"derived tables (rollup results) are kept in the embedded store or the InfluxDB sink, not in {self.kind}")
+
+    def replace_rows(self, table: str, window_start_ms: int, rows: pd.DataFrame) -> None:
+        raise StoreError(f"derived tables (rollup results) are kept in the embedded store or the InfluxDB sink, not in {self.kind}")
+
+    # -- writes (VictoriaMetrics) ----------------------------------------------------------------
+    def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
+        for k in keys:
+            if k not in self._ids:
+                self._ids[k] = len(self._keys)
+                self._keys.append(k)
+        return np.fromiter((self._ids[k] for k in keys), dtype=np.int64, count=len(keys))
+
+    def append(self, series_ids: np.ndarray, t_ms: np.ndarray, values: np.ndarray) -> None:
+        if self.kind != "victoriametrics":
+            raise StoreError("Prometheus ingests by scraping; to load history, build blocks with "
+                             "`promtool tsdb create-blocks-from openmetrics` (from `aifmon store export`), or use VictoriaMetrics")
+        t_ms = np.broadcast_to(np.asarray(t_ms, dtype=np.int64), np.shape(series_ids))
+        texts = [f"{m}{{{label_text(dict(labels))}}}" for m, labels in self._keys]
+        lines = [f"{texts[s]} {format_value(v)} {t}\n" for s, v, t in zip(np.asarray(series_ids).tolist(), np.asarray(values).tolist(), t_ms.tolist())
+                 if not math.isnan(v)]  # NaN is not a sample VictoriaMetrics keeps; nothing is lost by skipping it
+        for i in range(0, len(lines), _IMPORT_BATCH):
+            body = "".join(lines[i:i + _IMPORT_BATCH]).encode()
+            request = urllib.request.Request(f"{self.base_url}/api/v1/import/prometheus", data=body, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as r:
+                    r.read()
+            except (OSError, urllib.error.HTTPError) as e:
+                raise StoreError(f"VictoriaMetrics at {self.base_url} refused the import: {e}") from None
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,42 @@
+"""Series texts → store series ids, in bulk, for one source (a scrape target or an imported file).
+
+An exporter sends the same series texts scrape after scrape, so the texts already seen are matched
+with one vectorised hash lookup (Arrow's `index_in`); only new texts have their labels parsed and are
+registered in the store.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from telemetry.exposition import parse_series
+from telemetry.store import Store, series_key
+
+
+class SeriesIndex:
+    """Store ids of one source's series texts; `labels` are added unless the text sets them itself."""
+
+    def __init__(self, store: Store, labels: dict[str, str] | None = None):
+        self.store = store
+        self.labels = labels or {}
+        self._texts = pa.array([], pa.string())
+        self._ids = np.zeros(0, dtype=np.int64)
+
+    def ids(self, series: pa.StringArray) -> np.ndarray:
+        """Store ids, one per element of `series`; raises ExpositionError if a new text does not parse."""
+        where = pc.index_in(series, value_set=self._texts)
+        if where.null_count:
+            new = pc.unique(series.filter(where.is_null())).to_pylist()
+            keys = [series_key(name, {**self.labels, **labels}) for name, labels in map(parse_series, new)]
+            self._texts = pa.concat_arrays([self._texts, pa.array(new, pa.string())])
+            self._ids = np.concatenate([self._ids, self.store.series_ids(keys).astype(np.int64)])
+            where = pc.index_in(series, value_set=self._texts)
+        ids = self._ids[where.to_numpy(zero_copy_only=False)]
+        if len(self._texts) > 2 * len(series) + 1024:
+            # Series come and go (a job's info): keep what this batch used, so the index does not grow forever.
+            texts = pc.unique(series)
+            self._ids = ids[pc.index_in(texts, value_set=series).to_numpy()]
+            self._texts = texts
+        return ids
