@@ -67,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--interval", type=float, default=DEFAULT_SCRAPE_INTERVAL_S, help="scrape interval, s")
     c.add_argument("--once", action="store_true", help="scrape once and exit")
 
+    st = sub.add_parser("store", help="move samples in and out of a store").add_subparsers(required=True, metavar="ACTION")
+    c = command(st, "import", _store_import, "load an OpenMetrics file (samples with timestamps) into the store", store=True)
+    c.add_argument("file", help="OpenMetrics text, e.g. from `aifmon store export`")
+    c = command(st, "export", _store_export, "write the store's samples as OpenMetrics (promtool tsdb create-blocks-from openmetrics reads it)")
+    c.add_argument("--start", default="1970-01-01", help="ISO 8601, Unix seconds, now or now-24h (default: everything)")
+    c.add_argument("--end", default="now")
+    c.add_argument("--out", help="file to write (default: standard output)")
+
     roll = sub.add_parser("rollup", help="rollups").add_subparsers(required=True, metavar="WHAT")
     c = command(roll, "energy", _rollup_energy, "GPU energy, GPU-hours, cost and CO2e per group over a time range")
     c.add_argument("--start", required=True, help="ISO 8601, Unix seconds, now or -24h")
@@ -148,6 +156,34 @@ def _collect(args: argparse.Namespace) -> None:
         thread.join()
     finally:
         store.close()
+
+
+def _store_import(args: argparse.Namespace) -> None:
+    from telemetry.openmetrics import import_openmetrics
+    from tqdm import tqdm
+
+    store = open_store(args.store)
+    try:
+        with tqdm(total=Path(args.file).stat().st_size, unit="B", unit_scale=True, desc="import", file=sys.stderr) as bar:
+            n = import_openmetrics(store, args.file, progress=bar.update)
+    finally:
+        store.close()
+    print(f"{n} samples imported into {store.url}")
+
+
+def _store_export(args: argparse.Namespace) -> None:
+    from telemetry.openmetrics import export_openmetrics
+
+    start_ms, end_ms = parse_time(args.start), parse_time(args.end)
+    store = open_store(args.store, read_only=True)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        n = export_openmetrics(store, out, start_ms, end_ms, progress=lambda m: log.info("exporting %s", m))
+    finally:
+        store.close()
+        if args.out:
+            out.close()
+    log.info("%d samples exported", n)
 
 
 def _rollup_energy(args: argparse.Namespace) -> None:

@@ -193,6 +193,9 @@ class DuckDBStore:
             lo, hi = cur.execute("SELECT min(t_ms), max(t_ms) FROM samples").fetchone()
         return None if lo is None else (int(lo), int(hi))
 
+    def metric_names(self) -> list[str]:
+        return sorted({metric for metric, _ in self._ids})
+
     def sample_count(self) -> int:
         with self._cursor() as cur:
             return int(cur.execute("SELECT count(*) FROM samples").fetchone()[0])

@@ -89,6 +89,9 @@ class PromQLStore:
         raw = self._raw(metric, start_ms, end_ms)
         return raw.sort_values(["series_id", "t_ms"], kind="stable").reset_index(drop=True)
 
+    def metric_names(self) -> list[str]:
+        return list(self._get("/api/v1/label/__name__/values", {}))
+
     def time_bounds(self) -> tuple[int, int] | None:
         raise StoreError(f"{self.kind} does not report the store's time bounds; give the time range explicitly")
 

@@ -62,6 +62,9 @@ class Store(Protocol):
     def time_bounds(self) -> tuple[int, int] | None:
         """(oldest, newest) sample time in ms, or None when the store is empty."""
 
+    def metric_names(self) -> list[str]:
+        """Every metric name the store holds."""
+
     def close(self) -> None:
         """Flush and release the store."""
 

@@ -14,14 +14,14 @@ from tests.conftest import free_port, require_binary, wait_for_http
 
 
 @contextlib.contextmanager
-def prometheus(config: str, workdir: Path) -> Iterator[str]:
-    """A Prometheus server running `config`; yields its base URL."""
+def prometheus(config: str, workdir: Path, storage: Path | None = None) -> Iterator[str]:
+    """A Prometheus server running `config` (on `storage`, e.g. blocks from promtool); yields its base URL."""
     binary = require_binary("prometheus")
     port = free_port()
     (workdir / "prometheus.yml").write_text(config)
     log = open(workdir / "prometheus.log", "w")
     proc = subprocess.Popen(
-        [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+        [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={storage or workdir / 'tsdb'}", "--storage.tsdb.retention.time=30d",
          f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
         stdout=log, stderr=subprocess.STDOUT,
     )
@@ -41,3 +41,67 @@ def promql(base_url: str, query: str) -> list[dict]:
         body = json.load(r)
     assert body["status"] == "success", body
     return body["data"]["result"]
+
+
+class VictoriaMetrics:
+    """A single-node VictoriaMetrics child process that a test can kill and restart on the same port and data."""
+
+    def __init__(self, workdir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()):
+        self.binary = require_binary("victoria-metrics")
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_path = workdir / "victoria-metrics-data"
+        self.log_path = workdir / "victoria-metrics.log"
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                # latencyOffset=0s: samples are visible to queries as soon as they are flushed, not 30 s later
+                [self.binary, f"-storageDataPath={self.data_path}", f"-httpListenAddr=127.0.0.1:{self.port}",
+                 "-search.latencyOffset=0s", "-loggerLevel=WARN", *self.extra_args],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for_http(self.url + "/health", timeout_s=60)
+        except TimeoutError:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown flush. VictoriaMetrics has no write-ahead log, so samples it took since its
+        last flush (at most about a second's) are lost; call `force_flush()` first when a test needs them."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def force_flush(self) -> None:
+        """Make every sample taken so far durable and visible to queries."""
+        urllib.request.urlopen(self.url + "/internal/force_flush", timeout=30).read()
+
+    def export(self, match: str) -> list[dict]:
+        """Raw samples of the series `match` selects (`/api/v1/export`: one JSON object per series, with
+        `metric`, `values`, `timestamps` in ms), duplicates included."""
+        self.force_flush()
+        query = urllib.parse.urlencode({"match[]": match, "start": "0"})
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?{query}", timeout=60) as r:
+            return [json.loads(line) for line in r.read().splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def victoria_metrics(workdir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()) -> Iterator[VictoriaMetrics]:
+    """A running VictoriaMetrics (`.url` is its base URL); stopped on exit, also after a `kill()`/`start()`."""
+    vm = VictoriaMetrics(workdir, port, extra_args)
+    vm.start()
+    try:
+        yield vm
+    finally:
+        vm.stop()

@@ -102,3 +102,21 @@ def test_collect_once(tmp_path, sim_server):
     out = aifmon("collect", "--once", "--inventory", str(inv_path), "--store", f"duckdb:///{tmp_path}/c.duckdb")
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[0]) > 16 * 14
+
+
+def test_store_export_then_import(filled_store, tmp_path):
+    path, inv_path, epoch = filled_store
+    out = tmp_path / "export.om"
+    exported = aifmon("store", "export", "--store", f"duckdb:///{path}", "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    imported = aifmon("store", "import", str(out), "--store", f"duckdb:///{tmp_path}/copy.duckdb")
+    assert imported.returncode == 0, imported.stderr
+    source = DuckDBStore(path, read_only=True)
+    try:
+        assert imported.stdout.startswith(f"{source.sample_count()} samples imported")
+    finally:
+        source.close()
+    bad = tmp_path / "bad.om"
+    bad.write_text("# TYPE m gauge\nm 1 1790000000\nm{a=\"x\"} one 1790000000\n# EOF\n")
+    refused = aifmon("store", "import", str(bad), "--store", f"duckdb:///{tmp_path}/bad.duckdb")
+    assert refused.returncode == 2 and "line 3" in refused.stderr and str(bad) in refused.stderr

@@ -1,0 +1,92 @@
+"""`aifmon store export` / `store import`: OpenMetrics text with timestamps, the format
+`promtool tsdb create-blocks-from openmetrics` reads, into and out of any backend.
+
+Timestamps are seconds with millisecond decimals; counters are declared under their family name
+(without `_total`), as OpenMetrics requires; the file ends with `# EOF`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+from telemetry.exposition import ExpositionError, format_value, label_text, parse_exposition
+from telemetry.schema import BY_NAME
+from telemetry.series_index import SeriesIndex
+from telemetry.store import Store
+
+_CHUNK_BYTES = 32 * 1024 * 1024  # read imports in pieces: bounded memory whatever the file size
+_META = ("series_id", "t_ms", "value")
+
+
+def family_of(metric: str) -> tuple[str, str]:
+    """(OpenMetrics family name, type) of a stored metric name."""
+    known = BY_NAME.get(metric)
+    kind = known.type if known else ("counter" if metric.endswith("_total") else "gauge")
+    return (metric.removesuffix("_total"), "counter") if kind == "counter" else (metric, "gauge")
+
+
+def export_openmetrics(store: Store, out: TextIO, start_ms: int, end_ms: int,
+                       progress: Callable[[str], None] = lambda metric: None) -> int:
+    """Write every sample in [start_ms, end_ms] as OpenMetrics text; returns the number of samples."""
+    written = 0
+    for metric in sorted(store.metric_names()):
+        frame = store.range(metric, start_ms, end_ms)
+        progress(metric)
+        if frame.empty:
+            continue
+        family, kind = family_of(metric)
+        out.write(f"# TYPE {family} {kind}\n")
+        if metric in BY_NAME:
+            out.write(f"# HELP {family} {BY_NAME[metric].help}\n")
+        labels = [c for c in frame.columns if c not in _META]
+        for _, series in frame.groupby("series_id", sort=True):
+            first = series.iloc[0]
+            head = f"{metric}{{{label_text({k: first[k] for k in labels if isinstance(first[k], str)})}}}"
+            out.writelines(f"{head} {format_value(v)} {t / 1000:.3f}\n"
+                           for t, v in zip(series["t_ms"].tolist(), series["value"].tolist()))
+            written += len(series)
+    out.write("# EOF\n")
+    return written
+
+
+def import_openmetrics(store: Store, path: str | Path, progress: Callable[[int], None] = lambda n: None) -> int:
+    """Load an OpenMetrics file (every sample with a timestamp) into `store`; returns the number of samples."""
+    index = SeriesIndex(store)
+    stored = 0
+    line_offset = 0
+    for chunk in _chunks(Path(path)):
+        try:
+            samples = parse_exposition(chunk, timestamp_unit="s")
+        except ExpositionError as e:
+            raise ExpositionError(f"{path}: {_shift_line(str(e), line_offset)}") from None
+        if (samples.t_ms < 0).any():
+            raise ExpositionError(f"{path}: every sample of an import needs a timestamp (OpenMetrics seconds)")
+        store.append(index.ids(samples.series), samples.t_ms, samples.values)
+        stored += len(samples)
+        line_offset += chunk.count(b"\n")
+        progress(len(chunk))
+    return stored
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """The file in pieces of about `_CHUNK_BYTES`, each ending at a line end."""
+    with path.open("rb") as fh:
+        rest = b""
+        while block := fh.read(_CHUNK_BYTES):
+            block = rest + block
+            cut = block.rfind(b"\n") + 1
+            rest = block[cut:]
+            if cut:
+                yield block[:cut]
+        if rest:
+            yield rest
+
+
+def _shift_line(message: str, offset: int) -> str:
+    """Turn a chunk-relative 'line N' into the file's line number."""
+    if message.startswith("line ") and offset:
+        number, _, tail = message[5:].partition(":")
+        return f"line {int(number) + offset}:{tail}"
+    return message
