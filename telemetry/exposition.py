@@ -122,7 +122,9 @@ def _strings(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.String
     lengths = (ends - starts).astype(np.int32)
     offsets = np.zeros(len(starts) + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    index = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
+    # int32 halves the memory traffic of the largest array here (a body is far below 2 GiB)
+    index = np.repeat((starts - offsets[:-1]).astype(np.int32), lengths)
+    index += np.arange(offsets[-1], dtype=np.int32)
     return pa.StringArray.from_buffers(len(starts), pa.py_buffer(offsets), pa.py_buffer(buf[index]))
 
 

@@ -23,9 +23,31 @@ class SeriesIndex:
         self.labels = labels or {}
         self._texts = pa.array([], pa.string())
         self._ids = np.zeros(0, dtype=np.int64)
+        self._last = (pa.array([], pa.string()), np.zeros(0, dtype=np.int64))
 
     def ids(self, series: pa.StringArray) -> np.ndarray:
-        """Store ids, one per element of `series`; raises ExpositionError if a new text does not parse."""
+        """Store ids, one per element of `series`; raises ExpositionError if a new text does not parse.
+
+        Lines identical to the same line of the previous batch (an exporter renders in a stable order)
+        reuse its id after one element-wise comparison; only the others are hashed.
+        """
+        last_series, last_ids = self._last
+        if len(last_series) == len(series):
+            same = pc.fill_null(pc.equal(series, last_series), False).to_numpy(zero_copy_only=False)
+            if same.all():
+                return last_ids
+            ids = last_ids.copy()
+            ids[~same] = self._lookup(series.filter(pa.array(~same)))
+        else:
+            ids = self._lookup(series)
+        self._last = (series, ids)
+        if len(self._texts) > 2 * len(series) + 1024:
+            # Series come and go (a job's info): keep what this batch used, so the index does not grow forever.
+            self._texts = pc.unique(series)
+            self._ids = ids[pc.index_in(self._texts, value_set=series).to_numpy()]
+        return ids
+
+    def _lookup(self, series: pa.StringArray) -> np.ndarray:
         where = pc.index_in(series, value_set=self._texts)
         if where.null_count:
             new = pc.unique(series.filter(where.is_null())).to_pylist()
@@ -33,10 +55,4 @@ class SeriesIndex:
             self._texts = pa.concat_arrays([self._texts, pa.array(new, pa.string())])
             self._ids = np.concatenate([self._ids, self.store.series_ids(keys).astype(np.int64)])
             where = pc.index_in(series, value_set=self._texts)
-        ids = self._ids[where.to_numpy(zero_copy_only=False)]
-        if len(self._texts) > 2 * len(series) + 1024:
-            # Series come and go (a job's info): keep what this batch used, so the index does not grow forever.
-            texts = pc.unique(series)
-            self._ids = ids[pc.index_in(texts, value_set=series).to_numpy()]
-            self._texts = texts
-        return ids
+        return self._ids[where.to_numpy(zero_copy_only=False)]

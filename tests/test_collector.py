@@ -79,3 +79,23 @@ def test_collects_every_series_and_marks_bad_targets_down(tmp_path, sim_server, 
 def test_scrape_interval_must_be_positive(tmp_path):
     with pytest.raises(ValueError):
         Collector(DuckDBStore(tmp_path / "x.duckdb"), [], interval_s=0)
+
+
+def test_series_index_reuses_ids_and_forgets_series_that_left(tmp_path):
+    import pyarrow as pa
+
+    from telemetry.series_index import SeriesIndex
+
+    store = DuckDBStore(tmp_path / "i.duckdb")
+    index = SeriesIndex(store, {"instance": "x"})
+    first = index.ids(pa.array(['a{n="1"}', 'a{n="2"}', 'b{n="1"}']))
+    assert len(set(first.tolist())) == 3
+    again = index.ids(pa.array(['a{n="1"}', 'a{n="2"}', 'b{n="1"}']))
+    assert again.tolist() == first.tolist()
+    shifted = index.ids(pa.array(['a{n="2"}', 'c{n="9"}', 'a{n="1"}']))  # order changed, one new
+    assert shifted[0] == first[1] and shifted[2] == first[0] and shifted[1] not in first
+    for k in range(600):  # many short-lived series (jobs) come and go
+        index.ids(pa.array([f'j{{job="{k}"}}', 'a{n="1"}']))
+    assert len(index._texts) <= 2 * 2 + 1024
+    assert index.ids(pa.array(['a{n="1"}'])).tolist() == [first[0]]
+    store.close()

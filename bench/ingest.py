@@ -1,0 +1,180 @@
+"""Ingest benchmark: exposition text → durable store, aifmon's embedded path against VictoriaMetrics.
+
+Same data, same run: a simulated factory's exposition (default 25,000 GPUs) is ingested K times with
+new timestamps, by
+  - aifmon: vectorised parse → series ids (Arrow hash lookup) → one DuckDB transaction per scrape;
+  - VictoriaMetrics (Debian package, started here on a free loopback port): POST to
+    /api/v1/import/prometheus, then /internal/force_flush so the samples are durable and queryable.
+Also times the reads the live panels need: 1 h of per-GPU power for the factory page (25,000 GPUs ×
+1 h at 15 s), and the latest value per series for 100,000 GPUs.
+
+Run by hand (not in the test suite):  .venv/bin/python bench/ingest.py [--gpus 25000] [--scrapes 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from exporters.sim import SimExporter  # noqa: E402
+from exporters.simulation import FactorySimulation  # noqa: E402
+from telemetry.duckdb_store import DuckDBStore  # noqa: E402
+from telemetry.exposition import parse_exposition  # noqa: E402
+from telemetry.inventory import parse_inventory  # noqa: E402
+from telemetry.series_index import SeriesIndex  # noqa: E402
+from telemetry.store import series_key  # noqa: E402
+
+
+def factory_inventory(gpus: int):
+    nodes = gpus // 4
+    return parse_inventory(f"""
+name: bench
+factories:
+  - id: big
+    name: Big AI Factory
+    country: DE
+    latitude: 50.9
+    longitude: 6.4
+    power_cap_mw: {gpus * 0.001}
+    design_pue: 1.1
+    energy_price_eur_per_kwh: 0.15
+    systems:
+      - id: big-gpu
+        name: Booster
+        node_groups:
+          - {{prefix: bign, count: {nodes}, gpus_per_node: 4, gpu_model: H100-SXM5-80GB}}
+projects:
+  - {{id: p1, name: P1, access_mode: Large Scale, sector: Technology & Digital, factory: big}}
+  - {{id: p2, name: P2, access_mode: Fast Lane, sector: Health & Life Sciences, factory: big}}
+""", "bench")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def peak_rss_mb(pid: int | None = None) -> float:
+    if pid is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_aifmon(body: bytes, scrapes: int, work: Path) -> tuple[float, float, int]:
+    store = DuckDBStore(work / "bench.duckdb")
+    index = SeriesIndex(store, {"instance": "bench"})
+    samples = parse_exposition(body)
+    index.ids(samples.series)  # the first scrape registers the series; steady state is what we time
+    n = 0
+    started = time.perf_counter()
+    for k in range(scrapes):
+        s = parse_exposition(body)
+        ids = index.ids(s.series)
+        store.append(ids, np.full(len(ids), 1_790_000_000_000 + k * 15_000), s.values)
+        n += len(ids)
+    elapsed = time.perf_counter() - started
+    store.close()
+    return n / elapsed, elapsed, n
+
+
+def bench_vm(body: bytes, scrapes: int, work: Path) -> tuple[float, float, float]:
+    binary = shutil.which("victoria-metrics")
+    if binary is None:
+        raise SystemExit("victoria-metrics is not installed (Debian package victoria-metrics)")
+    port = free_port()
+    proc = subprocess.Popen([binary, f"-storageDataPath={work / 'vm'}", f"-httpListenAddr=127.0.0.1:{port}", "-loggerLevel=ERROR"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        lines = [line for line in body.split(b"\n") if line and not line.startswith(b"#")]
+
+        def post(k: int) -> None:
+            stamped = b"".join(line + b" %d\n" % (1_790_000_000_000 + k * 15_000) for line in lines)
+            request = urllib.request.Request(url + "/api/v1/import/prometheus", data=stamped, method="POST")
+            urllib.request.urlopen(request, timeout=600).read()
+
+        post(-1)  # the first import registers the series, as for aifmon
+        urllib.request.urlopen(url + "/internal/force_flush", timeout=600).read()
+        # stamping is done before the clock starts: VictoriaMetrics is timed on the import alone
+        bodies = [b"".join(line + b" %d\n" % (1_790_000_000_000 + k * 15_000) for line in lines) for k in range(scrapes)]
+        started = time.perf_counter()
+        for stamped in bodies:
+            request = urllib.request.Request(url + "/api/v1/import/prometheus", data=stamped, method="POST")
+            urllib.request.urlopen(request, timeout=600).read()
+        urllib.request.urlopen(url + "/internal/force_flush", timeout=600).read()
+        elapsed = time.perf_counter() - started
+        return len(lines) * scrapes / elapsed, elapsed, peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def bench_reads(work: Path, gpus_page: int = 25_000, gpus_latest: int = 100_000) -> tuple[float, float, int, int]:
+    """(factory page range read s, latest-value read s, rows of each): synthetic power series in DuckDB."""
+    store = DuckDBStore(work / "reads.duckdb")
+    keys = [series_key("aif_gpu_power_watts", {"factory": "big" if g < gpus_page else "other", "node": f"n{g // 4:05d}",
+                                               "gpu": str(g % 4)}) for g in range(gpus_latest)]
+    ids = store.series_ids(keys)
+    t0 = 1_790_000_000_000
+    for step in range(240):  # one hour at 15 s
+        store.append(ids, np.full(len(ids), t0 + step * 15_000), np.full(len(ids), 400.0) + step)
+    started = time.perf_counter()
+    page = store.range("aif_gpu_power_watts", t0, t0 + 3_600_000)
+    page = page[page["factory"] == "big"]
+    range_s = time.perf_counter() - started
+    started = time.perf_counter()
+    latest = store.latest("aif_gpu_power_watts", at_ms=t0 + 3_600_000, lookback_s=60)
+    latest_s = time.perf_counter() - started
+    store.close()
+    return range_s, latest_s, len(page), len(latest)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gpus", type=int, default=25_000)
+    ap.add_argument("--scrapes", type=int, default=5)
+    args = ap.parse_args()
+    inv = factory_inventory(args.gpus)
+    f = inv.factory("big")
+    body = SimExporter(FactorySimulation(f, inv.projects_of("big"), epoch=time.time() - 4 * 3600, step_s=15.0)).body()
+    samples = len(parse_exposition(body))
+    print(f"exposition: {args.gpus:,} GPUs, {samples:,} samples, {len(body) / 1e6:.1f} MB per scrape; {args.scrapes} scrapes each")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        vm_rate, vm_s, vm_rss = bench_vm(body, args.scrapes, work)
+        ours_rate, ours_s, _ = bench_aifmon(body, args.scrapes, work)
+        ours_rss = peak_rss_mb()
+        range_s, latest_s, page_rows, latest_rows = bench_reads(work)
+    print(f"{'path':<44}{'samples/s':>12}{'time s':>9}{'peak RSS MB':>13}")
+    print(f"{'aifmon parse + DuckDB commit':<44}{ours_rate:>12,.0f}{ours_s:>9.2f}{ours_rss:>13.0f}")
+    print(f"{'VictoriaMetrics import + force_flush':<44}{vm_rate:>12,.0f}{vm_s:>9.2f}{vm_rss:>13.0f}")
+    print(f"ratio aifmon / VictoriaMetrics: {ours_rate / vm_rate:.2f}x")
+    print(f"factory page read, 25,000 GPUs x 1 h at 15 s ({page_rows:,} rows): {range_s:.2f} s")
+    print(f"latest value per series, 100,000 GPUs ({latest_rows:,} rows): {latest_s:.3f} s")
+    print("(peak RSS of this process includes the simulator that made the exposition and the read benchmark)")
+
+
+if __name__ == "__main__":
+    main()
