@@ -63,6 +63,34 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--step", type=float, default=1.0, help="simulation tick, s (power is constant within a tick)")
     c.add_argument("--poll", type=float, default=1.0, help="re-render the exposition every POLL s")
 
+    c = exp.add_parser("node", help="serve this node's GPUs, CPUs, BMC power and Slurm jobs on /metrics",
+                       description="The node agent: NVML, RAPL, hwmon, Redfish BMC and Slurm job files, polled in the "
+                                   "background; a scrape never touches the hardware. BMC credentials come from "
+                                   "$AIFMON_BMC_USERNAME/$AIFMON_BMC_PASSWORD or a credentials file, never the command line.")
+    c.set_defaults(run=_exporter_node)
+    c.add_argument("--listen", default="127.0.0.1:9401", help="host:port (default 127.0.0.1:9401)")
+    c.add_argument("--web-config", help="TLS and basic-auth file in exporter-toolkit web.yml format")
+    c.add_argument("--node", help="node label (default: the short host name)")
+    c.add_argument("--poll", type=float, default=1.0, help="GPU power/energy, RAPL and job files every POLL s")
+    c.add_argument("--slow-poll", type=float, default=10.0, help="GPU limits, utilisation, memory, clocks every SLOW_POLL s")
+    c.add_argument("--nvml-timeout", type=float, default=0.5, help="time box of one GPU's NVML calls, s")
+    c.add_argument("--no-gpu", action="store_true", help="do not load NVML (CPU-only node)")
+    c.add_argument("--nvml-module", default="pynvml", help="test/diagnostic hook: a module with pynvml's functions "
+                                                         "(tests use tests.fake_nvml)")
+    c.add_argument("--powercap-root", default="/sys/class/powercap", help="RAPL sysfs tree")
+    c.add_argument("--hwmon-root", default="/sys/class/hwmon", help="hwmon sysfs tree")
+    c.add_argument("--bmc-url", help="Redfish BMC, e.g. https://10.0.0.17 (no BMC: node power is estimated)")
+    c.add_argument("--bmc-chassis", help="chassis id of this node, where one BMC serves several nodes")
+    c.add_argument("--bmc-credentials-file", help="file whose first line is username:password (chmod 600)")
+    c.add_argument("--bmc-ca-file", help="CA bundle to verify the BMC's certificate")
+    c.add_argument("--bmc-insecure", action="store_true", help="do not verify the BMC's TLS certificate")
+    c.add_argument("--bmc-timeout", type=float, default=5.0, help="timeout of one BMC request, s")
+    c.add_argument("--bmc-poll", type=float, default=10.0, help="BMC node power every BMC_POLL s")
+    c.add_argument("--estimate-baseline-watts", type=float, default=200.0,
+                   help="unmeasured node power (fans, NICs, disks, PSU losses) added to the estimate, W")
+    c.add_argument("--job-dir", default="/run/aifmon/jobs", help="directory the Slurm prolog writes job files to")
+    c.add_argument("--qos-access-modes", help="YAML mapping of Slurm QoS to access mode")
+
     c = command(sub, "collect", _collect, "scrape the inventory's exporters into the store")
     c.add_argument("--interval", type=float, default=DEFAULT_SCRAPE_INTERVAL_S, help="scrape interval, s")
     c.add_argument("--once", action="store_true", help="scrape once and exit")
@@ -83,6 +111,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["table", "json", "csv"], default="table")
     c = command(roll, "hourly", _rollup_hourly, "compute every finished hour missing from the hourly rollup table")
 
+    al = sub.add_parser("alerts", help="power-cap and energy-budget alerts").add_subparsers(required=True, metavar="ACTION")
+    c = command(al, "export-rules", _alerts_export_rules, "write the alert rules as a Prometheus rule file", store=False)
+    c.add_argument("--rules", help="alert rules YAML (default: the built-in thresholds)")
+    c.add_argument("--out", help="write the rule file here (default: standard output)")
+    c = command(al, "evaluate", _alerts_evaluate, "evaluate the alert rules over the store and notify (every interval, or --once)")
+    c.add_argument("--rules", help="alert rules YAML (default: the built-in thresholds); re-read when it changes")
+    c.add_argument("--once", action="store_true", help="evaluate once, print the pending and firing alerts, and exit")
+    c.add_argument("--format", choices=["table", "json"], default="table")
+
     c = command(sub, "dashboard", _dashboard, "serve the dashboard")
     c.add_argument("--listen", default=DEFAULT_DASHBOARD_LISTEN)
     c.add_argument("--refresh", type=float, default=5.0, help="live page refresh, s")
@@ -92,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--backfill-hours", type=float, default=24.0, help="simulated history written before going live, h")
     c.add_argument("--interval", type=float, default=DEFAULT_SCRAPE_INTERVAL_S, help="scrape interval, s")
     c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--alert-rules", help="alert rules YAML for the embedded evaluator (default: the built-in thresholds)")
     return p
 
 
@@ -138,8 +176,52 @@ def _exporter_sim(args: argparse.Namespace) -> None:
     server.shutdown()
 
 
+def _exporter_node(args: argparse.Namespace) -> None:
+    import importlib
+    import socket
+
+    from exporters.http import serve_exposition
+    from exporters.hwmon import HwmonSource
+    from exporters.node import NodeExporter
+    from exporters.nvml_source import NvmlSource
+    from exporters.rapl import RaplSource
+    from exporters.redfish import RedfishClient, RedfishPower, load_credentials
+    from exporters.slurm_jobs import JobMappings, load_qos_access_modes
+    from exporters.web_config import load_web_config
+    from telemetry.config import is_loopback, parse_listen
+
+    web = load_web_config(args.web_config) if args.web_config else None
+    host, _ = parse_listen(args.listen)
+    if not is_loopback(host) and (web is None or web.ssl_context is None or not web.basic_auth_users):
+        log.warning("serving on %s without TLS and basic auth: anyone on that network can read this node's metrics", host)
+    bmc = None
+    if args.bmc_url:
+        if args.bmc_insecure:
+            log.warning("--bmc-insecure: the BMC's certificate is not verified")
+        client = RedfishClient(args.bmc_url, load_credentials(args.bmc_credentials_file), verify_tls=not args.bmc_insecure,
+                               ca_file=args.bmc_ca_file, timeout_s=args.bmc_timeout)
+        bmc = RedfishPower(client, chassis=args.bmc_chassis)
+    nvml = None
+    if not args.no_gpu:
+        nvml = NvmlSource(lib=importlib.import_module(args.nvml_module), call_timeout_s=args.nvml_timeout,
+                          slow_every_s=args.slow_poll)
+    exporter = NodeExporter(
+        args.node or socket.gethostname().split(".")[0], nvml=nvml, rapl=RaplSource(Path(args.powercap_root)),
+        hwmon=HwmonSource(Path(args.hwmon_root)), bmc=bmc,
+        jobs=JobMappings(Path(args.job_dir), load_qos_access_modes(args.qos_access_modes)),
+        poll_s=args.poll, bmc_poll_s=args.bmc_poll, baseline_w=args.estimate_baseline_watts)
+    exporter.start()
+    server = serve_exposition(args.listen, exporter.body, f"aifmon node exporter {exporter.node}", web=web)
+    scheme = "https" if web is not None and web.ssl_context is not None else "http"
+    log.info("node %s on %s://%s/metrics", exporter.node, scheme, args.listen)
+    _wait_for_signal()
+    exporter.stop()
+    server.shutdown()
+
+
 def _collect(args: argparse.Namespace) -> None:
     from telemetry.collector import Collector, targets_of
+    from telemetry.duckdb_store import Compactor, DuckDBStore
 
     inventory = load_inventory(args.inventory)
     store = open_store(args.store)
@@ -148,12 +230,15 @@ def _collect(args: argparse.Namespace) -> None:
         if args.once:
             print(f"{collector.collect_once()} samples stored in {store.url}")
             return
-        thread = threading.Thread(target=collector.run, name="collector")
-        thread.start()
+        workers = [collector] + ([Compactor(store)] if isinstance(store, DuckDBStore) else [])
+        threads = [threading.Thread(target=w.run, name=type(w).__name__) for w in workers]
+        for thread in threads:
+            thread.start()
         log.info("collecting from %d targets every %g s into %s", len(collector.targets), args.interval, store.url)
         _wait_for_signal()
-        collector.stop()
-        thread.join()
+        for worker, thread in zip(workers, threads):
+            worker.stop()
+            thread.join()
     finally:
         store.close()
 
@@ -210,6 +295,47 @@ def _rollup_hourly(args: argparse.Namespace) -> None:
         store.close()
 
 
+def _alerts_export_rules(args: argparse.Namespace) -> None:
+    from alerts.config import load_alert_config
+    from alerts.prometheus import render_rules
+
+    inventory = load_inventory(args.inventory)
+    text = render_rules(inventory, load_alert_config(args.rules, inventory))
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def _alerts_evaluate(args: argparse.Namespace) -> None:
+    from alerts.evaluator import AlertEvaluator
+
+    inventory = load_inventory(args.inventory)
+    store = open_store(args.store, read_only=args.once)
+    try:
+        evaluator = AlertEvaluator(store, inventory, args.rules)
+        if not args.once:
+            thread = threading.Thread(target=evaluator.run, name="alerts")
+            thread.start()
+            log.info("evaluating %d alert rules every %g s", len(evaluator.rules), evaluator.config.evaluation_interval_s)
+            _wait_for_signal()
+            evaluator.stop()
+            thread.join()
+            return
+        active = sorted(evaluator.evaluate(), key=lambda a: (a.state, a.labels.get("alertname", ""), sorted(a.labels.items())))
+        if args.format == "json":
+            print(json.dumps([a.to_json() for a in active], indent=2))
+            return
+        from rollups.report_format import text_table
+
+        rows = [[a.state, a.labels["alertname"], a.labels.get("severity", ""),
+                 " ".join(f"{k}={v}" for k, v in a.labels.items() if k not in ("alertname", "severity")),
+                 a.annotations.get("value", ""), a.annotations.get("cap", ""), a.annotations.get("percentage", "")] for a in active]
+        print(text_table(["state", "alert", "severity", "labels", "value", "cap", "share"], rows) if rows else "no pending or firing alerts")
+    finally:
+        store.close()
+
+
 def _dashboard(args: argparse.Namespace) -> None:
     from dashboard.app import create_app, make_server
 
@@ -227,11 +353,13 @@ def _dashboard(args: argparse.Namespace) -> None:
 
 def _up(args: argparse.Namespace) -> None:
     """Simulators (child processes), backfill, collector, hourly rollups and dashboard, until Ctrl-C."""
+    from alerts.evaluator import AlertEvaluator
     from dashboard.app import create_app, make_server
     from exporters.backfill import backfill
     from exporters.simulation import FactorySimulation
     from rollups.hourly import HourlyRollups
     from telemetry.collector import Collector, targets_of
+    from telemetry.duckdb_store import Compactor
     from tqdm import tqdm
 
     inventory = load_inventory(args.inventory)
@@ -264,7 +392,8 @@ def _up(args: argparse.Namespace) -> None:
                 for f in inventory.live_factories():
                     sim = FactorySimulation(f, inventory.projects_of(f.id), seed=args.seed, epoch=epoch, step_s=step_s)
                     backfill(store, sim, start, now, 60.0, progress=bar.update)
-        for worker in (Collector(store, targets_of(inventory), interval_s=args.interval), HourlyRollups(store)):
+        for worker in (Collector(store, targets_of(inventory), interval_s=args.interval), HourlyRollups(store), Compactor(store),
+                       AlertEvaluator(store, inventory, args.alert_rules)):
             thread = threading.Thread(target=worker.run, name=type(worker).__name__)
             thread.start()
             workers.append((worker, thread))

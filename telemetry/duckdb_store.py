@@ -2,8 +2,18 @@
 
 Tables:
 - `series(id, metric, labels)`: one row per series; `labels` is canonical JSON (sorted keys).
-- `samples(series_id, t_ms, value)`: appended in time order, so DuckDB's per-row-group min/max on
-  `t_ms` lets range and latest reads skip everything outside their window.
+- `samples(series_id, t_ms, value)`: raw samples, appended in time order, so DuckDB's per-row-group
+  min/max on `t_ms` lets range and latest reads skip everything outside their window.
+- `samples_1m(series_id, t_ms, last_t_ms, last, avg, min, max, count)`: per-minute aggregates
+  (t_ms = minute start), kept longer than raw samples. A read that reaches back past the raw samples
+  gets one sample per minute, stamped with the time of the minute's last raw sample: `last` for
+  counters — so counter increments, and every energy figure, stay exact — and `avg` for gauges.
+  Samples of one scrape share that stamp, so job info still joins energy on time. Totals stay exact;
+  a range edge that falls inside a downsampled minute is resolved to that minute.
+- `store_state(key, value)`: how far downsampling has got.
+
+Retention (`compact`, run periodically): raw samples are kept `raw_days`, minute aggregates
+`minute_days`; both come from the store URL (`duckdb:///data/aifmon.duckdb?raw_days=7&minute_days=400`).
 
 Every write is one transaction; DuckDB syncs its write-ahead log on commit, so a sample whose
 `append` returned survives a kill. One process holds the file for writing; readers in the same
@@ -13,11 +23,13 @@ process share it (the dashboard reads while the collector writes).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -25,6 +37,8 @@ import numpy as np
 import pandas as pd
 
 from telemetry.store import SeriesKey, StoreError
+
+log = logging.getLogger(__name__)
 
 def _derived_table(table: str) -> str:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", table):
@@ -35,16 +49,34 @@ def _derived_table(table: str) -> str:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, metric VARCHAR NOT NULL, labels VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (series_id INTEGER NOT NULL, t_ms BIGINT NOT NULL, value DOUBLE NOT NULL);
+CREATE TABLE IF NOT EXISTS samples_1m (series_id INTEGER NOT NULL, t_ms BIGINT NOT NULL, last_t_ms BIGINT NOT NULL,
+                                       last DOUBLE, avg DOUBLE, min DOUBLE, max DOUBLE, count INTEGER);
+CREATE TABLE IF NOT EXISTS store_state (key VARCHAR PRIMARY KEY, value BIGINT);
 """
+_MINUTE_MS = 60_000
+_SETTLE_MS = 120_000  # downsample a minute only once it is this old: late scrapes of it are in
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long raw samples and per-minute aggregates are kept, in days."""
+
+    raw_days: float = 7.0
+    minute_days: float = 400.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.raw_days <= self.minute_days:
+            raise ValueError(f"retention: need 0 < raw_days ({self.raw_days}) <= minute_days ({self.minute_days})")
 
 
 class DuckDBStore:
     """Store backed by a DuckDB file (see module docstring)."""
 
-    def __init__(self, path: str | Path, read_only: bool = False, url: str | None = None):
+    def __init__(self, path: str | Path, read_only: bool = False, url: str | None = None, retention: Retention = Retention()):
         self.path = Path(path)
         self.url = url or f"duckdb:///{path}"
         self.read_only = read_only
+        self.retention = retention
         if read_only and not self.path.exists():
             raise StoreError(f"store {self.path} does not exist; run `aifmon collect` (or `make up`) to create it")
         try:
@@ -147,13 +179,13 @@ class DuckDBStore:
 
     # -- reads ---------------------------------------------------------------------------------
     def _series_of(self, metric: str) -> pd.DataFrame:
-        """series_id and one column per label, for every series of `metric` (cached until new series appear)."""
+        """series_id (sorted) and one column per label, for every series of `metric` (cached until new series appear)."""
         known = len(self._ids)
         cached = self._labels_cache.get(metric)
         if cached and cached[0] == known:
             return cached[1]
         with self._cursor() as cur:
-            rows = cur.execute("SELECT id, labels FROM series WHERE metric = ?", [metric]).fetchall()
+            rows = cur.execute("SELECT id, labels FROM series WHERE metric = ? ORDER BY id", [metric]).fetchall()
         frame = pd.DataFrame([json.loads(labels) for _, labels in rows])
         frame.insert(0, "series_id", np.array([sid for sid, _ in rows], dtype=np.int32))
         self._labels_cache[metric] = (known, frame)
@@ -161,24 +193,32 @@ class DuckDBStore:
 
     def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0) -> pd.DataFrame:
         at_ms = int(time.time() * 1000) if at_ms is None else at_ms
+        ids = self._series_of(metric)[["series_id"]]
         with self._cursor() as cur:
             found = cur.execute(
                 """SELECT s.series_id, max(s.t_ms) AS t_ms, arg_max(s.value, s.t_ms) AS value
-                   FROM samples s JOIN series ON series.id = s.series_id
-                   WHERE series.metric = ? AND s.t_ms > ? AND s.t_ms <= ?
+                   FROM samples s SEMI JOIN ids ON ids.series_id = s.series_id
+                   WHERE s.t_ms > ? AND s.t_ms <= ?
                    GROUP BY s.series_id""",
-                [metric, at_ms - int(lookback_s * 1000), at_ms],
+                [at_ms - int(lookback_s * 1000), at_ms],
             ).df()
         return self._with_labels(metric, found).drop(columns="series_id")
 
     def range(self, metric: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        ids = self._series_of(metric)[["series_id"]]
+        minute_value = "last" if metric.endswith("_total") else "avg"
         with self._cursor() as cur:
+            raw_from = cur.execute("SELECT min(t_ms) FROM samples").fetchone()[0]
+            raw_from = end_ms + 1 if raw_from is None else raw_from
             found = cur.execute(
-                """SELECT s.series_id, s.t_ms, s.value
-                   FROM samples s JOIN series ON series.id = s.series_id
-                   WHERE series.metric = ? AND s.t_ms >= ? AND s.t_ms <= ?
-                   ORDER BY s.series_id, s.t_ms""",
-                [metric, start_ms, end_ms],
+                f"""SELECT series_id, t_ms, value FROM (
+                        SELECT s.series_id, s.t_ms, s.value FROM samples s SEMI JOIN ids ON ids.series_id = s.series_id
+                        WHERE s.t_ms >= ? AND s.t_ms <= ?
+                        UNION ALL
+                        SELECT m.series_id, m.last_t_ms, m.{minute_value} FROM samples_1m m SEMI JOIN ids ON ids.series_id = m.series_id
+                        WHERE m.last_t_ms >= ? AND m.last_t_ms <= ? AND m.last_t_ms < ?)
+                    ORDER BY series_id, t_ms""",
+                [start_ms, end_ms, start_ms, end_ms, raw_from],
             ).df()
         return self._with_labels(metric, found)
 
@@ -186,11 +226,48 @@ class DuckDBStore:
         found["series_id"] = found["series_id"].astype(np.int32)
         if found.empty:
             return found
-        return found.merge(self._series_of(metric), on="series_id", how="left")
+        labels = self._series_of(metric)
+        # labels are sorted by series_id: a positional take is far cheaper than a merge on millions of rows
+        at = np.searchsorted(labels["series_id"].to_numpy(), found["series_id"].to_numpy())
+        taken = labels.drop(columns="series_id").take(at).reset_index(drop=True)
+        return pd.concat([found.reset_index(drop=True), taken], axis=1)
+
+    # -- retention -----------------------------------------------------------------------------
+    def compact(self, now_ms: int | None = None) -> dict[str, int]:
+        """Downsample settled minutes, then drop raw samples and aggregates past their retention.
+
+        Returns the number of rows each step touched. Each step is one transaction: a crash between
+        steps leaves data that the next run finishes.
+        """
+        self._check_writable()
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        until = (now_ms - _SETTLE_MS) // _MINUTE_MS * _MINUTE_MS
+        raw_cut = now_ms - int(self.retention.raw_days * 86_400_000)
+        minute_cut = now_ms - int(self.retention.minute_days * 86_400_000)
+        with self._write_lock, self._cursor() as cur:
+            done = cur.execute("SELECT value FROM store_state WHERE key = 'downsampled_until_ms'").fetchone()
+            since = done[0] if done else (cur.execute("SELECT min(t_ms) FROM samples").fetchone()[0] or until) // _MINUTE_MS * _MINUTE_MS
+            cur.execute("BEGIN TRANSACTION")
+            downsampled = cur.execute(
+                f"""INSERT INTO samples_1m
+                    SELECT series_id, t_ms // {_MINUTE_MS} * {_MINUTE_MS}, max(t_ms), arg_max(value, t_ms), avg(value), min(value),
+                           max(value), count(*)
+                    FROM samples WHERE t_ms >= ? AND t_ms < ? GROUP BY ALL""",
+                [since, until],
+            ).fetchone()[0]
+            cur.execute("INSERT OR REPLACE INTO store_state VALUES ('downsampled_until_ms', ?)", [max(since, until)])
+            cur.execute("COMMIT")
+            # Raw samples go only once their minutes are aggregated.
+            dropped_raw = cur.execute("DELETE FROM samples WHERE t_ms < ?", [min(raw_cut, max(since, until))]).fetchone()[0]
+            dropped_minutes = cur.execute("DELETE FROM samples_1m WHERE t_ms < ?", [minute_cut]).fetchone()[0]
+        return {"minutes_written": int(downsampled), "raw_dropped": int(dropped_raw), "minutes_dropped": int(dropped_minutes)}
 
     def time_bounds(self) -> tuple[int, int] | None:
         with self._cursor() as cur:
-            lo, hi = cur.execute("SELECT min(t_ms), max(t_ms) FROM samples").fetchone()
+            lo, hi = cur.execute(
+                "SELECT min(lo), max(hi) FROM (SELECT min(t_ms) lo, max(t_ms) hi FROM samples "
+                "UNION ALL SELECT min(t_ms), max(t_ms) FROM samples_1m)"
+            ).fetchone()
         return None if lo is None else (int(lo), int(hi))
 
     def metric_names(self) -> list[str]:
@@ -209,3 +286,23 @@ class DuckDBStore:
             if not self.read_only:
                 self._con.execute("CHECKPOINT")
             self._con.close()
+
+
+class Compactor:
+    """Runs `store.compact()` every `every_s` seconds until stopped (a worker thread's target)."""
+
+    def __init__(self, store: DuckDBStore, every_s: float = 600.0):
+        self.store = store
+        self.every_s = every_s
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                done = self.store.compact()
+                log.info("store compaction: %s", done)
+            except (StoreError, duckdb.Error):
+                log.exception("store compaction failed; it runs again in %g s", self.every_s)
+
+    def stop(self) -> None:
+        self._stop.set()

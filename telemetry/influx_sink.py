@@ -159,17 +159,20 @@ class InfluxSink:
         self.points_spooled = 0
         self.points_replayed = 0
         self.points_skipped = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one request or spool change at a time
+        self._ids_lock = threading.Lock()
         self._closed = False
         self._retry_at = 0.0  # time.monotonic() before which the server is not tried again
         self._down_since: float | None = None
         self._ids: dict[SeriesKey, int] = {}
         self._prefixes: list[str] = []  # series id -> "measurement,tag=v,…" (line protocol up to the field)
         self._open_spool()
+        self._backlog = self._segments()  # the spool's segments, oldest first; changed only under _lock
+        self._next_seq = self._backlog[-1][0] + 1 if self._backlog else 1
         # debug=False: the client's debug mode logs request headers, the Authorization token among them.
         self._client = InfluxDBClient(url=server_url, token=token, org=org, timeout=int(timeout_s * 1000), debug=False)
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
-        if self._segments():
+        if self._backlog:
             log.info("InfluxDB sink: %d points in spool %s from an earlier run; replaying", self.spool_backlog_points, self.spool_dir)
             with self._lock:
                 self._drain(time.monotonic() + replay_budget_s)
@@ -186,8 +189,8 @@ class InfluxSink:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise StoreError(
-                f"InfluxDB spool {self.spool_dir} is held by another aifmon process; stop it, or give this one its own "
-                "spool with ?spool=DIR in the store URL"
+                f"InfluxDB spool {self.spool_dir} is held by another InfluxDB sink (this or another aifmon process); "
+                "stop it, or give this one its own spool with ?spool=DIR in the store URL"
             ) from None
         for tmp in self.spool_dir.glob("*.tmp"):  # torn writes: never acknowledged
             tmp.unlink()
@@ -195,16 +198,20 @@ class InfluxSink:
         target_file = self.spool_dir / "target"
         held = target_file.read_text() if target_file.exists() else None
         if held != target:
-            if held is not None and self._segments():
+            waiting = sum(n for _, n, _ in self._segments())
+            if held is not None and waiting:
                 os.close(self._lock_fd)
                 raise StoreError(
-                    f"InfluxDB spool {self.spool_dir} holds {self.spool_backlog_points} unsent points for {held.strip()}, "
+                    f"InfluxDB spool {self.spool_dir} holds {waiting} unsent points for {held.strip()}, "
                     f"not for {target.strip()}; open that target once to replay them, or choose another spool with ?spool=DIR"
                 )
-            _write_durably(self.spool_dir / "target.tmp", target.encode())
-            os.replace(self.spool_dir / "target.tmp", target_file)
-            _fsync_dir(self.spool_dir)
-        self._next_seq = max((seq for seq, _, _ in self._segments()), default=0) + 1
+            try:
+                _write_durably(self.spool_dir / "target.tmp", target.encode())
+                os.replace(self.spool_dir / "target.tmp", target_file)
+                _fsync_dir(self.spool_dir)
+            except OSError as e:
+                os.close(self._lock_fd)
+                raise StoreError(f"cannot write to InfluxDB spool {self.spool_dir}: {e}") from None
 
     def _segments(self) -> list[tuple[int, int, Path]]:
         """(sequence number, line count, path) of every spooled segment, oldest first."""
@@ -218,43 +225,45 @@ class InfluxSink:
     @property
     def spool_backlog_points(self) -> int:
         """Points waiting in the spool."""
-        return sum(n for _, n, _ in self._segments())
+        return sum(n for _, n, _ in self._backlog)
 
     def _spool(self, chunks: list[list[str]]) -> None:
         """Put chunks in the spool, durably, behind everything already there."""
-        written: list[Path] = []
+        written: list[tuple[int, int, Path]] = []
         try:
             for chunk in chunks:
-                final = self.spool_dir / f"{self._next_seq:020d}-{len(chunk)}.lp"
+                seq = self._next_seq + len(written)
+                final = self.spool_dir / f"{seq:020d}-{len(chunk)}.lp"
                 tmp = final.with_name(final.name + ".tmp")
                 _write_durably(tmp, ("\n".join(chunk) + "\n").encode())
                 os.rename(tmp, final)
-                written.append(final)
-                self._next_seq += 1
+                written.append((seq, len(chunk), final))
             _fsync_dir(self.spool_dir)
         except OSError as e:
             # Nothing of this call is acknowledged, so take back what did land: a caller that retries
             # must not find half of it replayed twice. Earlier calls' segments are untouched.
-            for path in [*written, *self.spool_dir.glob("*.tmp")]:
+            for _, _, path in written:
                 path.unlink(missing_ok=True)
+            for tmp in self.spool_dir.glob("*.tmp"):
+                tmp.unlink(missing_ok=True)
             raise StoreError(
                 f"cannot write to InfluxDB spool {self.spool_dir} ({e}); the server is unreachable and these "
                 f"{sum(map(len, chunks))} points were NOT stored; free disk space there"
             ) from None
+        self._backlog += written
+        self._next_seq += len(written)
         self.points_spooled += sum(map(len, chunks))
 
     def _drain(self, deadline: float) -> None:
         """Replay spooled segments oldest first until the spool is empty, the server fails, or `deadline`."""
-        while time.monotonic() < deadline:
+        while self._backlog and time.monotonic() < deadline:
             batch: list[tuple[int, Path]] = []
             lines = 0
-            for _, n, path in self._segments():
+            for _, n, path in self._backlog:
                 if batch and lines + n > self.batch_lines:
                     break
                 batch.append((n, path))
                 lines += n
-            if not batch:
-                return
             body = b"".join(path.read_bytes() for _, path in batch)
             try:
                 self._send(body)
@@ -263,12 +272,14 @@ class InfluxSink:
                 return
             except _Rejected as e:
                 self._quarantine(batch, e)
-                continue
-            for _, path in batch:  # oldest first: what a crash leaves behind is a suffix
-                path.unlink()
-            _fsync_dir(self.spool_dir)
-            self.points_replayed += lines
-            if not self._segments():
+            else:
+                self._succeeded()
+                for _, path in batch:  # oldest first: what a crash leaves behind is a suffix
+                    path.unlink()
+                _fsync_dir(self.spool_dir)
+                self.points_replayed += lines
+            del self._backlog[:len(batch)]
+            if not self._backlog:
                 log.info("InfluxDB sink: spool empty; %d points replayed to %s so far", self.points_replayed, self.server_url)
 
     def _quarantine(self, batch: list[tuple[int, Path]], error: _Rejected) -> None:
@@ -294,9 +305,15 @@ class InfluxSink:
                 raise _Rejected(f"HTTP {e.status}: {(e.body or e.reason or '').strip()[:300]}") from None
             # 5xx, 429, and also 401/403/404 (token, org or bucket refused): the points are fine, the
             # server or its configuration is not; keep them until an operator has fixed it.
-            raise _Transient(f"HTTP {e.status}: {(e.body or e.reason or '').strip()[:300]}") from None
+            hint = f"; check {TOKEN_ENV}, org and bucket" if e.status in (401, 403, 404) else ""
+            raise _Transient(f"HTTP {e.status}: {(e.body or e.reason or '').strip()[:300]}{hint}") from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise _Transient(f"{type(e).__name__}: {e}") from None
+
+    def _succeeded(self) -> None:
+        if self._down_since is not None:
+            log.info("InfluxDB sink: %s takes writes again after %.0f s", self.server_url, time.monotonic() - self._down_since)
+            self._down_since = None
 
     def _failed(self, error: _Transient) -> None:
         self._retry_at = time.monotonic() + self.retry_interval_s
@@ -310,16 +327,18 @@ class InfluxSink:
         with self._lock:
             if self._closed:
                 raise StoreError(f"InfluxDB sink {self.url} is closed")
+            if not chunks:
+                return
             now = time.monotonic()
-            if self._segments():
+            if self._backlog:
                 self._spool(chunks)  # behind the backlog, never ahead of it
                 if now >= self._retry_at:
                     self._drain(now + self.replay_budget_s)
                 return
+            if now < self._retry_at:  # found down moments ago: do not pay a timeout per call
+                self._spool(chunks)
+                return
             for i, chunk in enumerate(chunks):
-                if now < self._retry_at:
-                    self._spool(chunks[i:])
-                    return
                 try:
                     self._send(("\n".join(chunk) + "\n").encode())
                 except _Transient as e:
@@ -331,16 +350,14 @@ class InfluxSink:
                         f"InfluxDB at {self.server_url} rejected a write ({e}); {i * self.batch_lines} of the "
                         f"{len(lines)} points of this call were stored before it, the rest were not"
                     ) from None
+                self._succeeded()
                 self.points_sent += len(chunk)
-                if self._down_since is not None:
-                    log.info("InfluxDB sink: %s takes writes again after %.0f s", self.server_url, now - self._down_since)
-                    self._down_since = None
 
     # -- store interface: writes ---------------------------------------------------------------
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
         """Ids for these series, valid within this sink only (line protocol names series by their
         measurement and tags, so nothing needs registering on the server)."""
-        with self._lock:
+        with self._ids_lock:
             for key in keys:
                 if key not in self._ids:
                     metric, labels = key
@@ -410,7 +427,7 @@ class InfluxSink:
             if self._closed:
                 return
             self._closed = True
-            if self._segments():
+            if self._backlog:
                 self._drain(time.monotonic() + timeout_s)
             left = self.spool_backlog_points
             if left:

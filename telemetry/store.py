@@ -8,7 +8,7 @@ rollups and panels do not care which backend answered.
 from __future__ import annotations
 
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -71,13 +71,13 @@ class Store(Protocol):
 
 _PROMQL = {"prometheus+http": "prometheus", "prometheus+https": "prometheus",
            "victoriametrics+http": "victoriametrics", "victoriametrics+https": "victoriametrics"}
-_PLANNED = {"influxdb+http": "the InfluxDB sink", "influxdb+https": "the InfluxDB sink"}
 
 
 def open_store(url: str = DEFAULT_STORE_URL, read_only: bool = False) -> Store:
     """Open the store a `--store` URL names.
 
-    `duckdb:///relative/path.duckdb` or `duckdb:////absolute/path.duckdb` (as SQLAlchemy counts slashes);
+    `duckdb:///relative/path.duckdb` or `duckdb:////absolute/path.duckdb` (as SQLAlchemy counts slashes),
+    optionally `?raw_days=7&minute_days=400` (retention of raw samples and per-minute aggregates);
     `prometheus+http://host:9090`, `victoriametrics+http://host:8428` (a path prefix is kept, e.g. a
     vmselect `.../select/0/prometheus`).
     """
@@ -85,9 +85,17 @@ def open_store(url: str = DEFAULT_STORE_URL, read_only: bool = False) -> Store:
     if parts.scheme == "duckdb":
         if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2:
             raise StoreError(f"store URL {url!r}: expected duckdb:///relative/path.duckdb or duckdb:////absolute/path.duckdb")
-        from telemetry.duckdb_store import DuckDBStore
+        from telemetry.duckdb_store import DuckDBStore, Retention
 
-        return DuckDBStore(parts.path[1:], read_only=read_only, url=url)
+        options = dict(parse_qsl(parts.query))
+        unknown = set(options) - {"raw_days", "minute_days"}
+        if unknown:
+            raise StoreError(f"store URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}; expected raw_days, minute_days")
+        try:
+            retention = Retention(**{k: float(v) for k, v in options.items()})
+        except ValueError as e:
+            raise StoreError(f"store URL {url!r}: {e}") from None
+        return DuckDBStore(parts.path[1:], read_only=read_only, url=url, retention=retention)
     if parts.scheme in _PROMQL:
         if not parts.hostname or parts.query:
             raise StoreError(f"store URL {url!r}: expected {parts.scheme}://host:port[/path prefix]")
@@ -95,8 +103,12 @@ def open_store(url: str = DEFAULT_STORE_URL, read_only: bool = False) -> Store:
 
         base = f"{parts.scheme.split('+')[1]}://{parts.netloc}{parts.path}"
         return PromQLStore(base, _PROMQL[parts.scheme], url)
-    if parts.scheme in _PLANNED:
-        raise StoreError(f"store URL {url!r}: {_PLANNED[parts.scheme]} is not in this version yet; use duckdb:///path.duckdb")
+    if parts.scheme in ("influxdb+http", "influxdb+https"):
+        if read_only:
+            raise StoreError(f"store URL {url!r}: the InfluxDB sink is write-only; read through the PromQL backend")
+        from telemetry.influx_sink import open_influx_sink
+
+        return open_influx_sink(url)
     raise StoreError(
         f"store URL {url!r} is not understood; expected duckdb:///path.duckdb, prometheus+http://host:9090, "
         "victoriametrics+http://host:8428 or influxdb+http://host:8086?org=O&bucket=B"
