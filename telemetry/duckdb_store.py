@@ -191,9 +191,18 @@ class DuckDBStore:
         self._labels_cache[metric] = (known, frame)
         return frame
 
-    def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0) -> pd.DataFrame:
+    def _ids_matching(self, metric: str, match: dict[str, str] | None) -> pd.DataFrame:
+        """series_id of the series of `metric` whose labels equal every `match` item."""
+        series = self._series_of(metric)
+        keep = np.ones(len(series), dtype=bool)
+        for label, value in (match or {}).items():
+            keep &= (series[label] == value).to_numpy(dtype=bool, na_value=False) if label in series else False
+        return series.loc[keep, ["series_id"]]
+
+    def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0,
+               match: dict[str, str] | None = None) -> pd.DataFrame:
         at_ms = int(time.time() * 1000) if at_ms is None else at_ms
-        ids = self._series_of(metric)[["series_id"]]
+        ids = self._ids_matching(metric, match)
         with self._cursor() as cur:
             found = cur.execute(
                 """SELECT s.series_id, max(s.t_ms) AS t_ms, arg_max(s.value, s.t_ms) AS value
@@ -201,11 +210,11 @@ class DuckDBStore:
                    WHERE s.t_ms > ? AND s.t_ms <= ?
                    GROUP BY s.series_id""",
                 [at_ms - int(lookback_s * 1000), at_ms],
-            ).df()
+            ).fetchnumpy()
         return self._with_labels(metric, found).drop(columns="series_id")
 
-    def range(self, metric: str, start_ms: int, end_ms: int) -> pd.DataFrame:
-        ids = self._series_of(metric)[["series_id"]]
+    def range(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
+        ids = self._ids_matching(metric, match)
         minute_value = "last" if metric.endswith("_total") else "avg"
         with self._cursor() as cur:
             raw_from = cur.execute("SELECT min(t_ms) FROM samples").fetchone()[0]
@@ -219,18 +228,21 @@ class DuckDBStore:
                         WHERE m.last_t_ms >= ? AND m.last_t_ms <= ? AND m.last_t_ms < ?)
                     ORDER BY series_id, t_ms""",
                 [start_ms, end_ms, start_ms, end_ms, raw_from],
-            ).df()
+            ).fetchnumpy()
         return self._with_labels(metric, found)
 
-    def _with_labels(self, metric: str, found: pd.DataFrame) -> pd.DataFrame:
-        found["series_id"] = found["series_id"].astype(np.int32)
-        if found.empty:
-            return found
+    def _with_labels(self, metric: str, found: dict[str, np.ndarray]) -> pd.DataFrame:
+        """Columns from DuckDB (NumPy, no per-row conversion) plus one column per label."""
+        frame = pd.DataFrame({"series_id": np.asarray(found["series_id"], dtype=np.int32),
+                              "t_ms": np.asarray(found["t_ms"], dtype=np.int64),
+                              "value": np.asarray(found["value"], dtype=np.float64)})
+        if frame.empty:
+            return frame
         labels = self._series_of(metric)
         # labels are sorted by series_id: a positional take is far cheaper than a merge on millions of rows
-        at = np.searchsorted(labels["series_id"].to_numpy(), found["series_id"].to_numpy())
+        at = np.searchsorted(labels["series_id"].to_numpy(), frame["series_id"].to_numpy())
         taken = labels.drop(columns="series_id").take(at).reset_index(drop=True)
-        return pd.concat([found.reset_index(drop=True), taken], axis=1)
+        return pd.concat([frame, taken], axis=1)
 
     # -- retention -----------------------------------------------------------------------------
     def compact(self, now_ms: int | None = None) -> dict[str, int]:

@@ -442,10 +442,11 @@ class InfluxSink:
             "(victoriametrics+http:// or prometheus+http://) or a duckdb:/// store"
         )
 
-    def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0) -> pd.DataFrame:
+    def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0,
+               match: dict[str, str] | None = None) -> pd.DataFrame:
         raise self._write_only(f"latest({metric!r})")
 
-    def range(self, metric: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+    def range(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
         raise self._write_only(f"range({metric!r})")
 
     def read_rows(self, table: str, start_ms: int, end_ms: int) -> pd.DataFrame:
@@ -453,6 +454,9 @@ class InfluxSink:
 
     def time_bounds(self) -> tuple[int, int] | None:
         raise self._write_only("time_bounds()")
+
+    def metric_names(self) -> list[str]:
+        raise self._write_only("metric_names()")
 
 
 def _read_token() -> str:

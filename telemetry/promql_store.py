@@ -21,7 +21,7 @@ import urllib.request
 import numpy as np
 import pandas as pd
 
-from telemetry.exposition import format_value, label_text
+from telemetry.exposition import escape_label_value, format_value, label_text
 from telemetry.store import SeriesKey, StoreError
 
 _WINDOW_S = 3600  # one query per hour of data: bounds the server's and our memory per answer
@@ -54,14 +54,15 @@ class PromQLStore:
             raise StoreError(f"{self.kind} at {self.base_url}: {body.get('errorType')}: {body.get('error')}")
         return body["data"]
 
-    def _raw(self, metric: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+    def _raw(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
         """Raw samples with start_ms <= t <= end_ms, one frame with `__series` (result index) and label columns."""
         frames = []
         series_ids: dict[tuple, int] = {}
+        selector = metric + "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in (match or {}).items()) + "}"
         t = end_ms
         while t >= start_ms:
             window_ms = min(_WINDOW_S * 1000, t - start_ms + 1)  # the selector is left-open: (t - window, t]
-            data = self._get("/api/v1/query", {"query": f"{metric}[{window_ms}ms]", "time": f"{t / 1000:.3f}"})
+            data = self._get("/api/v1/query", {"query": f"{selector}[{window_ms}ms]", "time": f"{t / 1000:.3f}"})
             for result in data["result"]:
                 labels = {k: v for k, v in result["metric"].items() if k != "__name__"}
                 sid = series_ids.setdefault(tuple(sorted(labels.items())), len(series_ids))
@@ -77,16 +78,17 @@ class PromQLStore:
             return pd.DataFrame(columns=["series_id", "t_ms", "value"])
         return pd.concat(frames, ignore_index=True)
 
-    def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0) -> pd.DataFrame:
+    def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0,
+               match: dict[str, str] | None = None) -> pd.DataFrame:
         at_ms = int(time.time() * 1000) if at_ms is None else at_ms
-        raw = self._raw(metric, at_ms - int(lookback_s * 1000) + 1, at_ms)
+        raw = self._raw(metric, at_ms - int(lookback_s * 1000) + 1, at_ms, match)
         if raw.empty:
             return raw.drop(columns="series_id")
         newest = raw.sort_values("t_ms", kind="stable").groupby("series_id").tail(1)
         return newest.drop(columns="series_id").reset_index(drop=True)
 
-    def range(self, metric: str, start_ms: int, end_ms: int) -> pd.DataFrame:
-        raw = self._raw(metric, start_ms, end_ms)
+    def range(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
+        raw = self._raw(metric, start_ms, end_ms, match)
         return raw.sort_values(["series_id", "t_ms"], kind="stable").reset_index(drop=True)
 
     def metric_names(self) -> list[str]:

@@ -38,16 +38,17 @@ class Store(Protocol):
     def append(self, series_ids: np.ndarray, t_ms: np.ndarray, values: np.ndarray) -> None:
         """Write samples; when this returns, they are on disk."""
 
-    def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0) -> pd.DataFrame:
+    def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0,
+               match: dict[str, str] | None = None) -> pd.DataFrame:
         """Newest sample per series of `metric` within `lookback_s` before `at_ms` (default: now).
 
-        Columns: one per label, `t_ms`, `value`.
+        `match` keeps only series whose labels equal each of its items. Columns: one per label, `t_ms`, `value`.
         """
 
-    def range(self, metric: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+    def range(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
         """Every sample of `metric` with start_ms <= t_ms <= end_ms, sorted by series then time.
 
-        Columns: `series_id`, one per label, `t_ms`, `value`.
+        `match` as for `latest`. Columns: `series_id`, one per label, `t_ms`, `value`.
         """
 
     def replace_rows(self, table: str, window_start_ms: int, rows: pd.DataFrame) -> None:
