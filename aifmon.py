@@ -103,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--end", default="now")
     c.add_argument("--out", help="file to write (default: standard output)")
 
+    dep = sub.add_parser("deploy", help="configuration for site deployments").add_subparsers(required=True, metavar="WHAT")
+    c = command(dep, "prometheus-config", _deploy_prometheus_config, "write prometheus.yml and file_sd targets from the inventory", store=False)
+    c.add_argument("--out", default="deploy/prometheus", help="directory to write (default deploy/prometheus)")
+    c.add_argument("--interval", type=float, default=15.0, help="scrape interval, s")
+
     roll = sub.add_parser("rollup", help="rollups").add_subparsers(required=True, metavar="WHAT")
     c = command(roll, "energy", _rollup_energy, "GPU energy, GPU-hours, cost and CO2e per group over a time range")
     c.add_argument("--start", required=True, help="ISO 8601, Unix seconds, now or -24h")
@@ -269,6 +274,13 @@ def _store_export(args: argparse.Namespace) -> None:
         if args.out:
             out.close()
     log.info("%d samples exported", n)
+
+
+def _deploy_prometheus_config(args: argparse.Namespace) -> None:
+    from telemetry.prometheus_config import write_prometheus_config
+
+    for path in write_prometheus_config(load_inventory(args.inventory), Path(args.out), args.interval):
+        print(f"wrote {path}")
 
 
 def _rollup_energy(args: argparse.Namespace) -> None:
