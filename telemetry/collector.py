@@ -3,7 +3,8 @@
 Each cycle scrapes all targets concurrently, each with its own timeout, and stamps a target's samples
 with the time its scrape started (as Prometheus does). Per target it also records `up` (1/0) and
 `scrape_duration_seconds`, labelled `instance` and `factory` (no `job` label: on our series `job` is
-the Slurm job of `aif_gpu_job_info`). A cycle's samples are written
+the Slurm job of `aif_gpu_job_info`). Series that were in a target's previous scrape and are not in
+this one (the target is down, or a job ended) get a staleness marker, so live reads drop them at once. A cycle's samples are written
 in one transaction: when `collect_once` returns, they are on disk.
 """
 
@@ -90,6 +91,7 @@ class Collector:
         self.interval_s = interval_s
         self.timeout_s = timeout_s if timeout_s is not None else max(0.5, interval_s * 0.8)
         self._indexes = {t.address: SeriesIndex(store, t.labels) for t in targets}
+        self._live = {t.address: np.zeros(0, dtype=np.int64) for t in targets}  # series of each target's last scrape
         self._pool = ThreadPoolExecutor(max_workers=min(32, max(1, len(targets))), thread_name_prefix="scrape")
         self._stop = threading.Event()
         self._down: set[str] = set()
@@ -111,6 +113,10 @@ class Collector:
             values.append(r.values)
         n = sum(len(v) for v in values)
         self.store.append(np.concatenate(ids), np.concatenate(t_ms), np.concatenate(values))
+        for r in results:
+            gone = np.setdiff1d(self._live[r.target.address], r.series_ids)
+            self.store.mark_stale(gone, int(r.started * 1000))  # a target that went down, or a job that ended
+            self._live[r.target.address] = r.series_ids
         self.cycles += 1
         self.samples_written += n
         return n

@@ -11,6 +11,8 @@ Tables:
   Samples of one scrape share that stamp, so job info still joins energy on time. Totals stay exact;
   a range edge that falls inside a downsampled minute is resolved to that minute.
 - `store_state(key, value)`: how far downsampling has got.
+- `stale(series_id, t_ms)`: staleness markers — a series that stopped (its target went down, or it
+  left the exposition) is not "latest" any more from that time, as Prometheus' stale markers do.
 
 Retention (`compact`, run periodically): raw samples are kept `raw_days`, minute aggregates
 `minute_days`; both come from the store URL (`duckdb:///data/aifmon.duckdb?raw_days=7&minute_days=400`).
@@ -52,6 +54,7 @@ CREATE TABLE IF NOT EXISTS samples (series_id INTEGER NOT NULL, t_ms BIGINT NOT 
 CREATE TABLE IF NOT EXISTS samples_1m (series_id INTEGER NOT NULL, t_ms BIGINT NOT NULL, last_t_ms BIGINT NOT NULL,
                                        last DOUBLE, avg DOUBLE, min DOUBLE, max DOUBLE, count INTEGER);
 CREATE TABLE IF NOT EXISTS store_state (key VARCHAR PRIMARY KEY, value BIGINT);
+CREATE TABLE IF NOT EXISTS stale (series_id INTEGER NOT NULL, t_ms BIGINT NOT NULL);
 """
 _MINUTE_MS = 60_000
 _SETTLE_MS = 120_000  # downsample a minute only once it is this old: late scrapes of it are in
@@ -148,6 +151,14 @@ class DuckDBStore:
             except duckdb.Error as e:
                 raise StoreError(f"write to {self.path} failed, nothing of this batch was stored: {e}") from None
 
+    def mark_stale(self, series_ids: np.ndarray, t_ms: int) -> None:
+        self._check_writable()
+        if not len(series_ids):
+            return
+        markers = pd.DataFrame({"series_id": np.asarray(series_ids, dtype=np.int32), "t_ms": np.int64(t_ms)})
+        with self._write_lock, self._cursor() as cur:
+            cur.execute("INSERT INTO stale SELECT * FROM markers")
+
     def replace_rows(self, table: str, window_start_ms: int, rows: pd.DataFrame) -> None:
         self._check_writable()
         name = _derived_table(table)
@@ -205,11 +216,14 @@ class DuckDBStore:
         ids = self._ids_matching(metric, match)
         with self._cursor() as cur:
             found = cur.execute(
-                """SELECT s.series_id, max(s.t_ms) AS t_ms, arg_max(s.value, s.t_ms) AS value
-                   FROM samples s SEMI JOIN ids ON ids.series_id = s.series_id
-                   WHERE s.t_ms > ? AND s.t_ms <= ?
-                   GROUP BY s.series_id""",
-                [at_ms - int(lookback_s * 1000), at_ms],
+                """WITH newest AS (
+                       SELECT s.series_id, max(s.t_ms) AS t_ms, arg_max(s.value, s.t_ms) AS value
+                       FROM samples s SEMI JOIN ids ON ids.series_id = s.series_id
+                       WHERE s.t_ms > ? AND s.t_ms <= ?
+                       GROUP BY s.series_id)
+                   SELECT n.* FROM newest n ANTI JOIN stale st
+                       ON st.series_id = n.series_id AND st.t_ms >= n.t_ms AND st.t_ms <= ?""",
+                [at_ms - int(lookback_s * 1000), at_ms, at_ms],
             ).fetchnumpy()
         return self._with_labels(metric, found).drop(columns="series_id")
 
@@ -272,6 +286,7 @@ class DuckDBStore:
             # Raw samples go only once their minutes are aggregated.
             dropped_raw = cur.execute("DELETE FROM samples WHERE t_ms < ?", [min(raw_cut, max(since, until))]).fetchone()[0]
             dropped_minutes = cur.execute("DELETE FROM samples_1m WHERE t_ms < ?", [minute_cut]).fetchone()[0]
+            cur.execute("DELETE FROM stale WHERE t_ms < ?", [min(raw_cut, max(since, until))])
         return {"minutes_written": int(downsampled), "raw_dropped": int(dropped_raw), "minutes_dropped": int(dropped_minutes)}
 
     def time_bounds(self) -> tuple[int, int] | None:

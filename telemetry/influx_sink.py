@@ -442,6 +442,9 @@ class InfluxSink:
             "(victoriametrics+http:// or prometheus+http://) or a duckdb:/// store"
         )
 
+    def mark_stale(self, series_ids: np.ndarray, t_ms: int) -> None:
+        pass  # line protocol has no staleness: readers of InfluxDB judge it by time
+
     def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0,
                match: dict[str, str] | None = None) -> pd.DataFrame:
         raise self._write_only(f"latest({metric!r})")

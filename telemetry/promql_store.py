@@ -128,5 +128,8 @@ class PromQLStore:
             except (OSError, urllib.error.HTTPError) as e:
                 raise StoreError(f"VictoriaMetrics at {self.base_url} refused the import: {e}") from None
 
+    def mark_stale(self, series_ids: np.ndarray, t_ms: int) -> None:
+        pass  # Prometheus writes its own stale markers when it scrapes; imported history has none to add
+
     def close(self) -> None:
         pass

@@ -38,6 +38,11 @@ class Store(Protocol):
     def append(self, series_ids: np.ndarray, t_ms: np.ndarray, values: np.ndarray) -> None:
         """Write samples; when this returns, they are on disk."""
 
+    def mark_stale(self, series_ids: np.ndarray, t_ms: int) -> None:
+        """Record that these series stopped at `t_ms` (their target went down, or they left its output):
+        `latest` no longer returns them, however long its lookback. Backends that track staleness
+        themselves (Prometheus) ignore this."""
+
     def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0,
                match: dict[str, str] | None = None) -> pd.DataFrame:
         """Newest sample per series of `metric` within `lookback_s` before `at_ms` (default: now).

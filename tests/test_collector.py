@@ -99,3 +99,25 @@ def test_series_index_reuses_ids_and_forgets_series_that_left(tmp_path):
     assert len(index._texts) <= 2 * 2 + 1024
     assert index.ids(pa.array(['a{n="1"}'])).tolist() == [first[0]]
     store.close()
+
+
+def test_series_of_a_target_that_went_down_are_stale_at_once(tmp_path, sim_server):
+    from exporters.http import serve_exposition
+
+    a, b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    inv = parse_inventory(inventory_text({"alpha": a, "beta": b}), "t.yaml")
+    sim_server(inv, "alpha", address=a)
+    _, beta = sim_server(inv, "beta", address=f"127.0.0.1:{free_port()}")
+    beta_server = serve_exposition(b, beta.body, "beta")  # one we can stop
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    collector = Collector(store, targets_of(inv), interval_s=1.0, timeout_s=2.0)
+    collector.collect_once()
+    assert set(store.latest("aif_gpu_power_watts", lookback_s=300)["factory"]) == {"alpha", "beta"}
+    beta_server.shutdown()
+    beta_server.server_close()
+    collector.collect_once()
+    power = store.latest("aif_gpu_power_watts", lookback_s=300)
+    assert set(power["factory"]) == {"alpha"}, "beta's last values are not shown as live within the 300 s lookback"
+    assert store.latest("up", lookback_s=300).set_index("factory")["value"].to_dict() == {"alpha": 1.0, "beta": 0.0}
+    assert len(store.range("aif_gpu_power_watts", 0, 2**62)) == 16 + 16 + 16, "markers hide nothing from range reads"
+    store.close()
