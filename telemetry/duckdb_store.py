@@ -149,7 +149,8 @@ class DuckDBStore:
                 with self._cursor() as cur:
                     cur.execute("INSERT INTO samples SELECT * FROM batch")
             except duckdb.Error as e:
-                raise StoreError(f"write to {self.path} failed, nothing of this batch was stored: {e}") from None
+                hint = " (no room left: free disk space; the samples already stored are intact)" if _is_full(e) else ""
+                raise StoreError(f"write to {self.path} failed, nothing of this batch was stored{hint}: {e}") from None
 
     def mark_stale(self, series_ids: np.ndarray, t_ms: int) -> None:
         self._check_writable()
@@ -313,6 +314,11 @@ class DuckDBStore:
             if not self.read_only:
                 self._con.execute("CHECKPOINT")
             self._con.close()
+
+
+def _is_full(error: Exception) -> bool:
+    text = str(error)
+    return "No space left" in text or "File too large" in text or "Disk quota" in text
 
 
 class Compactor:

@@ -116,3 +116,37 @@ def test_sigkill_mid_run_loses_no_acknowledged_sample(tmp_path, small_inventory,
     assert len(ups) >= 8
     assert (power.reindex(ups["t_ms"]) == small_inventory.factory("alpha").gpu_count).all()
     store.close()
+
+
+def test_a_full_disk_is_a_clear_error_and_harms_nothing_stored(tmp_path):
+    """The file size limit (RLIMIT_FSIZE) stands in for a full disk: the write fails like ENOSPC does."""
+    path = tmp_path / "full.duckdb"
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, resource, signal, numpy as np
+        from telemetry.duckdb_store import DuckDBStore
+        from telemetry.store import StoreError, series_key
+        store = DuckDBStore({str(path)!r})
+        ids = store.series_ids([series_key("m", {{"i": str(i)}}) for i in range(1000)])
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write gets EFBIG instead of the process dying
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize({str(path)!r}) + 2_000_000, hard))
+        acked = 0
+        try:
+            for k in range(100_000):
+                store.append(ids, np.full(1000, k), np.full(1000, 1.0))
+                acked += 1000
+        except StoreError as e:
+            print("acked", acked)
+            print(e)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # room again: writing resumes
+        store.append(ids, np.full(1000, 10**9), np.full(1000, 1.0))
+        store.close()
+        print("resumed")
+    """)], capture_output=True, text=True, timeout=120)
+    lines = child.stdout.splitlines()
+    assert child.returncode == 0 and lines[-1] == "resumed", child.stdout + child.stderr
+    acked = int(lines[0].split()[1])
+    assert "nothing of this batch was stored (no room left" in lines[1]
+    store = DuckDBStore(path, read_only=True)
+    assert store.sample_count() == acked + 1000 and acked > 0
+    store.close()
