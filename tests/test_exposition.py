@@ -57,3 +57,19 @@ def test_malformed_labels_are_refused():
         parse_series('m{a=1}')
     with pytest.raises(ExpositionError):
         parse_series("9bad")
+
+
+def test_a_large_body_parsed_in_pieces_equals_one_parse(monkeypatch):
+    import telemetry.exposition as exposition
+
+    lines = [f'm{{n="{i}"}} {i}.5' for i in range(20_000)]
+    body = ("\n".join(lines) + "\n").encode()
+    whole = exposition._parse(body, "ms")
+    monkeypatch.setattr(exposition, "_PARALLEL_FROM_BYTES", 1000)
+    monkeypatch.setattr(exposition.os, "cpu_count", lambda: 4)
+    assert len(exposition._pieces(body)) == 4
+    pieces = exposition.parse_exposition(body)
+    assert pieces.series.equals(whole.series) and (pieces.values == whole.values).all()
+    bad = body.replace(b'm{n="15000"} 15000.5', b'm{n="15000"} oops')
+    with pytest.raises(ExpositionError, match="line 15001:"):
+        exposition.parse_exposition(bad)
