@@ -24,7 +24,7 @@ METRICS: tuple[Metric, ...] = (
     Metric(
         "aif_gpu_energy_joules_total",
         "counter",
-        "GPU board energy since the exporter started counting, J; monotonic across driver reloads and GPU resets.",
+        "GPU board energy, J: NVML's counter since driver load, kept monotonic across driver reloads and GPU resets.",
         GPU_LABELS,
     ),
     Metric("aif_gpu_power_limit_watts", "gauge", "Enforced GPU power limit, W.", GPU_LABELS),
@@ -41,7 +41,7 @@ METRICS: tuple[Metric, ...] = (
         "Slurm job using a GPU (always 1); join on node and gpu at query time.",
         ("node", "gpu", "job", "project", "access_mode"),
     ),
-    Metric("aif_node_power_watts", "gauge", "Node input power, W, from the BMC or estimated.", ("node", "source")),
+    Metric("aif_node_power_watts", "gauge", "Node input power, W, from the BMC, the platform power meter (hwmon) or estimated.", ("node", "source")),
     Metric(
         "aif_cpu_energy_joules_total",
         "counter",

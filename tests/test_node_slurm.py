@@ -1,0 +1,126 @@
+"""The Slurm prolog/epilog, run with the environment slurmd gives them, and aif_gpu_job_info from their files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from exporters.node import NodeExporter
+from exporters.nvml_source import NvmlSource
+from exporters.slurm_jobs import JobMappings, load_qos_access_modes
+from prometheus_client.parser import text_string_to_metric_families
+from tests.fake_nvml import h100_node
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "exporters" / "slurm"
+
+
+def gpu_table(lib) -> str:
+    """What `nvidia-smi --query-gpu=minor_number,uuid --format=csv,noheader,nounits` prints for the fake node."""
+    return "\n".join(f"{g.minor}, {g.uuid}" for g in lib.gpus)
+
+
+def run(script: str, job_dir: Path, table: str = "", extra_path: str = "", **slurm: str) -> subprocess.CompletedProcess:
+    env = {"PATH": extra_path + "/usr/bin:/bin", "AIFMON_JOB_DIR": str(job_dir), "AIFMON_GPU_TABLE": table, **slurm}
+    return subprocess.run(["/bin/sh", str(SCRIPTS / script)], env=env, capture_output=True, text=True, timeout=30)
+
+
+def slurm_env(job: str, gpus: str, account: str = "alpha-train", partition: str = "booster", qos: str = "ls") -> dict[str, str]:
+    return {"SLURM_JOB_ID": job, "SLURM_JOB_ACCOUNT": account, "SLURM_JOB_PARTITION": partition, "SLURM_JOB_QOS": qos,
+            "SLURM_JOB_GPUS": gpus, "CUDA_VISIBLE_DEVICES": gpus, "SLURM_JOB_USER": "alice", "SLURMD_NODENAME": "n1"}
+
+
+def node_with_swapped_minors():
+    """8 GPUs whose /dev/nvidiaN numbers are not their NVML indices (as on boards wired that way)."""
+    lib = h100_node(8)
+    for g, minor in zip(lib.gpus, [2, 3, 0, 1, 6, 7, 4, 5]):
+        g.minor = minor
+    return lib
+
+
+def test_prolog_writes_one_file_per_gpu_keyed_by_uuid(tmp_path):
+    lib = node_with_swapped_minors()
+    jobs = tmp_path / "jobs"
+    r = run("prolog.sh", jobs, gpu_table(lib), **slurm_env("4242", "0,1,2,3"))
+    assert r.returncode == 0 and r.stderr == "", r
+    by_minor = {g.minor: g.uuid for g in lib.gpus}
+    assert sorted(p.name for p in jobs.iterdir()) == sorted(f"{by_minor[m]}_4242" for m in (0, 1, 2, 3))
+    text = (jobs / f"{by_minor[0]}_4242").read_text()
+    assert text == "job=4242\naccount=alpha-train\npartition=booster\nqos=ls\n"
+    assert oct((jobs / f"{by_minor[0]}_4242").stat().st_mode & 0o777) == "0o644"
+
+
+def test_multi_node_job_each_node_keeps_its_own_gpus_and_the_exporter_labels_nvml_indices(tmp_path):
+    nodes = {"n1": (node_with_swapped_minors(), "0,1,2,3,4,5,6,7"), "n2": (h100_node(8), "4,5")}
+    for g in nodes["n2"][0].gpus:
+        g.uuid = g.uuid.replace("GPU-0", "GPU-b")  # another node, other GPUs
+    qos = tmp_path / "qos.yaml"
+    qos.write_text("ls: Large Scale\ndebug: Development\n")
+    for name, (lib, gpus) in nodes.items():
+        assert run("prolog.sh", tmp_path / name, gpu_table(lib), **slurm_env("777", gpus)).returncode == 0
+    # a second, single-GPU job on n2 at the same time
+    assert run("prolog.sh", tmp_path / "n2", gpu_table(nodes["n2"][0]),
+               **slurm_env("778", "0", account="beta-science", qos="debug")).returncode == 0
+
+    info = {}
+    for name, (lib, _) in nodes.items():
+        nvml = NvmlSource(lib=lib, xid_events=False)
+        exporter = NodeExporter(name, nvml=nvml, jobs=JobMappings(tmp_path / name, load_qos_access_modes(str(qos))))
+        exporter.poll_host()
+        exporter.poll_gpu()
+        info[name] = sorted(tuple(sorted(s.labels.items())) for f in text_string_to_metric_families(exporter.body().decode())
+                            for s in f.samples if s.name == "aif_gpu_job_info")
+    lg = {"access_mode": "Large Scale", "job": "777", "project": "alpha-train"}
+    assert info["n1"] == sorted(tuple(sorted({**lg, "node": "n1", "gpu": str(i)}.items())) for i in range(8))
+    assert info["n2"] == sorted([tuple(sorted({**lg, "node": "n2", "gpu": "4"}.items())),
+                                 tuple(sorted({**lg, "node": "n2", "gpu": "5"}.items())),
+                                 tuple(sorted({"access_mode": "Development", "job": "778", "project": "beta-science",
+                                               "node": "n2", "gpu": "0"}.items()))])
+
+    # the epilog of job 777 leaves job 778's file alone
+    for name in nodes:
+        assert run("epilog.sh", tmp_path / name, SLURM_JOB_ID="777").returncode == 0
+    assert list((tmp_path / "n1").iterdir()) == []
+    assert [p.name for p in (tmp_path / "n2").iterdir()] == [f"{nodes['n2'][0].gpus[0].uuid}_778"]
+
+
+def test_nvml_index_differs_from_device_number(tmp_path):
+    lib = node_with_swapped_minors()
+    run("prolog.sh", tmp_path, gpu_table(lib), **slurm_env("9", "0"))  # /dev/nvidia0 is NVML index 2 here
+    exporter = NodeExporter("n1", nvml=NvmlSource(lib=lib, xid_events=False), jobs=JobMappings(tmp_path))
+    exporter.poll_host()
+    exporter.poll_gpu()
+    lines = [line for line in exporter.body().decode().splitlines() if line.startswith("aif_gpu_job_info")]
+    assert lines == ['aif_gpu_job_info{node="n1",gpu="2",job="9",project="alpha-train",access_mode="ls"} 1.0']
+
+
+def test_uuids_and_mig_instances_pass_through(tmp_path):
+    env = slurm_env("31", "GPU-abc,MIG-def")
+    env.pop("SLURM_JOB_GPUS")
+    assert run("prolog.sh", tmp_path, "", **env).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["GPU-abc_31", "MIG-def_31"]
+
+
+def test_qos_from_scontrol_when_slurm_does_not_set_it(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho 'JobId=55 JobName=x UserId=a(1) Account=p QOS=fastlane JobState=RUNNING'\n")
+    os.chmod(bin_dir / "scontrol", 0o755)
+    env = slurm_env("55", "GPU-1")
+    env.pop("SLURM_JOB_QOS")
+    assert run("prolog.sh", tmp_path / "jobs", "", extra_path=f"{bin_dir}:", **env).returncode == 0
+    assert "qos=fastlane\n" in (tmp_path / "jobs" / "GPU-1_55").read_text()
+
+
+def test_the_prolog_never_fails_the_job(tmp_path):
+    lib = h100_node(2)
+    r = run("prolog.sh", tmp_path / "jobs", gpu_table(lib), **slurm_env("1", "0,9"))
+    assert r.returncode == 0 and "no GPU with device number 9" in r.stderr
+    assert len(list((tmp_path / "jobs").iterdir())) == 1
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    r = run("prolog.sh", blocked / "jobs", gpu_table(lib), **slurm_env("2", "0"))
+    assert r.returncode == 0 and "cannot create" in r.stderr
+    assert run("prolog.sh", tmp_path / "cpu", "", SLURM_JOB_ID="3").returncode == 0  # a CPU-only job: nothing
+    assert not (tmp_path / "cpu").exists()
+    assert run("epilog.sh", tmp_path / "none", SLURM_JOB_ID="4").returncode == 0
