@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from exporters.sim import SimExporter  # noqa: E402
 from exporters.simulation import FactorySimulation  # noqa: E402
 from telemetry.duckdb_store import DuckDBStore  # noqa: E402
-from telemetry.exposition import parse_exposition  # noqa: E402
+from telemetry.parser import parse_exposition  # noqa: E402
 from telemetry.inventory import parse_inventory  # noqa: E402
 from telemetry.series_index import SeriesIndex  # noqa: E402
 from telemetry.store import series_key  # noqa: E402

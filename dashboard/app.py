@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 import dash
-from dash import dcc, html
+from dash import Input, Output, dcc, html
 
-from dashboard.pages import factories
+from alerts.evaluator import state_path_for
+from dashboard.pages import alerts, factories
 from telemetry.config import is_loopback, parse_listen
 from telemetry.inventory import Inventory
 from telemetry.store import Store
@@ -31,6 +32,8 @@ def create_app(store: Store, inventory: Inventory, refresh_s: float = 5.0) -> da
                 [
                     html.Span("aifmon", className="brand"),
                     html.Span(inventory.name, className="site"),
+                    html.Nav([dcc.Link("Factories", href="/", id="nav-factories"), dcc.Link("Alerts", href="/alerts", id="nav-alerts")],
+                             className="nav"),
                     html.Span("illustrative demo data" if inventory.illustrative else "", className="badge"),
                 ],
                 className="topbar",
@@ -39,6 +42,14 @@ def create_app(store: Store, inventory: Inventory, refresh_s: float = 5.0) -> da
         ]
     )
     factories.register(app, store, inventory)
+    alerts.register(app, state_path_for(store))
+    # Every page's components, so Dash can check the callbacks of pages not shown yet.
+    app.validation_layout = html.Div([app.layout, alerts.layout(refresh_s)])
+
+    @app.callback(Output("page", "children"), Input("url", "pathname"))
+    def route(pathname: str | None):
+        return alerts.layout(refresh_s) if pathname == "/alerts" else factories.layout(inventory, refresh_s)
+
     return app
 
 

@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 
 from telemetry.inventory import Inventory
+from telemetry.power import BREACHED, CRITICAL, WARNING, facility_power
+from telemetry.power import sum_by_factory as _sum_by_factory
 from telemetry.store import Store
 
-WARNING, CRITICAL, BREACHED = 0.85, 0.95, 1.00
-"""Share of a power cap at which a factory turns amber, red, and is over its cap."""
+__all__ = ["BREACHED", "CRITICAL", "WARNING", "factory_power_history", "factory_status", "format_watts", "level_of"]
 
 
 def factory_status(store: Store, inventory: Inventory, now_ms: int | None = None, lookback_s: float = 60.0) -> pd.DataFrame:
@@ -31,14 +32,13 @@ def factory_status(store: Store, inventory: Inventory, now_ms: int | None = None
     rows = []
     for f in inventory.live_factories():
         it_w = it["value"].get(f.id, np.nan)
-        metered = f.facility_meter and f.id in meter.index
-        facility_w = meter["value"][f.id] if metered else it_w * f.design_pue
+        facility_w, source = facility_power(f, meter["value"], it["value"])
         newest = max(meter["t_ms"].get(f.id, -1), it["t_ms"].get(f.id, -1))
         cap_w = f.power_cap_mw * 1e6
         rows.append({
             "factory": f.id, "name": f.name, "country": f.country, "latitude": f.latitude, "longitude": f.longitude,
             "facility_power_watts": facility_w, "it_power_watts": it_w, "power_cap_watts": cap_w,
-            "share_of_cap": facility_w / cap_w, "power_source": "meter" if metered else "IT x design PUE",
+            "share_of_cap": facility_w / cap_w, "power_source": source,
             "gpus": f.gpu_count, "gpus_busy": int(busy.get(f.id, 0)),
             "data_age_s": (now_ms - newest) / 1000.0 if newest >= 0 else np.nan,
         })
@@ -58,12 +58,6 @@ def factory_power_history(store: Store, inventory: Inventory, start_ms: int, end
     caps = {f.id: f.power_cap_mw * 1e6 for f in inventory.factories}
     hist["share_of_cap"] = hist["watts"] / hist["factory"].map(caps)
     return hist
-
-
-def _sum_by_factory(latest: pd.DataFrame) -> pd.DataFrame:
-    if latest.empty:
-        return pd.DataFrame(columns=["value", "t_ms"])
-    return latest.groupby("factory").agg(value=("value", "sum"), t_ms=("t_ms", "max"))
 
 
 def format_watts(w: float) -> str:

@@ -1,8 +1,16 @@
-"""Incremental hourly rollups: GPU energy per (factory, system, job, project, access mode) and hour.
+"""Incremental hourly rollups: attributed energy per hour, so that month-long reports read aggregates.
 
-Each hour is computed from the counters with the rules of `rollups.energy` and written with
-`replace_rows`, so running an hour twice leaves the same rows. Longer reports read these rows
-instead of raw samples.
+Each hour is computed from the samples with the rules of `rollups.energy` and written with
+`replace_rows` into three derived tables, so running an hour twice leaves the same rows:
+- `gpu_energy_hourly`: (factory, system, job, project, access_mode) -> `energy_j` (GPU, J), `gpu_seconds` (s);
+- `node_energy_hourly`: the same keys -> `node_other_j`, each job's share of its nodes' non-GPU energy (J);
+- `site_energy_hourly`: per factory -> `gpu_energy_j`, `it_energy_j`, `facility_energy_j` (J), `estimated_j`,
+  `covered_s`, `expected_s` (coverage), `gpus`, and `energy_samples`, `job_samples`: the inputs the hour saw.
+
+Late data re-opens its hour: hours that ended less than `late_window_s` ago are recomputed every
+`recheck_every_s`, and an hour whose inputs changed (more samples arrived, e.g. a collector catching
+up after an outage) is replaced and logged. Older history loaded later (`aifmon store import`) is
+re-opened explicitly: `reopen(start, end)`, or `aifmon rollup hourly --from T`.
 """
 
 from __future__ import annotations
@@ -11,62 +19,115 @@ import logging
 import threading
 import time
 
+import numpy as np
 import pandas as pd
 
-from rollups.energy import UNALLOCATED, attribute_jobs, gpu_intervals
+from rollups.energy import JOB_KEYS, compute_ledger
+from telemetry.inventory import Inventory
 from telemetry.store import Store
 
 log = logging.getLogger(__name__)
 
 TABLE = "gpu_energy_hourly"
+NODE_TABLE = "node_energy_hourly"
+SITE_TABLE = "site_energy_hourly"
 HOUR_MS = 3_600_000
 SETTLE_MS = 120_000  # wait this long after an hour ends, so the last scrapes of the hour are in
+SITE_COLUMNS = ["gpu_energy_j", "it_energy_j", "facility_energy_j", "estimated_j", "covered_s", "expected_s", "gpus",
+                "energy_samples", "job_samples"]
 
 
-def rollup_hour(store: Store, hour_start_ms: int) -> pd.DataFrame:
-    """Compute and store one hour; returns its rows (energy_j in J, gpu_seconds in s)."""
+def rollup_hour(store: Store, hour_start_ms: int, inventory: Inventory | None = None) -> pd.DataFrame:
+    """Compute and store one hour; returns its `gpu_energy_hourly` rows (energy_j in J, gpu_seconds in s).
+
+    `inventory` lets GPUs without an energy counter fall back to integrated power (see `rollups.energy`).
+    """
+    jobs, nodes, sites = hour_rows(store, hour_start_ms, inventory)
+    store.replace_rows(TABLE, hour_start_ms, jobs)
+    store.replace_rows(NODE_TABLE, hour_start_ms, nodes)
+    store.replace_rows(SITE_TABLE, hour_start_ms, sites)
+    return jobs
+
+
+def hour_rows(store: Store, hour_start_ms: int, inventory: Inventory | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The rows of the three hourly tables for one hour, computed from samples, not stored."""
     if hour_start_ms % HOUR_MS:
         raise ValueError("an hour starts on a whole hour (ms since the epoch divisible by 3,600,000)")
-    end = hour_start_ms + HOUR_MS
-    iv = attribute_jobs(store, gpu_intervals(store, hour_start_ms, end), hour_start_ms, end)
-    allocated = iv["job"].notna()
-    iv = iv.assign(gpu_seconds=iv["seconds"].where(allocated, 0.0))
-    for col in ("job", "project", "access_mode"):
-        iv[col] = iv[col].where(allocated, UNALLOCATED)
-    keys = ["factory", "system", "job", "project", "access_mode"]
-    rows = iv.groupby(keys).agg(energy_j=("energy_j", "sum"), gpu_seconds=("gpu_seconds", "sum")).reset_index()
-    rows.insert(0, "window_start_ms", hour_start_ms)
-    store.replace_rows(TABLE, hour_start_ms, rows)
-    return rows
+    ledger = compute_ledger(store, inventory, hour_start_ms, hour_start_ms + HOUR_MS)
+    rows = ledger.jobs
+    jobs = rows[JOB_KEYS + ["energy_j", "gpu_seconds"]].copy()
+    nodes = rows.loc[rows["node_other_j"] != 0, JOB_KEYS + ["node_other_j"]].copy()
+    sites = ledger.sites.reindex(columns=["factory"] + SITE_COLUMNS)
+    sites = sites.astype({c: np.float64 for c in SITE_COLUMNS if c not in ("gpus", "energy_samples", "job_samples")})
+    sites = sites.astype({c: np.int64 for c in ("gpus", "energy_samples", "job_samples")})
+    for frame in (jobs, nodes, sites):
+        frame.insert(0, "window_start_ms", np.int64(hour_start_ms))
+    return jobs.reset_index(drop=True), nodes.reset_index(drop=True), sites.reset_index(drop=True)
 
 
 class HourlyRollups:
-    """Keeps the hourly table up to date: every finished hour the store holds data for, once."""
+    """Keeps the hourly tables up to date: every finished hour once, and recent hours again when late data arrives."""
 
-    def __init__(self, store: Store, check_every_s: float = 60.0):
+    def __init__(self, store: Store, inventory: Inventory | None = None, check_every_s: float = 60.0,
+                 late_window_s: float = 3 * 3600.0, recheck_every_s: float = 600.0):
         self.store = store
+        self.inventory = inventory
         self.check_every_s = check_every_s
+        self.late_window_s = late_window_s
+        self.recheck_every_s = recheck_every_s
         self._done: set[int] = set()
+        self._loaded = False
+        self._again: set[int] = set()  # hours re-opened by `reopen`
+        self._last_recheck_ms = 0
         self._stop = threading.Event()
 
     def catch_up(self, now_ms: int | None = None) -> int:
-        """Roll up every finished, settled hour not yet done; returns how many hours were computed."""
+        """Roll up every finished, settled hour not yet done, and re-open recent hours whose inputs changed;
+        returns how many hours were (re)written."""
         bounds = self.store.time_bounds()
         if bounds is None:
             return 0
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         first = bounds[0] // HOUR_MS * HOUR_MS
         last = (now_ms - SETTLE_MS) // HOUR_MS * HOUR_MS  # hours starting before this one are finished
-        if not self._done:
-            existing = self.store.read_rows(TABLE, first, last)
-            self._done = set(existing["window_start_ms"].unique().tolist()) if not existing.empty else set()
-        computed = 0
+        if not self._loaded:
+            existing = self.store.read_rows(SITE_TABLE, first, last)
+            if existing.empty:  # a store rolled up before the site table existed: its GPU table says what is done
+                existing = self.store.read_rows(TABLE, first, last)
+            self._done = set(existing["window_start_ms"].astype(np.int64).tolist()) if not existing.empty else set()
+            self._loaded = True
+        written = 0
         for hour in range(first, last, HOUR_MS):
-            if hour not in self._done:
-                rollup_hour(self.store, hour)
+            if hour not in self._done or hour in self._again:
+                rollup_hour(self.store, hour, self.inventory)
                 self._done.add(hour)
-                computed += 1
-        return computed
+                self._again.discard(hour)
+                written += 1
+        if now_ms - self._last_recheck_ms >= self.recheck_every_s * 1000:
+            self._last_recheck_ms = now_ms
+            written += self._recheck(max(first, (now_ms - int(self.late_window_s * 1000)) // HOUR_MS * HOUR_MS), last)
+        return written
+
+    def _recheck(self, start_ms: int, end_ms: int) -> int:
+        """Recompute the done hours in [start_ms, end_ms) whose inputs changed; returns how many."""
+        stored = self.store.read_rows(SITE_TABLE, start_ms, end_ms)
+        changed = 0
+        for hour in range(start_ms, end_ms, HOUR_MS):
+            if hour not in self._done:
+                continue
+            jobs, nodes, sites = hour_rows(self.store, hour, self.inventory)
+            before = stored[stored["window_start_ms"] == hour] if not stored.empty else stored
+            if _fingerprint(before) != _fingerprint(sites):
+                log.info("hourly rollups: late data re-opened the hour starting %s", pd.Timestamp(hour, unit="ms", tz="UTC"))
+                self.store.replace_rows(TABLE, hour, jobs)
+                self.store.replace_rows(NODE_TABLE, hour, nodes)
+                self.store.replace_rows(SITE_TABLE, hour, sites)
+                changed += 1
+        return changed
+
+    def reopen(self, start_ms: int, end_ms: int) -> None:
+        """Mark the hours overlapping [start_ms, end_ms) for recomputation at the next `catch_up` (history loaded late)."""
+        self._again |= set(range(start_ms // HOUR_MS * HOUR_MS, end_ms, HOUR_MS))
 
     def run(self) -> None:
         while True:
@@ -81,3 +142,9 @@ class HourlyRollups:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _fingerprint(sites: pd.DataFrame) -> set[tuple[str, int, int]]:
+    if sites.empty:
+        return set()
+    return set(zip(sites["factory"], sites["energy_samples"].astype(int), sites["job_samples"].astype(int)))

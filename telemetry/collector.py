@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from telemetry.exposition import ExpositionError, parse_exposition
+from telemetry.exposition import ExpositionError
+from telemetry.parser import parse_exposition
 from telemetry.inventory import Inventory
 from telemetry.series_index import SeriesIndex
 from telemetry.store import Store, series_key

@@ -288,8 +288,8 @@ def _index_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int], problems
             if k in seen:
                 problems.append(f"{source}:{key.start_mark.line + 1}: {_dotted(path + (k,))}: duplicate key")
             seen.add(k)
-            lines[path + (k,)] = key.start_mark.line + 1
             _index_lines(value, path + (k,), lines, problems, source)
+            lines[path + (k,)] = key.start_mark.line + 1  # the key's line, not that of the block it opens
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _index_lines(item, path + (i,), lines, problems, source)

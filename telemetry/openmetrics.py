@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from telemetry.exposition import ExpositionError, format_value, label_text, parse_exposition
+from telemetry.exposition import ExpositionError, format_value, label_text
+from telemetry.parser import parse_exposition
 from telemetry.schema import BY_NAME
 from telemetry.series_index import SeriesIndex
 from telemetry.store import Store

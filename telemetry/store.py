@@ -7,11 +7,12 @@ rollups and panels do not care which backend answered.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:  # the interface's types; importing them here would load pandas into every exporter
+    import numpy as np
+    import pandas as pd
 
 from telemetry.config import DEFAULT_STORE_URL
 

@@ -8,7 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporters.sim import SimExporter
 from exporters.simulation import FactorySimulation
-from telemetry.exposition import ExpositionError, label_text, parse_exposition, parse_series, render_family
+from telemetry.exposition import ExpositionError, label_text, parse_series, render_family
+from telemetry.parser import parse_exposition
 from telemetry.schema import BY_NAME
 
 
@@ -60,7 +61,7 @@ def test_malformed_labels_are_refused():
 
 
 def test_a_large_body_parsed_in_pieces_equals_one_parse(monkeypatch):
-    import telemetry.exposition as exposition
+    import telemetry.parser as exposition
 
     lines = [f'm{{n="{i}"}} {i}.5' for i in range(20_000)]
     body = ("\n".join(lines) + "\n").encode()

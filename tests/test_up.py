@@ -18,25 +18,27 @@ def test_up_runs_the_stack_and_stops_cleanly(tmp_path):
     dash = f"127.0.0.1:{free_port()}"
     store_path = tmp_path / "up.duckdb"
     started = time.time()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aifmon", "up", "--inventory", str(inv), "--store", f"duckdb:///{store_path}",
-         "--listen", dash, "--backfill-hours", "2", "--interval", "1"],
-        stderr=subprocess.PIPE, text=True,
-    )
+    log_path = tmp_path / "up.log"  # a file, not a pipe: a pipe nobody drains would block the stack's logging
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aifmon", "up", "--inventory", str(inv), "--store", f"duckdb:///{store_path}",
+             "--listen", dash, "--backfill-hours", "2", "--interval", "1"],
+            stderr=log_file, text=True,
+        )
     try:
         page = wait_for_http(f"http://{dash}/", timeout_s=60)
         assert b"aifmon" in page
         for target in targets.values():
             wait_for_http(f"http://{target}/metrics", timeout_s=60)
         assert time.time() - started < 60, "the dashboard answers within a minute"
-        log = ""
         deadline = time.time() + 90
-        while "live: scraping 2 simulators" not in log and time.time() < deadline:
-            log += proc.stderr.readline()
+        while "live: scraping 2 simulators" not in log_path.read_text() and time.time() < deadline:
+            time.sleep(0.2)
         time.sleep(4)  # a few live scrapes
     finally:
         proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=60)[1]
+        proc.wait(timeout=60)
+    out = log = log_path.read_text()
     assert proc.returncode == 0, out
     assert "store closed cleanly" in out and "Traceback" not in out and "leaked" not in out
     assert "backfill" in log and "100%" in log, "the backfill shows its progress"

@@ -1,0 +1,156 @@
+"""The concrete alert rules of one site: every factory, system, node group, GPU partition and project of
+the inventory, with the thresholds the alert rules file gives each.
+
+The embedded evaluator (`alerts.evaluator`) and the Prometheus rule file (`alerts.prometheus`) are both
+built from this one list, so the two judge the same numbers against the same thresholds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from alerts.config import AlertConfig, format_duration
+from telemetry.inventory import Factory, Inventory, NodeGroup
+
+POWER_LEVELS = (
+    # level, alert name, severity, strictly above the threshold
+    ("warning", "PowerCapWarning", "warning", False),
+    ("critical", "PowerCapCritical", "critical", False),
+    ("breached", "PowerCapBreached", "critical", True),
+)
+FORECAST, MISSING, BUDGET = "PowerCapForecast", "TelemetryMissing", "EnergyBudgetWarning"
+ALERT_NAMES = tuple(name for _, name, _, _ in POWER_LEVELS) + (FORECAST, MISSING, BUDGET)
+NODE_CPU_ALLOWANCE_WATTS = 300.0
+"""CPUs, memory and fans under load above `node_base_watts` (idle), W: part of a node's estimated limit."""
+
+Kind = Literal["power", "forecast", "missing", "throttle", "budget"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One alert rule on one target. Shares and thresholds are ratios (0.95 = 95 %), durations seconds.
+
+    `labels` are the alert's fixed labels (alertname, scope, factory, system, project, severity...);
+    node and GPU rules add `node` (and `gpu`) per alerting instance.
+    """
+
+    alertname: str
+    kind: Kind
+    scope: str
+    labels: dict[str, str]
+    threshold: float
+    for_s: float
+    strict: bool = False
+    """True: fires above the threshold (breached); False: at or above it."""
+    hysteresis: float = 0.0
+    """A firing alert resolves only below threshold - hysteresis."""
+    cap_watts: float = 0.0
+    """factory/system/node rules: the power cap, W (facility power for a factory, IT power for a system)."""
+    factory: str = ""
+    system: str | None = None
+    node_prefix: str | None = None
+    """node rules: the node group's name prefix (nodes are `<prefix>NNNN`)."""
+    design_pue: float = 1.0
+    facility_meter: bool = True
+    window_s: float = 0.0
+    horizon_s: float = 0.0
+    expected_gpus: int = 0
+    expected_nodes: int = 0
+    project: str | None = None
+    allocation_joules: float = 0.0
+
+    def describe(self) -> str:
+        """The rule in words, as the dashboard and e-mails show it (e.g. `facility power >= 95% of 15000 W for 2m, holds down to 93%`)."""
+        pct = f"{self.threshold * 100:g}%"
+        op = ">" if self.strict else ">="
+        basis = {"factory": "facility power", "system": "IT power", "node": "node BMC power"}.get(self.scope, "")
+        text = {
+            "power": f"{basis} {op} {pct} of {self.cap_watts:.0f} W",
+            "forecast": f"{basis}: trend of the last {format_duration(self.window_s)} reaches {pct} of {self.cap_watts:.0f} W "
+                        f"within {format_duration(self.horizon_s)}",
+            "missing": f">= {pct} of {self.expected_gpus + self.expected_nodes} expected power series missing or stale",
+            "throttle": "GPU held at its power limit (sw_power_cap)",
+            "budget": f"monthly GPU energy >= {pct} of {self.allocation_joules / 3.6e9:g} MWh",
+        }[self.kind]
+        text += f" for {format_duration(self.for_s)}"
+        if self.hysteresis and self.kind in ("power", "forecast", "missing"):
+            text += f", holds down to {(self.threshold - self.hysteresis) * 100:g}%"
+        return text
+
+    def passes(self, value: float, firing: bool) -> bool:
+        """Whether `value` (a share) meets the rule; a firing alert holds down to threshold - hysteresis."""
+        threshold = self.threshold - (self.hysteresis if firing else 0.0)
+        return value > threshold if self.strict and not firing else value >= threshold
+
+
+def node_limit_watts(group: NodeGroup) -> float:
+    """Estimated power limit of one node of `group`, W: idle base + every GPU at its board limit + a CPU allowance.
+
+    Inventories carry no node power limit; sites that know their BMC's limit set `power_limit_watts`
+    in the alert rules (node scope, per system).
+    """
+    return group.node_base_watts + group.gpus_per_node * group.model.tdp_watts + NODE_CPU_ALLOWANCE_WATTS
+
+
+def build_rules(inventory: Inventory, config: AlertConfig) -> list[Rule]:
+    """Every rule of every live factory and every project with an allocation, in inventory order."""
+    rules: list[Rule] = []
+    for f in inventory.live_factories():
+        rules += _scope_rules(f, None, config)
+        for s in f.systems:
+            rules += _scope_rules(f, s.id, config)
+            node = config.settings("node", f.id, s.id)
+            for group in s.node_groups:
+                limit = node.power_limit_watts or node_limit_watts(group)
+                for level, name, severity, strict in POWER_LEVELS:
+                    lv = getattr(node, level)
+                    rules.append(Rule(
+                        name, "power", "node", {"alertname": name, "scope": "node", "factory": f.id, "system": s.id, "severity": severity},
+                        lv.percent / 100, lv.for_s, strict, node.hysteresis_percent / 100, limit, f.id, s.id, group.prefix,
+                    ))
+            if s.gpu_count:
+                gpu = config.settings("gpu", f.id, s.id)
+                name = POWER_LEVELS[0][1]
+                rules.append(Rule(
+                    name, "throttle", "gpu", {"alertname": name, "scope": "gpu", "factory": f.id, "system": s.id, "severity": "warning"},
+                    1.0, gpu.throttled_for_s, factory=f.id, system=s.id,
+                ))
+    live = {f.id for f in inventory.live_factories()}
+    for p in inventory.projects:
+        if p.allocation_mwh is None or p.factory not in live:
+            continue
+        budget = config.settings("project", project=p.id)
+        for pct in sorted(budget.budget_percent):
+            labels = {"alertname": BUDGET, "scope": "project", "factory": p.factory, "project": p.id,
+                      "budget_percent": f"{pct:g}", "severity": "critical" if pct >= 95 else "warning"}
+            rules.append(Rule(BUDGET, "budget", "project", labels, pct / 100, 0.0, factory=p.factory, project=p.id,
+                              allocation_joules=p.allocation_mwh * 3.6e9))
+    return rules
+
+
+def _scope_rules(f: Factory, system: str | None, config: AlertConfig) -> list[Rule]:
+    """Power levels, forecast and missing telemetry of a factory (system None) or one of its systems."""
+    scope = "system" if system else "factory"
+    s = config.settings(scope, f.id, system)
+    ids = {"factory": f.id} | ({"system": system} if system else {})
+    if system:
+        sys_ = next(x for x in f.systems if x.id == system)
+        cap, gpus, nodes = (sys_.power_cap_kw or 0.0) * 1e3, sys_.gpu_count, sys_.node_count
+    else:
+        cap, gpus, nodes = f.power_cap_mw * 1e6, f.gpu_count, f.node_count
+    common = dict(factory=f.id, system=system, design_pue=f.design_pue, facility_meter=f.facility_meter)
+    hyst = s.hysteresis_percent / 100
+    rules = []
+    if cap:  # a system without power_cap_kw has no cap to judge
+        for level, name, severity, strict in POWER_LEVELS:
+            lv = getattr(s, level)
+            rules.append(Rule(name, "power", scope, {"alertname": name, "scope": scope, **ids, "severity": severity},
+                              lv.percent / 100, lv.for_s, strict, hyst, cap, **common))
+        fc = s.forecast
+        rules.append(Rule(FORECAST, "forecast", scope, {"alertname": FORECAST, "scope": scope, **ids, "severity": "warning"},
+                          fc.percent / 100, fc.for_s, False, hyst, cap, window_s=fc.window_s, horizon_s=fc.horizon_s, **common))
+    m = s.missing
+    rules.append(Rule(MISSING, "missing", scope, {"alertname": MISSING, "scope": scope, **ids, "severity": "critical"},
+                      m.percent / 100, m.for_s, False, hyst, expected_gpus=gpus, expected_nodes=nodes, **common))
+    return rules

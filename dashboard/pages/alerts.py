@@ -1,0 +1,102 @@
+"""Alerts: what is pending or firing now, and what resolved in the last 24 hours, with the rule behind each.
+
+Reads the evaluator's state file (`alerts.evaluator.state_path_for`), so it shows the same alerts the
+notifiers were sent, whichever process evaluates them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dash
+from dash import Input, Output, dcc, html
+
+from alerts.evaluator import load_state
+
+PREFIX = "alerts-"
+_ORDER = {"firing": 0, "pending": 1, "resolved": 2}
+_SEVERITY = {"critical": 0, "warning": 1}
+
+
+def layout(refresh_s: float) -> html.Div:
+    return html.Div(
+        [
+            html.H1("Alerts: power caps, MW budgets, telemetry"),
+            html.P(
+                "Pending and firing alerts of the embedded evaluator, and those resolved in the last 24 hours. "
+                "Each row names the rule that put it there: its threshold, its duration and its hysteresis.",
+                className="lede",
+            ),
+            html.Div(id=PREFIX + "banner"),
+            html.Div(id=PREFIX + "kpis", className="kpis"),
+            html.H2("Active"),
+            html.Div(id=PREFIX + "active", className="panel"),
+            html.H2("Resolved in the last 24 hours"),
+            html.Div(id=PREFIX + "recent", className="panel"),
+            html.P(id=PREFIX + "updated", className="footnote"),
+            dcc.Interval(id=PREFIX + "tick", interval=int(refresh_s * 1000)),
+        ]
+    )
+
+
+def register(app: dash.Dash, state_path: Path) -> None:
+    @app.callback(
+        Output(PREFIX + "banner", "children"),
+        Output(PREFIX + "kpis", "children"),
+        Output(PREFIX + "active", "children"),
+        Output(PREFIX + "recent", "children"),
+        Output(PREFIX + "updated", "children"),
+        Input(PREFIX + "tick", "n_intervals"),
+    )
+    def refresh(_n: int | None):
+        state = load_state(state_path)
+        alerts = state["alerts"]
+        active = sorted((a for a in alerts if a["state"] != "resolved"),
+                        key=lambda a: (_ORDER[a["state"]], _SEVERITY.get(a["labels"].get("severity"), 2), -(a["fired_ms"] or a["active_ms"])))
+        recent = sorted((a for a in alerts if a["state"] == "resolved"), key=lambda a: -a["resolved_ms"])
+        banner = html.Div(
+            ["The alert rules file was refused; the evaluator runs on its last good rules:", html.Pre(state["rules_error"])],
+            className="banner error", id=PREFIX + "rules-error",
+        ) if state.get("rules_error") else None
+        saved = state.get("saved_ms")
+        updated = (f"State {state_path}, saved {_utc(saved)} (written when an alert changes state); "
+                   f"rules {state.get('rules_source', 'not evaluated yet')}." if saved else f"No evaluation saved yet in {state_path}.")
+        return banner, _kpis(active, recent), _table(active, "active"), _table(recent, "recent"), updated
+
+
+def _kpis(active: list[dict], recent: list[dict]) -> list[html.Div]:
+    def kpi(label: str, value: int, kid: str) -> html.Div:
+        return html.Div([html.Div(str(value), className="kpi-value", id=PREFIX + kid), html.Div(label, className="kpi-label")], className="kpi")
+
+    firing = [a for a in active if a["state"] == "firing"]
+    return [
+        kpi("firing, critical", sum(a["labels"].get("severity") == "critical" for a in firing), "critical"),
+        kpi("firing, warning", sum(a["labels"].get("severity") == "warning" for a in firing), "warning"),
+        kpi("pending", len(active) - len(firing), "pending"),
+        kpi("resolved (24 h)", len(recent), "resolved"),
+    ]
+
+
+def _table(alerts: list[dict], kind: str) -> html.Table | html.P:
+    if not alerts:
+        return html.P("None.", className="empty", id=f"{PREFIX}{kind}-empty")
+    head = ["State", "Alert", "Severity", "Where", "Value", "Cap", "Share", "Since", "Resolved" if kind == "recent" else "Rule"]
+    rows = []
+    for a in alerts[:500]:
+        labels = a["labels"]
+        where = " ".join(f"{k}={v}" for k, v in labels.items() if k not in ("alertname", "severity"))
+        ann = a["annotations"]
+        last = _utc(a["resolved_ms"]) if kind == "recent" else a.get("rule", "")
+        rows.append(html.Tr(
+            [html.Td(a["state"], className=f"state-{a['state']}"), html.Td(labels["alertname"], title=ann.get("summary", "")),
+             html.Td(labels.get("severity", ""), className=f"level-{labels.get('severity', '')}"), html.Td(where),
+             html.Td(ann.get("value", "")), html.Td(ann.get("cap", "")), html.Td(ann.get("percentage", "")),
+             html.Td(_utc(a["fired_ms"] or a["active_ms"])), html.Td(last)],
+            className=f"alert-row alert-{kind}",
+        ))
+    return html.Table([html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(rows)], className="table", id=f"{PREFIX}{kind}-table")
+
+
+def _utc(ms: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000)) if ms else ""

@@ -1,0 +1,62 @@
+"""The dashboard's alerts page in headless Chromium: active and resolved alerts with their rule, and the nav."""
+
+import threading
+import time
+
+import numpy as np
+
+from alerts.evaluator import AlertEvaluator
+from dashboard.app import create_app, make_server
+from telemetry.duckdb_store import DuckDBStore
+from telemetry.inventory import parse_inventory
+from telemetry.store import series_key
+from tests.browser import chromium, console_errors, save_screenshot
+from tests.conftest import free_port, inventory_text, wait_for_http
+
+
+def test_alerts_page_shows_active_and_resolved_alerts_with_their_rule(tmp_path):
+    inventory = parse_inventory(inventory_text(), "inv.yaml")
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("evaluation_interval: 10s\nstale_after: 30s\nscopes:\n  factory:\n    breached: {percent: 100, for: 0s}\n")
+    now = int(time.time() * 1000)
+    ids = store.series_ids([series_key("aif_facility_power_watts", {"factory": f, "feed": "main"}) for f in ("alpha", "beta")])
+    ev = AlertEvaluator(store, inventory, rules, notifiers=[])
+    store.append(ids, np.array([now - 20_000] * 2), np.array([15_600.0, 10_500.0]))  # 104 % and 105 %
+    ev.evaluate(now - 20_000)
+    store.append(ids, np.array([now - 10_000] * 2), np.array([15_600.0, 9_000.0]))  # beta back to 90 %
+    ev.evaluate(now - 10_000)
+    rules.write_text("scopes:\n  factory:\n    critical: {percent: 101}\n")
+    ev.reload()  # refused: the page says so
+    port = free_port()
+    server = make_server(create_app(store, inventory, refresh_s=2.0), f"127.0.0.1:{port}")
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/")
+        with chromium(tmp_path) as driver:
+            from selenium.webdriver.common.by import By
+            from selenium.webdriver.support.ui import WebDriverWait
+
+            driver.get(f"http://127.0.0.1:{port}/")
+            WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.factory-row"))
+            driver.find_element(By.ID, "nav-alerts").click()
+            WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.alert-active"))
+            active = driver.execute_script(
+                "return Array.from(document.querySelectorAll('tr.alert-active')).map(r => r.innerText)")
+            breached = [r for r in active if "PowerCapBreached" in r]
+            assert len(breached) == 1 and "factory=alpha" in breached[0] and "firing" in breached[0]
+            assert "15600 W" in breached[0] and "15000 W" in breached[0] and "104%" in breached[0]
+            assert "facility power > 100% of 15000 W for 0s, holds down to 98%" in breached[0], "the rule that fired"
+            recent = driver.execute_script("return Array.from(document.querySelectorAll('tr.alert-recent')).map(r => r.innerText)")
+            assert any("PowerCapBreached" in r and "factory=beta" in r and "105%" in r for r in recent)
+            assert "scopes.factory.critical.percent" in driver.find_element(By.ID, "alerts-rules-error").text
+            assert driver.find_element(By.ID, "alerts-critical").text == "1"
+            save_screenshot(driver, "alerts-page")
+            driver.get(f"http://127.0.0.1:{port}/alerts")  # a direct link works too
+            WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.alert-active"))
+            driver.find_element(By.ID, "nav-factories").click()
+            WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.factory-row"))
+            assert console_errors(driver) == []
+    finally:
+        server.close()
+        store.close()
