@@ -15,25 +15,31 @@ from tests.conftest import free_port, require_binary, wait_for_http
 
 
 @contextlib.contextmanager
-def prometheus(config: str, workdir: Path, storage: Path | None = None) -> Iterator[str]:
-    """A Prometheus server running `config` (on `storage`, e.g. blocks from promtool); yields its base URL."""
-    binary = require_binary("prometheus")
+def _child_server(args: list[str], workdir: Path, name: str, ready_path: str) -> Iterator[str]:
+    """Run a server binary on a free loopback port (`{port}` in `args`), wait for `ready_path`; yields its base URL."""
     port = free_port()
-    (workdir / "prometheus.yml").write_text(config)
-    log = open(workdir / "prometheus.log", "w")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={storage or workdir / 'tsdb'}", "--storage.tsdb.retention.time=30d",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    log = open(workdir / f"{name}.log", "w")
+    proc = subprocess.Popen([a.format(port=port) for a in args], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(url + "/-/ready", timeout_s=60)
+        wait_for_http(url + ready_path, timeout_s=60)
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@contextlib.contextmanager
+def prometheus(config: str, workdir: Path, storage: Path | None = None) -> Iterator[str]:
+    """A Prometheus server running `config` (on `storage`, e.g. blocks from promtool); yields its base URL."""
+    (workdir / "prometheus.yml").write_text(config)
+    with _child_server(
+        [require_binary("prometheus"), f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={storage or workdir / 'tsdb'}",
+         "--storage.tsdb.retention.time=30d", "--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        workdir, "prometheus", "/-/ready",
+    ) as url:
+        yield url
 
 
 def promql(base_url: str, query: str) -> list[dict]:
@@ -121,20 +127,11 @@ def victoria_metrics(workdir: Path, port: int | None = None, extra_args: tuple[s
 @contextlib.contextmanager
 def alertmanager(config: str, workdir: Path) -> Iterator[str]:
     """A Prometheus Alertmanager (Debian's `prometheus-alertmanager`) running `config`, clustering off; yields its base URL."""
-    binary = require_binary("prometheus-alertmanager")
-    port = free_port()
     (workdir / "alertmanager.yml").write_text(config)
-    log = open(workdir / "alertmanager.log", "w")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={workdir / 'alertmanager.yml'}", f"--storage.path={workdir / 'alertmanager-data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(url + "/-/ready", timeout_s=60)
+    with _child_server(
+        [require_binary("prometheus-alertmanager"), f"--config.file={workdir / 'alertmanager.yml'}",
+         f"--storage.path={workdir / 'alertmanager-data'}", "--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
+         "--log.level=warn"],
+        workdir, "alertmanager", "/-/ready",
+    ) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
