@@ -77,6 +77,7 @@ def peak_rss_mb(pid: int | None = None) -> float:
 
 
 def bench_aifmon(body: bytes, scrapes: int, work: Path) -> tuple[float, float, int]:
+    """(samples/s, seconds, samples) of the embedded path, after a first scrape that registers the series."""
     store = DuckDBStore(work / "bench.duckdb")
     index = SeriesIndex(store, {"instance": "bench"})
     samples = parse_exposition(body)
@@ -98,7 +99,7 @@ def bench_vm(body: bytes, scrapes: int, work: Path) -> tuple[float, float, float
     if binary is None:
         raise SystemExit("victoria-metrics is not installed (Debian package victoria-metrics)")
     port = free_port()
-    proc = subprocess.Popen([binary, f"-storageDataPath={work / 'vm'}", f"-httpListenAddr=127.0.0.1:{port}", "-loggerLevel=ERROR"],
+    proc = subprocess.Popen([binary, f"-storageDataPath={work}", f"-httpListenAddr=127.0.0.1:{port}", "-loggerLevel=ERROR"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -150,29 +151,49 @@ def bench_reads(work: Path, gpus_page: int = 25_000, gpus_latest: int = 100_000)
     return range_s, latest_s, len(page), len(latest)
 
 
+def child_ingest(body_path: Path, scrapes: int) -> None:
+    """Run in a child process, so its peak memory is the ingest path's alone: prints rate, seconds, peak RSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rate, seconds, _ = bench_aifmon(body_path.read_bytes(), scrapes, Path(tmp))
+    print(rate, seconds, peak_rss_mb())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpus", type=int, default=25_000)
     ap.add_argument("--scrapes", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each side is reported")
+    ap.add_argument("--child-ingest", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child_ingest:
+        child_ingest(args.child_ingest, args.scrapes)
+        return
     inv = factory_inventory(args.gpus)
     f = inv.factory("big")
     body = SimExporter(FactorySimulation(f, inv.projects_of("big"), epoch=time.time() - 4 * 3600, step_s=15.0)).body()
     samples = len(parse_exposition(body))
-    print(f"exposition: {args.gpus:,} GPUs, {samples:,} samples, {len(body) / 1e6:.1f} MB per scrape; {args.scrapes} scrapes each")
+    print(f"exposition: {args.gpus:,} GPUs, {samples:,} samples, {len(body) / 1e6:.1f} MB per scrape; "
+          f"{args.scrapes} scrapes per round, best of {args.rounds} alternating rounds")
+    ours, vms = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        vm_rate, vm_s, vm_rss = bench_vm(body, args.scrapes, work)
-        ours_rate, ours_s, _ = bench_aifmon(body, args.scrapes, work)
-        ours_rss = peak_rss_mb()
+        body_path = work / "body.prom"
+        body_path.write_bytes(body)
+        for k in range(args.rounds):
+            vms.append(bench_vm(body, args.scrapes, work / f"vm{k}"))
+            out = subprocess.run([sys.executable, __file__, "--child-ingest", str(body_path), "--scrapes", str(args.scrapes)],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            ours.append(tuple(float(x) for x in out))
         range_s, latest_s, page_rows, latest_rows = bench_reads(work)
+    ours_rate, ours_s, ours_rss = max(ours)
+    vm_rate, vm_s, vm_rss = max(vms)
     print(f"{'path':<44}{'samples/s':>12}{'time s':>9}{'peak RSS MB':>13}")
-    print(f"{'aifmon parse + DuckDB commit':<44}{ours_rate:>12,.0f}{ours_s:>9.2f}{ours_rss:>13.0f}")
+    print(f"{'aifmon parse + DuckDB commit (durable)':<44}{ours_rate:>12,.0f}{ours_s:>9.2f}{ours_rss:>13.0f}")
     print(f"{'VictoriaMetrics import + force_flush':<44}{vm_rate:>12,.0f}{vm_s:>9.2f}{vm_rss:>13.0f}")
-    print(f"ratio aifmon / VictoriaMetrics: {ours_rate / vm_rate:.2f}x")
+    print(f"ratio aifmon / VictoriaMetrics: {ours_rate / vm_rate:.2f}x (rounds: "
+          + ", ".join(f"{o[0] / v[0]:.2f}x" for o, v in zip(ours, vms)) + ")")
     print(f"factory page read, 25,000 GPUs x 1 h at 15 s ({page_rows:,} rows): {range_s:.2f} s")
     print(f"latest value per series, 100,000 GPUs ({latest_rows:,} rows): {latest_s:.3f} s")
-    print("(peak RSS of this process includes the simulator that made the exposition and the read benchmark)")
 
 
 if __name__ == "__main__":

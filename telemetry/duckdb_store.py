@@ -97,10 +97,14 @@ class DuckDBStore:
             self._con.execute(_SCHEMA)
         self._write_lock = threading.Lock()
         self._closed = False
-        self._ids: dict[SeriesKey, int] = {}
+        # Series are known by one compact string (metric, newline, canonical JSON labels): a few hundred
+        # bytes each, where tuples of label pairs would cost kilobytes per series at 100,000 GPUs.
+        self._ids: dict[str, int] = {}
+        self._metrics: set[str] = set()
         self._labels_cache: dict[str, tuple[int, pd.DataFrame]] = {}
         for sid, metric, labels in self._con.execute("SELECT id, metric, labels FROM series").fetchall():
-            self._ids[(metric, tuple(sorted(json.loads(labels).items())))] = sid
+            self._ids[f"{metric}\n{labels}"] = sid
+            self._metrics.add(metric)
 
     @contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -116,34 +120,31 @@ class DuckDBStore:
 
     # -- writes --------------------------------------------------------------------------------
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
-        new = list(dict.fromkeys(k for k in keys if k not in self._ids))
+        names = [f"{metric}\n{json.dumps(dict(labels), sort_keys=True)}" for metric, labels in keys]
+        new = list(dict.fromkeys(n for n in names if n not in self._ids))
         if new:
             self._check_writable()
             with self._write_lock:
-                new = [k for k in new if k not in self._ids]
+                new = [n for n in new if n not in self._ids]
                 first = len(self._ids) + 1
-                rows = pd.DataFrame(
-                    {
-                        "id": np.arange(first, first + len(new), dtype=np.int32),
-                        "metric": [k[0] for k in new],
-                        "labels": [json.dumps(dict(k[1]), sort_keys=True) for k in new],
-                    }
-                )
+                metric, _, labels = zip(*(n.partition("\n") for n in new)) if new else ((), (), ())
+                rows = pd.DataFrame({"id": np.arange(first, first + len(new), dtype=np.int32),
+                                     "metric": list(metric), "labels": list(labels)})
                 with self._cursor() as cur:
                     cur.execute("INSERT INTO series SELECT * FROM rows")
-                for k, sid in zip(new, rows["id"]):
-                    self._ids[k] = int(sid)
-        return np.fromiter((self._ids[k] for k in keys), dtype=np.int32, count=len(keys))
+                for n, sid in zip(new, range(first, first + len(new))):
+                    self._ids[n] = sid
+                self._metrics.update(metric)
+        return np.fromiter((self._ids[n] for n in names), dtype=np.int32, count=len(names))
 
     def append(self, series_ids: np.ndarray, t_ms: np.ndarray, values: np.ndarray) -> None:
         self._check_writable()
-        batch = pd.DataFrame(
-            {
-                "series_id": np.asarray(series_ids, dtype=np.int32),
-                "t_ms": np.broadcast_to(np.asarray(t_ms, dtype=np.int64), np.shape(series_ids)),
-                "value": np.asarray(values, dtype=np.float64),
-            }
-        )
+        ids = np.asarray(series_ids, dtype=np.int32)
+        batch = {  # a dict of NumPy columns: DuckDB scans it without a pandas copy
+            "series_id": ids,
+            "t_ms": np.ascontiguousarray(np.broadcast_to(np.asarray(t_ms, dtype=np.int64), ids.shape)),
+            "value": np.asarray(values, dtype=np.float64),
+        }
         with self._write_lock:
             try:
                 with self._cursor() as cur:
@@ -299,7 +300,7 @@ class DuckDBStore:
         return None if lo is None else (int(lo), int(hi))
 
     def metric_names(self) -> list[str]:
-        return sorted({metric for metric, _ in self._ids})
+        return sorted(self._metrics)
 
     def sample_count(self) -> int:
         with self._cursor() as cur:

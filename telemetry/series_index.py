@@ -15,6 +15,9 @@ from telemetry.exposition import parse_series
 from telemetry.store import Store, series_key
 
 
+_SLICE = 20_000
+
+
 class SeriesIndex:
     """Store ids of one source's series texts; `labels` are added unless the text sets them itself."""
 
@@ -47,12 +50,18 @@ class SeriesIndex:
             self._ids = ids[pc.index_in(self._texts, value_set=series).to_numpy()]
         return ids
 
+    def _register(self, texts: pa.StringArray) -> np.ndarray:
+        keys = [series_key(name, {**self.labels, **labels}) for name, labels in map(parse_series, texts.to_pylist())]
+        return self.store.series_ids(keys).astype(np.int64)
+
     def _lookup(self, series: pa.StringArray) -> np.ndarray:
         where = pc.index_in(series, value_set=self._texts)
         if where.null_count:
-            new = pc.unique(series.filter(where.is_null())).to_pylist()
-            keys = [series_key(name, {**self.labels, **labels}) for name, labels in map(parse_series, new)]
-            self._texts = pa.concat_arrays([self._texts, pa.array(new, pa.string())])
-            self._ids = np.concatenate([self._ids, self.store.series_ids(keys).astype(np.int64)])
+            new = pc.unique(series.filter(where.is_null()))
+            # Labels are parsed in slices: a first scrape of a whole factory (400,000 series) would
+            # otherwise hold every parsed label dict at once.
+            parts = [self._register(new.slice(i, _SLICE)) for i in range(0, len(new), _SLICE)]
+            self._texts = pa.concat_arrays([self._texts, new])
+            self._ids = np.concatenate([self._ids, *parts])
             where = pc.index_in(series, value_set=self._texts)
         return self._ids[where.to_numpy(zero_copy_only=False)]

@@ -66,8 +66,9 @@ def test_collects_every_series_and_marks_bad_targets_down(tmp_path, sim_server, 
 
     gpus = sum(inv.factory(f).gpu_count for f in ("alpha", "beta"))
     nodes = sum(inv.factory(f).node_count for f in ("alpha", "beta"))
-    fixed = [m for m in store._ids if m[0] != "aif_gpu_job_info" and m[0].startswith("aif_")]
-    assert len(fixed) == PER_GPU * gpus + PER_NODE * nodes + PER_FACTORY * 2
+    fixed = sum(len(store.range(m, 0, 2**62)["series_id"].unique()) for m in store.metric_names()
+                if m != "aif_gpu_job_info" and m.startswith("aif_"))
+    assert fixed == PER_GPU * gpus + PER_NODE * nodes + PER_FACTORY * 2
     power = store.latest("aif_gpu_power_watts", lookback_s=60)
     assert len(power) == gpus and set(power["factory"]) == {"alpha", "beta"}
     assert {"instance", "system", "node", "gpu", "uuid", "model"} <= set(power.columns)
