@@ -18,9 +18,13 @@ every rule the measurement misses.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import math
 import re
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -31,8 +35,9 @@ import numpy as np
 import pandas as pd
 
 from rollups.counters import counter_increments, power_integral
-from telemetry.store import Store
+from telemetry.store import Store, open_store
 
+HPL_TABLE = "hpl_efficiency"
 TOP500_TABLE = "top500-2024-11-eurohpc.csv"
 TOP500_SOURCE = "TOP500 November 2024 list (top500.org, TOP500_202411.xlsx): EuroHPC systems"
 SUBSYSTEMS = ("gpu-boards", "compute", "all-estimated", "all-measured")
@@ -255,3 +260,77 @@ def read_hpl_file(path: str | Path, tz: str = "UTC") -> HplRun:
         return parse_hpl_output(path.read_text(encoding="utf-8", errors="replace"), tz, str(path))
     except OSError as e:
         raise HplError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def measure_hpl(store: Store, rmax_gflops: float, core_start_ms: int, core_end_ms: int, total_nodes: int,
+                metric: str = "aif_node_power_watts", match: dict[str, str] | None = None, nodes: list[str] | None = None,
+                measured_nodes: int | None = None, subsystems: str | None = None, meter_accuracy_pct: float | None = None,
+                run: tuple[int, int] | None = None, idle: tuple[int, int] | None = None) -> Efficiency:
+    """GFlops/W of an HPL run from a power (W) or energy (J, `_total`) trace in `store`, with its EEHPC level.
+
+    `measured_nodes` defaults to the number of meters (series) in the trace, `subsystems` to what the
+    metric measures (GPU boards for `aif_gpu_*`, compute nodes otherwise). `run` and `idle` are
+    (start, end) windows in ms for the full-run average and the idle power that Level 2 reports.
+    """
+    if core_end_ms <= core_start_ms:
+        raise HplError("the core phase must end after it starts")
+    core = trace_from_store(store, metric, core_start_ms, core_end_ms, match, nodes)
+    m = Measurement(
+        rmax_gflops, core_start_ms, core_end_ms, core,
+        measured_nodes=measured_nodes if measured_nodes is not None else core.meters, total_nodes=total_nodes,
+        subsystems=subsystems or ("gpu-boards" if metric.startswith("aif_gpu_") else "compute"),
+        meter_accuracy_pct=meter_accuracy_pct,
+        full_run_average_w=trace_from_store(store, metric, *run, match, nodes).average_w if run else None,
+        idle_power_w=trace_from_store(store, metric, *idle, match, nodes).average_w if idle else None,
+    )
+    return evaluate(m)
+
+
+@contextlib.contextmanager
+def trace_store(trace_file: str | None, store_url: str, read_only: bool = True) -> Iterator[Store]:
+    """The store to read a trace from: an OpenMetrics file loaded into a temporary embedded store, or `store_url`."""
+    if trace_file is None:
+        store = open_store(store_url, read_only=read_only)
+        try:
+            yield store
+        finally:
+            store.close()
+        return
+    from telemetry.duckdb_store import DuckDBStore
+    from telemetry.openmetrics import import_openmetrics
+
+    with tempfile.TemporaryDirectory(prefix="aifmon-trace-") as tmp:
+        store = DuckDBStore(Path(tmp) / "trace.duckdb")
+        try:
+            import_openmetrics(store, trace_file)
+            yield store
+        finally:
+            store.close()
+
+
+def record_efficiency(store: Store, e: Efficiency, factory: str, system: str) -> None:
+    """Keep a result in the derived table the monthly report's league reads (one row per run, keyed by its core start)."""
+    d = e.as_dict()
+    row = pd.DataFrame([{"window_start_ms": e.measurement.core_start_ms, "factory": factory, "system": system,
+                         "rmax_gflops": d["rmax_gflops"], "gflops_per_watt": d["gflops_per_watt"], "system_power_kw": d["system_power_kw"],
+                         "eehpc_level": d["eehpc_level"], "why_not_next_level": "; ".join(d["why_not_next_level"])}])
+    store.replace_rows(HPL_TABLE, e.measurement.core_start_ms, row)
+
+
+def format_efficiency(e: Efficiency, fmt: str) -> str:
+    """The result as JSON, or as lines a person reads."""
+    d = e.as_dict()
+    if fmt == "json":
+        return json.dumps(d, indent=2)
+    level = f"Level {e.level}" if e.level else "no level (Level 1 rules missed)"
+    lines = [
+        f"{d['gflops_per_watt']:.2f} GFlops/W  = Rmax {d['rmax_gflops']:,.0f} GFlop/s / {d['system_power_kw']:,.1f} kW",
+        f"  measured {d['measured_power_kw']:,.2f} kW on {d['measured_nodes']} of {d['total_nodes']} nodes "
+        f"({d['measured_fraction']:.1%}), scaled to the machine; core phase {d['core_phase_s']:.0f} s, "
+        f"{d['readings_in_core_phase']} readings per meter, {d['meter']}",
+        f"  EEHPC v2.0: {level}",
+    ]
+    if e.level < 3:
+        lines.append(f"  not Level {e.level + 1} because:")
+        lines += [f"    - {why}" for why in e.why_not_next]
+    return "\n".join(lines)

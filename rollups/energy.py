@@ -17,9 +17,11 @@ Rules (so that every figure can be traced; the counter rules themselves are in `
   integral of `aif_node_power_watts` (the BMC's reading, else hwmon's, else the estimate), or where a
   node has no power reading the GPU energy plus its RAPL CPU and DRAM counters
   (`aif_cpu_energy_joules_total`, resets and wraps detected). Its non-GPU part (node - GPUs, at least
-  0) is split among the node's jobs **in proportion to the GPU-seconds each held on the node** in the
-  window; the share of GPU-seconds no job held is `(unallocated)`. On a shared node a job that holds
-  2 of 8 GPUs for the whole window thus carries a quarter of the node's CPU, memory and fan energy.
+  0) is split among the node's jobs **in proportion to the GPU-seconds each held on the node in each
+  clock hour** (UTC; an interval counts in the hour its end falls in); the share of GPU-seconds no job
+  held is `(unallocated)`. On a shared node a job that holds 2 of 8 GPUs for a whole hour thus carries
+  a quarter of that hour's CPU, memory and fan energy. Splitting per hour makes a range's figures the
+  sum of its hours', so month reports from hourly rollups agree with a direct rollup.
 - Energy with no job is its own line, `(unallocated)`, so jobs + unallocated = measured total.
 - **Coverage** is the share of GPU-time in the range covered by intervals no longer than `max_gap_s`;
   energy across a longer gap is still exact where a counter bridges it, but lowers the coverage.
@@ -55,6 +57,7 @@ EUROHPC = "EuroHPC"
 JOB_KEYS = ["factory", "system", "job", "project", "access_mode"]
 GPU_KEYS = ["factory", "system", "node", "gpu"]
 _MARGIN_MS = 15 * 60 * 1000  # how far past each end of the range to look for the samples that straddle it
+HOUR_MS = 3_600_000
 _T_BITS = 42  # (stream << 42) | time offset in ms: one sortable int64 key; 2**42 ms is 139 years
 
 
@@ -118,7 +121,13 @@ class _Codes:
 
 def _first_of_each_series(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(dense series code per sample, row of each series' first sample)."""
-    codes, uniques = pd.factorize(frame["series_id"].to_numpy())
+    sid = frame["series_id"].to_numpy()
+    if len(sid) and (sid[1:] >= sid[:-1]).all():  # stores return samples by series: no hashing needed
+        change = np.empty(len(sid), dtype=bool)
+        change[0] = True
+        np.not_equal(sid[1:], sid[:-1], out=change[1:])
+        return np.cumsum(change) - 1, np.flatnonzero(change)
+    codes, uniques = pd.factorize(sid)
     first = np.empty(len(uniques), dtype=np.int64)
     first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)
     return codes, first
@@ -131,7 +140,6 @@ def _sum_by(codes: np.ndarray, weights: np.ndarray, minlength: int) -> np.ndarra
 
 def _key(stream: np.ndarray, t_ms: np.ndarray, base_ms: int) -> np.ndarray:
     return (stream.astype(np.int64) << _T_BITS) | (t_ms.astype(np.int64) - base_ms)
-
 
 
 def compute_ledger(store: Store, inventory: Inventory | None, start_ms: int, end_ms: int, max_gap_s: float = 60.0,
@@ -169,42 +177,58 @@ def compute_ledger(store: Store, inventory: Inventory | None, start_ms: int, end
         job_samples = pd.Series(dtype=np.int64)
         attribution = f"Slurm accounting records ({len(accounting)} jobs; shared nodes split by GPU count)"
 
-    node_measured_j, node_cpu_j, node_gap_j, node_system_extra = _node_energy(store, nodes, lo, hi, start_ms, end_ms, max_gap_s)
-    n_nodes, n_jobs = len(nodes.index), len(jobs.index) + 1  # job code -1 (unallocated) is column 0
-    cell = gpu_node[idx] * n_jobs + (job_of + 1)
-    energy = _sum_by(cell, iv.energy_j[idx] * share, minlength=n_nodes * n_jobs).reshape(n_nodes, n_jobs)
-    held = _sum_by(cell, iv.seconds[idx] * share, minlength=n_nodes * n_jobs).reshape(n_nodes, n_jobs)
-    held[:, 0] = 0.0  # GPU-hours count allocated time only
-    node_gpu_j = _sum_by(gpu_node, iv.energy_j, minlength=n_nodes)
-    node_gpu_s = _sum_by(gpu_node, iv.seconds, minlength=n_nodes)
-    node_it_j = np.where(np.isnan(node_measured_j), node_gpu_j + node_cpu_j, node_measured_j)
-    other_j = np.maximum(node_it_j - node_gpu_j, 0.0)
-    # a node's non-GPU energy follows the GPU-seconds each job held there; free GPU-time's share is unallocated
-    frac = np.divide(held, node_gpu_s[:, None], out=np.zeros_like(held), where=node_gpu_s[:, None] > 0)
-    frac[:, 0] = 1.0 - frac[:, 1:].sum(axis=1)
-    other = frac * other_j[:, None]
+    # Node energy apart from the GPUs, split per node and clock hour (so that a range's figures are the sum of
+    # its hours') by the GPU-seconds each job held there; the free GPU-time's share is unallocated.
+    hours = _Hours(start_ms, end_ms)
+    measured, cpu, node_gap, node_system_extra, rapl = _node_energy(store, nodes, hours, lo, hi, start_ms, end_ms, max_gap_s)
+    n_nodes, n_jobs = len(nodes.index), len(jobs.index) + 1  # job -1 (unallocated) is shifted to 0
+    nh = gpu_node * hours.count + hours.of(iv.t_end_ms)  # (node, hour) cell of every interval
+    cell_codes, cells = pd.factorize(nh[idx] * n_jobs + (job_of + 1))
+    energy = _sum_by(cell_codes, iv.energy_j[idx] * share, minlength=len(cells))
+    held = _sum_by(cell_codes, iv.seconds[idx] * share, minlength=len(cells))
+    cell_nh, cell_job = np.divmod(np.asarray(cells, dtype=np.int64), n_jobs)
+    held[cell_job == 0] = 0.0  # GPU-hours count allocated time only
+    cells_n = n_nodes * hours.count
+    has = np.flatnonzero(np.bincount(nh, minlength=cells_n))  # the (node, hour) cells with GPU intervals
+    gpu_j = pd.Series(_sum_by(nh, iv.energy_j, minlength=cells_n)[has], index=has)
+    gpu_s = pd.Series(_sum_by(nh, iv.seconds, minlength=cells_n)[has], index=has)
+    all_nh = gpu_j.index.union(measured.index).union(cpu.index)
+    gpu_j, gpu_s = gpu_j.reindex(all_nh, fill_value=0.0), gpu_s.reindex(all_nh, fill_value=0.0)
+    it_j = measured.reindex(all_nh).fillna(gpu_j + cpu.reindex(all_nh, fill_value=0.0))
+    other_j = (it_j - gpu_j).clip(lower=0.0)
+    frac = np.divide(held, gpu_s.reindex(cell_nh).to_numpy(), out=np.zeros_like(held), where=gpu_s.reindex(cell_nh).to_numpy() > 0)
+    taken = pd.Series(frac).groupby(cell_nh).sum()
+    # every (node, hour) gets an unallocated cell for what no job held, even one without GPU intervals
+    unalloc = pd.DataFrame({"nh": all_nh.to_numpy(), "job": 0, "energy_j": 0.0, "held": 0.0,
+                            "frac": 1.0 - taken.reindex(all_nh, fill_value=0.0).to_numpy()})
+    table = pd.concat([pd.DataFrame({"nh": cell_nh, "job": cell_job, "energy_j": energy, "held": held,
+                                     "frac": np.where(cell_job == 0, 0.0, frac)}), unalloc], ignore_index=True)
+    table["other_j"] = table["frac"] * other_j.reindex(table["nh"]).to_numpy()
+    node_c = table["nh"].to_numpy() // hours.count
+    job_c = table["job"].to_numpy()
 
     node_table = nodes.frame(["factory", "node"])
     systems = np.array([node_system.get(c, node_system_extra.get(c, "")) for c in range(n_nodes)], dtype=object)
-    node_c, job_c = np.nonzero((energy != 0) | (held != 0) | (other != 0))
     job_table = jobs.frame(["factory", "job", "project", "access_mode"])
-    allocated = job_c > 0
+    labels = {col: np.append(np.array([UNALLOCATED], dtype=object), job_table[col].to_numpy(dtype=object))
+              for col in ("job", "project", "access_mode")}
     rows = pd.DataFrame({
-        "factory": node_table["factory"].to_numpy()[node_c],
-        "system": systems[node_c],
-        "job": np.where(allocated, job_table["job"].to_numpy()[np.maximum(job_c - 1, 0)] if len(job_table) else UNALLOCATED, UNALLOCATED),
-        "project": np.where(allocated, job_table["project"].to_numpy()[np.maximum(job_c - 1, 0)] if len(job_table) else UNALLOCATED, UNALLOCATED),
-        "access_mode": np.where(allocated, job_table["access_mode"].to_numpy()[np.maximum(job_c - 1, 0)] if len(job_table) else UNALLOCATED,
-                                UNALLOCATED),
-        "energy_j": energy[node_c, job_c],
-        "gpu_seconds": held[node_c, job_c],
-        "node_other_j": other[node_c, job_c],
+        "factory": node_table["factory"].to_numpy()[node_c] if len(node_c) else np.zeros(0, dtype=object),
+        "system": systems[node_c] if len(node_c) else np.zeros(0, dtype=object),
+        **{col: labels[col][job_c] for col in labels},
+        "energy_j": table["energy_j"].to_numpy(),
+        "gpu_seconds": table["held"].to_numpy(),
+        "node_other_j": table["other_j"].to_numpy(),
     })
     rows = rows.groupby(JOB_KEYS, as_index=False)[["energy_j", "gpu_seconds", "node_other_j"]].sum()
+    rows = rows[(rows["energy_j"] != 0) | (rows["gpu_seconds"] != 0) | (rows["node_other_j"] != 0)].reset_index(drop=True)
+    node_gpu_j = _sum_by(gpu_node, iv.energy_j, minlength=n_nodes)
+    node_it_j = _sum_by(np.asarray(all_nh, dtype=np.int64) // hours.count, it_j.to_numpy(), minlength=n_nodes)
+    node_gap_j = _sum_by(np.asarray(node_gap.index, dtype=np.int64) // hours.count, node_gap.to_numpy(), minlength=n_nodes)
 
     # per factory: measured totals, coverage, estimated energy, and the inputs seen (a fingerprint for late data)
     short = iv.interval_s <= max_gap_s
-    streams = np.unique(iv.stream)
+    streams = np.flatnonzero(np.bincount(iv.stream, minlength=len(gpu_table)))
     per_node = pd.DataFrame({
         "factory": node_table["factory"].to_numpy(),
         "gpu_energy_j": node_gpu_j,
@@ -215,12 +239,18 @@ def compute_ledger(store: Store, inventory: Inventory | None, start_ms: int, end
     })
     sites = per_node.groupby("factory", as_index=False).sum()
     sites["expected_s"] = sites["gpus"] * (end_ms - start_ms) / 1000.0
-    in_range = (t_e >= start_ms) & (t_e <= end_ms)
-    energy_samples = pd.Series(gpu_table["factory"].to_numpy()[gpu_of[in_range]]).value_counts() if len(gpu_table) else pd.Series(dtype=np.int64)
+    in_range = (t_e >= start_ms) & (t_e < end_ms)  # half-open, so each sample is counted in one hour
+    energy_samples = _count_by_factory(gpu_of[in_range], gpu_table["factory"].to_numpy())
     sites = _with_facility(store, sites, lo, hi, start_ms, end_ms)
     sites["energy_samples"] = sites["factory"].map(energy_samples).fillna(0).astype(np.int64)
     sites["job_samples"] = sites["factory"].map(job_samples).fillna(0).astype(np.int64)
-    return Ledger(rows, sites, start_ms, end_ms, iv.resets, iv.wraps, iv.duplicates, attribution)
+    return Ledger(rows, sites, start_ms, end_ms, iv.resets + rapl[0], iv.wraps + rapl[1], iv.duplicates + rapl[2], attribution)
+
+
+def _count_by_factory(codes: np.ndarray, factory_of_code: np.ndarray) -> pd.Series:
+    """Samples per factory, counted on integer codes (a string per sample would cost more than the rollup)."""
+    per_code = np.bincount(codes, minlength=len(factory_of_code))
+    return pd.Series(per_code).groupby(factory_of_code).sum() if len(factory_of_code) else pd.Series(dtype=np.int64)
 
 
 def _concat(a: Intervals, b: Intervals) -> Intervals:
@@ -260,16 +290,17 @@ def _attribute_job_info(store: Store, gpus: _Codes, jobs: _Codes, iv: Intervals,
     j = store.range(JOB_METRIC, lo, hi)
     if j.empty or not n:
         return (everyone, np.full(n, -1, dtype=np.int64)), ones, pd.Series(dtype=np.int64)
-    j = j[j["value"].to_numpy() > 0]
     t = j["t_ms"].to_numpy()
-    samples = j.loc[(t >= start_ms) & (t <= end_ms), "factory"].value_counts() if "factory" in j else pd.Series(dtype=np.int64)
     known_gpus = len(gpus.index)
     gpu = gpus.per_sample(j, GPU_KEYS)
     job = jobs.per_sample(j, ["factory", "job", "project", "access_mode"])
-    on_known = gpu < known_gpus
-    keys = _key(gpu[on_known], t[on_known], lo)
+    use = (j["value"].to_numpy() > 0) & (gpu < known_gpus)  # an info sample of 0 is no job; a GPU without energy has nothing to share
+    counted = use & (t >= start_ms) & (t < end_ms)
+    job_factory = np.array([f for f, *_ in jobs.index], dtype=object)
+    samples = _count_by_factory(job[counted], job_factory)
+    keys = _key(gpu[use], t[use], lo)
     order = np.argsort(keys, kind="stable")  # each series' run is sorted already: a stable merge is cheap
-    keys, job = keys[order], job[on_known][order]
+    keys, job = keys[order], job[use][order]
     first = np.append(True, keys[1:] != keys[:-1])  # one job per GPU and instant, so energy is never doubled
     keys, job = keys[first], job[first]
     if not len(keys):
@@ -346,45 +377,55 @@ def _check_no_overbooking(node: np.ndarray, start: np.ndarray, end: np.ndarray, 
         raise ValueError(f"the accounting records put more GPUs on node {bad} at once than it has")
 
 
-def _node_energy(store: Store, nodes: _Codes, lo: int, hi: int, start_ms: int, end_ms: int,
-                 max_gap_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
-    """Per node code: (energy from its power reading, J, NaN where it has none; RAPL CPU + DRAM energy, J;
-    energy integrated across gaps longer than `max_gap_s`, J), and the systems of nodes seen only here.
+class _Hours:
+    """Clock hours (UTC) of a range, numbered from 0: an interval belongs to the hour its end falls in."""
 
-    RAPL counters are read only when some node has no power reading: they are the fallback.
+    def __init__(self, start_ms: int, end_ms: int):
+        self.first = start_ms // HOUR_MS
+        self.count = (end_ms - 1) // HOUR_MS - self.first + 1
+
+    def of(self, t_end_ms: np.ndarray) -> np.ndarray:
+        return np.clip((t_end_ms - 1) // HOUR_MS - self.first, 0, self.count - 1)
+
+
+def _node_energy(store: Store, nodes: _Codes, hours: _Hours, lo: int, hi: int, start_ms: int, end_ms: int,
+                 max_gap_s: float) -> tuple[pd.Series, pd.Series, pd.Series, dict[int, str], tuple[int, int, int]]:
+    """Per (node, hour) cell (node code x hours.count + hour): energy from the node's power reading (J; cells
+    without one are absent), RAPL CPU + DRAM energy (J), and energy integrated across gaps longer than
+    `max_gap_s` (J); the systems of nodes seen only here; and the RAPL counters' (resets, wraps, duplicates).
+
+    RAPL counters are read only when some node lacks a power reading: they are the fallback.
     """
-    p = store.range(NODE_POWER_METRIC, lo, hi)
-    measured_j = np.full(len(nodes.index), np.nan)
-    gap_j = np.zeros(len(nodes.index))
+    measured = cpu = gap = pd.Series(dtype=np.float64)
     systems: dict[int, str] = {}
+    counts = (0, 0, 0)
+    known_nodes = len(nodes.index)
+    p = store.range(NODE_POWER_METRIC, lo, hi)
     if len(p):
         ranks = {s: i for i, s in enumerate(NODE_SOURCES)}
         rank = p["source"].map(ranks).fillna(len(NODE_SOURCES)).to_numpy() if "source" in p else np.zeros(len(p))
         code = nodes.per_sample(p, ["factory", "node"])
         keep = rank == pd.Series(rank).groupby(code).transform("min").to_numpy()  # the best source each node has
         integ = power_integral(code[keep], p["t_ms"].to_numpy()[keep], p["value"].to_numpy()[keep], start_ms, end_ms)
-        n = len(nodes.index)
-        measured_j = np.full(n, np.nan)
-        seen = np.unique(integ.stream)
-        measured_j[seen] = _sum_by(integ.stream, integ.energy_j, minlength=n)[seen]
+        nh = integ.stream * hours.count + hours.of(integ.t_end_ms)
+        measured = pd.Series(integ.energy_j).groupby(nh).sum()
         long = integ.interval_s > max_gap_s
-        gap_j = _sum_by(integ.stream[long], integ.energy_j[long], minlength=n)
+        gap = pd.Series(integ.energy_j[long]).groupby(nh[long]).sum()
         if "system" in p:
             _, first = _first_of_each_series(p)
             systems = dict(zip(code[first].tolist(), p["system"].iloc[first].fillna("").tolist()))
-    cpu_j = np.zeros(len(nodes.index))
-    if np.isnan(measured_j).any():
-        cpu = store.range(CPU_ENERGY_METRIC, lo, hi)
-        if len(cpu):
+    with_power = set((np.asarray(measured.index, dtype=np.int64) // hours.count).tolist())
+    if len(with_power) < known_nodes:
+        c = store.range(CPU_ENERGY_METRIC, lo, hi)
+        if len(c):
             domains = _Codes()
-            domain = domains.per_sample(cpu, ["factory", "node", "socket", "domain"])
-            inc = counter_increments(domain, cpu["t_ms"].to_numpy(), cpu["value"].to_numpy(), start_ms, end_ms)
+            domain = domains.per_sample(c, ["factory", "node", "socket", "domain"])
+            inc = counter_increments(domain, c["t_ms"].to_numpy(), c["value"].to_numpy(), start_ms, end_ms)
             node_of_domain = np.fromiter((nodes.index.setdefault((f, n), len(nodes.index)) for f, n, _, _ in domains.index),
                                          dtype=np.int64, count=len(domains.index))
-            n = len(nodes.index)
-            cpu_j = _sum_by(node_of_domain[inc.stream], inc.energy_j, minlength=n)
-            measured_j, gap_j = np.pad(measured_j, (0, n - len(measured_j)), constant_values=np.nan), np.pad(gap_j, (0, n - len(gap_j)))
-    return measured_j, cpu_j, gap_j, systems
+            cpu = pd.Series(inc.energy_j).groupby(node_of_domain[inc.stream] * hours.count + hours.of(inc.t_end_ms)).sum()
+            counts = (inc.resets, inc.wraps, inc.duplicates)
+    return measured, cpu, gap, systems, counts
 
 
 def _with_facility(store: Store, sites: pd.DataFrame, lo: int, hi: int, start_ms: int, end_ms: int) -> pd.DataFrame:

@@ -145,6 +145,9 @@ class HourlyRollups:
 
 
 def _fingerprint(sites: pd.DataFrame) -> set[tuple[str, int, int]]:
+    """(factory, energy samples, job samples) of an hour; factories seen only in the neighbouring hours' margin
+    (no sample inside the hour) leave it out, so samples arriving next door do not re-open the hour."""
     if sites.empty:
         return set()
-    return set(zip(sites["factory"], sites["energy_samples"].astype(int), sites["job_samples"].astype(int)))
+    seen = (sites["energy_samples"] > 0) | (sites["job_samples"] > 0)
+    return set(zip(sites["factory"][seen], sites["energy_samples"][seen].astype(int), sites["job_samples"][seen].astype(int)))

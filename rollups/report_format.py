@@ -8,13 +8,17 @@ from datetime import datetime, timezone
 
 from rollups.energy import EnergyRollup
 
-_COLUMNS = [  # (column, heading with unit, format)
+_COLUMNS = [  # (column, heading with unit, format); columns a rollup lacks (pue outside factory/country/total) are left out
     ("energy_kwh", "GPU energy kWh", "{:,.3f}"),
+    ("node_other_kwh", "node other kWh", "{:,.3f}"),
+    ("it_kwh", "IT kWh", "{:,.3f}"),
     ("share", "share", "{:.1%}"),
     ("gpu_hours", "GPU-hours h", "{:,.1f}"),
     ("avg_power_kw", "avg power kW", "{:,.2f}"),
     ("cost_eur", "cost EUR", "{:,.2f}"),
     ("co2e_kg", "CO2e kg", "{:,.1f}"),
+    ("facility_kwh", "facility kWh", "{:,.3f}"),
+    ("pue", "PUE", "{:.3f}"),
 ]
 
 
@@ -44,6 +48,7 @@ def provenance(r: EnergyRollup) -> dict:
         "total_energy_kwh": r.total_energy_kwh,
         "cost_basis": "each factory's energy price (EUR/kWh) from the inventory",
         "carbon_intensity_source": r.carbon_source,
+        **r.notes,  # attribution source, counter resets, wraps, duplicate samples, estimated energy
     }
 
 
@@ -59,8 +64,11 @@ def format_energy_rollup(r: EnergyRollup, fmt: str) -> str:
         rows.to_csv(buf, index=False, float_format="%.6f")
         return buf.getvalue().rstrip("\n")
     p = provenance(r)
-    rows = [[str(getattr(row, k)) for k in keys] + [f.format(getattr(row, c)) for c, _, f in _COLUMNS]
+    columns = [col for col in _COLUMNS if col[0] in r.rows]
+    rows = [[str(getattr(row, k)) for k in keys] + [f.format(getattr(row, c)) for c, _, f in columns]
             for row in r.rows.itertuples(index=False)]
     head = (f"GPU energy by {r.by}, {p['start']} to {p['end']} ({p['hours']:.2f} h); total {r.total_energy_kwh:,.3f} kWh; "
-            f"coverage {r.coverage:.1%}\nCost at each factory's price; CO2e from {r.carbon_source}.\n")
-    return head + text_table(keys + [h for _, h, _ in _COLUMNS], rows)
+            f"coverage {r.coverage:.1%}\nCost at each factory's price; CO2e from {r.carbon_source}.\n"
+            + (f"Attribution: {r.notes['attribution']}; counter resets {r.notes['counter_resets']}, wraps {r.notes['counter_wraps']}, "
+               f"duplicate samples {r.notes['duplicate_samples']}; estimated {r.notes['estimated_energy_kwh']:,.3f} kWh.\n" if r.notes else ""))
+    return head + text_table(keys + [h for _, h, _ in columns], rows)

@@ -1,0 +1,274 @@
+"""Energy rollup benchmark: per-project GPU energy over raw counters, aifmon against VictoriaMetrics and
+Prometheus answering the same question over the same samples in the same run; then the monthly report
+of a 25,000-GPU factory from hourly rollups.
+
+Data (deterministic, seed 1): G GPUs (default 1,000, 4 per node) over one UTC day, scraped every 15 s
+(5.76 M counter samples at 1,000 GPUs); every node runs a 1-hour job of one of 20 projects in 85 % of
+the hours and idles otherwise; power is constant within each scrape interval and drawn at random, so
+the truth per project is the sum of power x 15 s over the intervals whose job-info sample names it.
+The same samples (aif_gpu_energy_joules_total per GPU and aif_gpu_job_info, the DESIGN schema) go
+into aifmon's DuckDB store, into VictoriaMetrics (`store import`) and into Prometheus (promtool blocks
+from `store export`). The PromQL question, per hour and summed over the day:
+
+    sum by (project) (increase(aif_gpu_energy_joules_total[1h])
+                      * on (factory, node, gpu) group_left (project) last_over_time(aif_gpu_job_info[3599s]))
+
+(query_range, step 1h, the job-info window 1 s short of the hour; exact attribution for hour-aligned jobs,
+which this data has). Rows:
+- aifmon, end to end: `energy_rollup(by=project)` through the Store interface (DuckDB reads included);
+- aifmon, kernel: the same computation with the samples already in memory (no store read);
+- aifmon, from hourly rollups: the day's answer from the `gpu_energy_hourly` table (computed as data arrives);
+- VictoriaMetrics and Prometheus: the query above over HTTP.
+Times are the best of 3 warm runs; throughput = counter samples / time; error = largest relative
+error of any project against the truth.
+
+Run by hand (not in the test suite):  .venv/bin/python bench/rollup_energy.py [--gpus 1000] [--report-gpus 25000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rollups.energy import UNALLOCATED, energy_rollup, summarise  # noqa: E402
+from rollups.hourly import NODE_TABLE, SITE_COLUMNS, SITE_TABLE, TABLE, rollup_hour  # noqa: E402
+from rollups.monthly_report import build_monthly_report, write_monthly_report  # noqa: E402
+from telemetry.duckdb_store import DuckDBStore  # noqa: E402
+from telemetry.inventory import ACCESS_MODES, SECTORS, parse_inventory  # noqa: E402
+from telemetry.openmetrics import export_openmetrics, import_openmetrics  # noqa: E402
+from telemetry.store import open_store, series_key  # noqa: E402
+from tests.conftest import require_binary  # noqa: E402
+from tests.servers import prometheus, victoria_metrics  # noqa: E402
+
+H = 3_600_000
+STEP_MS = 15_000
+PROJECTS = 20
+# the job-info window is 1 s short of the hour: Prometheus 2.x range selectors include their left edge,
+# where the previous hour's job still shows, and the join would find two jobs for one GPU
+QUERY = ("sum by (project) (increase(aif_gpu_energy_joules_total[1h]) "
+         "* on (factory, node, gpu) group_left (project) last_over_time(aif_gpu_job_info[3599s]))")
+
+
+def inventory(gpus: int, projects: int, factory: str = "f", country: str = "DE"):
+    nodes = gpus // (8 if gpus >= 10_000 else 4)
+    per_node = gpus // nodes
+    modes, sectors = list(ACCESS_MODES), list(SECTORS)
+    project_lines = "\n".join(
+        f"  - {{id: p{i:02d}, name: Project {i}, access_mode: {modes[i % len(modes)]}, sector: {sectors[i % len(sectors)]}, factory: {factory}}}"
+        for i in range(projects))
+    return parse_inventory(f"""
+name: bench
+illustrative: true
+factories:
+  - id: {factory}
+    name: Bench AI Factory
+    country: {country}
+    latitude: 50.9
+    longitude: 6.4
+    power_cap_mw: {gpus * 0.0012:.3f}
+    design_pue: 1.15
+    energy_price_eur_per_kwh: 0.15
+    systems:
+      - id: {factory}-gpu
+        name: Booster
+        node_groups:
+          - {{prefix: {factory}n, count: {nodes}, gpus_per_node: {per_node}, gpu_model: H100-SXM5-80GB}}
+projects:
+{project_lines}
+""", "bench-inventory.yaml")
+
+
+def make_day(store: DuckDBStore, gpus: int, day_ms: int, seed: int = 1) -> pd.Series:
+    """Write one day of counters and job info; return the true GPU energy per project (J), `(unallocated)` included."""
+    rng = np.random.default_rng(seed)
+    per_node = 4
+    nodes = gpus // per_node
+    times = day_ms + np.arange(0, 24 * H + 1, STEP_MS)
+    k = len(times)
+    hour_of = np.clip((times - 1 - day_ms) // H, 0, 23)  # the hour of the interval ending at each sample
+    busy = rng.random((24, nodes)) < 0.85
+    project = rng.integers(0, PROJECTS, (24, nodes))
+    base = {"factory": "f", "system": "f-gpu"}
+    e_ids = store.series_ids([series_key("aif_gpu_energy_joules_total", {**base, "node": f"fn{g // per_node + 1:04d}", "gpu": str(g % per_node),
+                                                                           "uuid": f"GPU-{g}", "model": "H100"}) for g in range(gpus)])
+    truth: dict[str, float] = {}
+    for g in range(gpus):
+        node = g // per_node
+        job_busy = busy[hour_of, node]
+        watts = np.where(job_busy, rng.uniform(300, 700, k), rng.uniform(60, 90, k))
+        counter = rng.uniform(0, 1e9) + np.concatenate([[0.0], np.cumsum(watts[1:] * STEP_MS / 1000)])
+        store.append(np.full(k, e_ids[g]), times, counter)
+        inc = np.diff(counter)  # the increments the truth is made of, as float64 sees them
+        owner = np.where(job_busy[1:], np.char.add("p", np.char.zfill(project[hour_of[1:], node].astype(str), 2)), UNALLOCATED)
+        for p, j in pd.Series(inc).groupby(owner).sum().items():
+            truth[p] = truth.get(p, 0.0) + j
+        hours = [h for h in range(24) if busy[h, node]]
+        sids = store.series_ids([series_key("aif_gpu_job_info", {**base, "node": f"fn{node + 1:04d}", "gpu": str(g % per_node),
+                                                                  "job": f"{h:02d}{node:05d}", "project": f"p{project[h, node]:02d}",
+                                                                  "access_mode": "Regular"}) for h in hours])
+        with_job = np.flatnonzero(busy[hour_of, node] & (np.arange(k) > 0))
+        if len(with_job):
+            sid_of_hour = np.zeros(24, dtype=np.int64)
+            sid_of_hour[hours] = sids
+            store.append(sid_of_hour[hour_of[with_job]], times[with_job], np.ones(len(with_job)))
+    return pd.Series(truth)
+
+
+def best_of(n: int, fn):
+    times, result = [], None
+    for _ in range(n):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), result
+
+
+def promql_per_project(base_url: str, day_ms: int) -> pd.Series:
+    params = urllib.parse.urlencode({"query": QUERY, "start": (day_ms + H) / 1000, "end": (day_ms + 24 * H) / 1000, "step": "3600"})
+    try:
+        with urllib.request.urlopen(f"{base_url}/api/v1/query_range?{params}", timeout=600) as r:
+            body = json.load(r)
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"{base_url} refused the query: {e.read().decode(errors='replace')[:500]}") from None
+    assert body["status"] == "success", body
+    return pd.Series({res["metric"].get("project", "?"): sum(float(v) for _, v in res["values"]) for res in body["data"]["result"]})
+
+
+class Preloaded:
+    """A store whose reads return samples already in memory: times the rollup without the store read."""
+
+    def __init__(self, frames: dict[str, pd.DataFrame]):
+        self.frames = frames
+
+    def range(self, metric, start_ms, end_ms, match=None):
+        return self.frames.get(metric, pd.DataFrame(columns=["series_id", "t_ms", "value"]))
+
+
+def error(answer: pd.Series, truth: pd.Series) -> float:
+    allocated = truth.drop(UNALLOCATED, errors="ignore")
+    got = answer.reindex(allocated.index).fillna(0.0)
+    return float(((got - allocated).abs() / allocated).max())
+
+
+def bench_per_project(gpus: int, work: Path) -> list[tuple[str, float, float, float]]:
+    inv = inventory(gpus, PROJECTS)
+    day_ms = (int(time.time() * 1000) // (24 * H) - 2) * 24 * H  # the day before yesterday: inside every retention
+    store = DuckDBStore(work / "day.duckdb")
+    t0 = time.perf_counter()
+    truth = make_day(store, gpus, day_ms)
+    n = int((store.range("aif_gpu_energy_joules_total", day_ms, day_ms + 24 * H, match={"node": "fn0001", "gpu": "0"})).shape[0]) * gpus
+    print(f"data: {gpus} GPUs, {n:,} counter samples in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    rows = []
+
+    def aifmon():
+        r = energy_rollup(store, inv, day_ms, day_ms + 24 * H, by="project").rows.set_index("project")["energy_kwh"] * 3.6e6
+        return r
+
+    t, ans = best_of(3, aifmon)
+    rows.append(("aifmon, end to end (DuckDB store read + rollup)", t, n / t, error(ans, truth)))
+    frames = {m: store.range(m, day_ms - 15 * 60_000, day_ms + 24 * H + 15 * 60_000) for m in ("aif_gpu_energy_joules_total", "aif_gpu_job_info")}
+    mem = Preloaded(frames)
+    t, ans = best_of(3, lambda: energy_rollup(mem, inv, day_ms, day_ms + 24 * H, by="project").rows.set_index("project")["energy_kwh"] * 3.6e6)
+    rows.append(("aifmon, rollup kernel (samples in memory)", t, n / t, error(ans, truth)))
+    for hour in range(day_ms, day_ms + 24 * H, H):
+        rollup_hour(store, hour, inv)
+
+    def from_hourly():
+        jobs = store.read_rows(TABLE, day_ms, day_ms + 24 * H).assign(node_other_j=0.0)
+        sites = store.read_rows(SITE_TABLE, day_ms, day_ms + 24 * H)
+        return summarise(jobs, sites, inv, "project", day_ms, day_ms + 24 * H).rows.set_index("project")["energy_kwh"] * 3.6e6
+
+    t, ans = best_of(3, from_hourly)
+    rows.append(("aifmon, from hourly rollups (gpu_energy_hourly)", t, n / t, error(ans, truth)))
+
+    om = work / "day.om"
+    with om.open("w") as fh:
+        export_openmetrics(store, fh, day_ms - H, day_ms + 25 * H)
+    store.close()
+    with victoria_metrics(work) as vm:
+        import_openmetrics(open_store(vm.url.replace("http://", "victoriametrics+http://")), om)
+        vm.force_flush()
+        promql_per_project(vm.url, day_ms)  # warm the caches, as the other rows are warm
+        t, ans = best_of(3, lambda: promql_per_project(vm.url, day_ms))
+        rows.append(("VictoriaMetrics (query_range, 24 x 1h)", t, n / t, error(ans, truth)))
+    blocks = work / "prom-data"
+    subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(om), str(blocks)],
+                   check=True, capture_output=True, timeout=1800)
+    (work / "prom").mkdir()
+    with prometheus("global: {scrape_interval: 1m}\n", work / "prom", storage=blocks) as url:
+        promql_per_project(url, day_ms)
+        t, ans = best_of(3, lambda: promql_per_project(url, day_ms))
+        rows.append(("Prometheus (query_range, 24 x 1h)", t, n / t, error(ans, truth)))
+    return rows
+
+
+def bench_monthly_report(gpus: int, work: Path, month: str = "2025-03") -> tuple[float, int, int]:
+    """Hourly rows of a month for a `gpus`-GPU factory (synthetic, ~1,500 jobs an hour), then the report from them."""
+    inv = inventory(gpus, 40, factory="big")
+    store = DuckDBStore(work / "month.duckdb")
+    rng = np.random.default_rng(2)
+    start = int(pd.Timestamp(f"{month}-01", tz="UTC").timestamp() * 1000)
+    end = int((pd.Timestamp(f"{month}-01", tz="UTC") + pd.offsets.MonthBegin(1)).timestamp() * 1000)
+    rows = 0
+    for hour in range(start, end, H):
+        sizes = rng.choice([1, 2, 4, 8, 16, 32, 64], size=2000, p=[.3, .2, .2, .12, .1, .05, .03]) * 8
+        sizes = sizes[np.cumsum(sizes) <= gpus * 0.85]
+        jobs = pd.DataFrame({
+            "window_start_ms": np.int64(hour), "factory": "big", "system": "big-gpu",
+            "job": [f"{hour // H % 100000}{i:05d}" for i in range(len(sizes))],
+            "project": [f"p{p:02d}" for p in rng.integers(0, 40, len(sizes))], "access_mode": "Regular",
+            "energy_j": sizes * rng.uniform(350, 650, len(sizes)) * 3600.0, "gpu_seconds": sizes * 3600.0})
+        idle_gpus = gpus - sizes.sum()
+        jobs = pd.concat([jobs, pd.DataFrame([{"window_start_ms": np.int64(hour), "factory": "big", "system": "big-gpu", "job": UNALLOCATED,
+                                               "project": UNALLOCATED, "access_mode": UNALLOCATED, "energy_j": idle_gpus * 70.0 * 3600,
+                                               "gpu_seconds": 0.0}])], ignore_index=True)
+        nodes = jobs.drop(columns=["energy_j", "gpu_seconds"]).assign(node_other_j=jobs["energy_j"] * 0.25)
+        it = jobs["energy_j"].sum() * 1.25
+        site = pd.DataFrame([{"window_start_ms": np.int64(hour), "factory": "big", "gpu_energy_j": jobs["energy_j"].sum(), "it_energy_j": it,
+                              "facility_energy_j": it * 1.15, "estimated_j": 0.0, "covered_s": gpus * 3600.0, "expected_s": gpus * 3600.0,
+                              "gpus": gpus, "energy_samples": gpus * 240, "job_samples": int(sizes.sum() * 240)}])[["window_start_ms", "factory"] + SITE_COLUMNS]
+        store.replace_rows(TABLE, hour, jobs)
+        store.replace_rows(NODE_TABLE, hour, nodes)
+        store.replace_rows(SITE_TABLE, hour, site)
+        rows += len(jobs)
+    t0 = time.perf_counter()
+    report = build_monthly_report(store, inv, month, now_ms=end + H)
+    paths = write_monthly_report(report, work / "report")
+    took = time.perf_counter() - t0
+    store.close()
+    pages = subprocess.run(["pdfinfo", str(paths[-1])], capture_output=True, text=True).stdout
+    n_pages = int(next((line.split()[-1] for line in pages.splitlines() if line.startswith("Pages:")), "0"))
+    return took, rows, n_pages
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gpus", type=int, default=1000, help="GPUs for the per-project comparison (default 1000)")
+    p.add_argument("--report-gpus", type=int, default=25_000, help="GPUs of the factory whose monthly report is timed (default 25000)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="aifmon-bench-") as tmp:
+        work = Path(tmp)
+        rows = bench_per_project(args.gpus, work)
+        print(f"\nper-project GPU energy, 1 day, {args.gpus} GPUs, 15 s scrapes (best of 3, warm)")
+        print(f"{'answer':55s} {'time s':>8s} {'M samples/s':>12s} {'max error':>10s}")
+        for name, t, rate, err in rows:
+            print(f"{name:55s} {t:8.3f} {rate / 1e6:12.1f} {err:10.2e}")
+        took, n, pages = bench_monthly_report(args.report_gpus, work)
+        print(f"\nmonthly report, {args.report_gpus:,} GPUs, {n:,} hourly rows: {took:.1f} s (html, pdf with {pages} pages, csv, json)")
+
+
+if __name__ == "__main__":
+    main()
