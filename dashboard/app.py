@@ -1,23 +1,38 @@
-"""The Dash app: every page, served from this machine (no CDN), refreshed by one interval per page."""
+"""The Dash app: every page, served from this machine (no CDN), refreshed by one interval per page,
+with sign-in and roles when users are configured (required beyond loopback)."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from types import ModuleType
 
 import dash
-from dash import Input, Output, dcc, html
+from dash import Input, Output, State, dcc, html
 
 from alerts.evaluator import state_path_for
-from dashboard.pages import alerts, factories
+from dashboard.auth import Users, install
+from dashboard.pages import PageContext, budgets, efficiency, factories, factory, parse_query, projects, reports
+from dashboard.pages import alerts as alerts_page
 from telemetry.config import is_loopback, parse_listen
 from telemetry.inventory import Inventory
 from telemetry.store import Store
 
 log = logging.getLogger(__name__)
 
+PAGES: tuple[ModuleType, ...] = (factories, factory, budgets, projects, efficiency, alerts_page, reports)
+"""In the order of the navigation bar; the first is the home page."""
+DEFAULT_REPORTS_DIR = Path("data/reports")
+_DASH_PATHS = ("/_dash-update-component",)
 
-def create_app(store: Store, inventory: Inventory, refresh_s: float = 5.0) -> dash.Dash:
-    """A Dash app reading `store`; `refresh_s` is the live pages' refresh period in seconds."""
+
+def create_app(store: Store, inventory: Inventory, refresh_s: float = 5.0, users: Users | None = None,
+               reports_dir: Path = DEFAULT_REPORTS_DIR) -> dash.Dash:
+    """A Dash app reading `store`; `refresh_s` is the live pages' refresh period in seconds.
+
+    With `users`, every request needs a signed-in user whose role may open the page (see `dashboard.auth`);
+    `reports_dir` holds the monthly reports, one folder per month (`aifmon report monthly --out DIR/YYYY-MM`).
+    """
     app = dash.Dash(
         __name__,
         title="aifmon",
@@ -25,42 +40,99 @@ def create_app(store: Store, inventory: Inventory, refresh_s: float = 5.0) -> da
         suppress_callback_exceptions=True,
         update_title=None,
     )
-    app.layout = html.Div(
-        [
+    ctx = PageContext(store, inventory, refresh_s, Path(reports_dir), state_path_for(store))
+    app.server.config["AIFMON_USERS"] = users
+
+    def role() -> str:
+        """The signed-in role; everything is open (`operator`) when no users are configured (loopback only)."""
+        if users is None:
+            return "operator"
+        from flask import session
+
+        return session.get("role", "")
+
+    def shell() -> html.Div:
+        r = role()
+        links = [dcc.Link(p.TITLE, href=p.PATH, id=f"nav-{p.PREFIX.rstrip('-')}") for p in PAGES if r in p.ROLES]
+        who = [html.Span(f"{_user()} ({r})", className="who"), html.A("sign out", href="/logout", id="nav-logout")] if users else []
+        return html.Div([
             dcc.Location(id="url"),
-            html.Header(
-                [
-                    html.Span("aifmon", className="brand"),
-                    html.Span(inventory.name, className="site"),
-                    html.Nav([dcc.Link("Factories", href="/", id="nav-factories"), dcc.Link("Alerts", href="/alerts", id="nav-alerts")],
-                             className="nav"),
-                    html.Span("illustrative demo data" if inventory.illustrative else "", className="badge"),
-                ],
-                className="topbar",
-            ),
-            html.Main(factories.layout(inventory, refresh_s), id="page"),
-        ]
-    )
-    factories.register(app, store, inventory)
-    alerts.register(app, state_path_for(store))
+            html.Header([
+                html.Span("aifmon", className="brand"),
+                html.Span(inventory.name, className="site"),
+                html.Nav(links, className="nav"),
+                html.Span("illustrative demo data" if inventory.illustrative else "", className="badge"),
+                *who,
+            ], className="topbar"),
+            html.Main(id="page"),
+        ])
+
+    app.layout = shell  # a function: Dash calls it per page load, inside the request, so the nav fits the role
+    for page in PAGES:
+        page.register(app, ctx)
     # Every page's components, so Dash can check the callbacks of pages not shown yet.
-    app.validation_layout = html.Div([app.layout, alerts.layout(refresh_s)])
+    app.validation_layout = html.Div([dcc.Location(id="url"), html.Main(id="page"), *(p.layout(ctx, {}) for p in PAGES)])
 
-    @app.callback(Output("page", "children"), Input("url", "pathname"))
-    def route(pathname: str | None):
-        return alerts.layout(refresh_s) if pathname == "/alerts" else factories.layout(inventory, refresh_s)
+    @app.callback(Output("page", "children"), Input("url", "pathname"), State("url", "search"))
+    def route(pathname: str | None, search: str | None):
+        # Only the path re-renders a page; a page's own controls rewrite the query string without a reload.
+        page = next((p for p in PAGES if p.PATH == (pathname or "/")), None)
+        if page is None:
+            return html.Div([html.H1("No such page"), html.P(f"{pathname} is not a page of this dashboard."), dcc.Link("Overview", href="/")])
+        if role() not in page.ROLES:
+            return html.Div([html.H1(f"{page.TITLE}: not for the {role()} role"),
+                             html.P("This page is for site operators. The board role opens the overview, projects, "
+                                    "efficiency and reports.", id="forbidden")])
+        return page.layout(ctx, parse_query(search))
 
+    if users is not None:
+        install(app.server, users, _allowed)
     return app
 
 
+def _user() -> str:
+    from flask import session
+
+    return session.get("user", "")
+
+
+def _page_of(component_id: object) -> ModuleType | None:
+    if not isinstance(component_id, str):
+        return None
+    return next((p for p in PAGES if component_id.startswith(p.PREFIX)), None)
+
+
+def _allowed(role: str, path: str, body: dict | None) -> bool:
+    """Whether `role` may have this request: the callbacks of a page only for the roles that may open it,
+    report files for the roles of the reports page; the page shell and its scripts for every signed-in role
+    (the router shows a refusal in place of a page the role may not open)."""
+    if path in _DASH_PATHS:
+        outputs = (body or {}).get("outputs", [])
+        for out in outputs if isinstance(outputs, list) else [outputs]:
+            page = _page_of(out.get("id") if isinstance(out, dict) else None)
+            if page is not None and role not in page.ROLES:
+                return False
+        return True
+    if path.startswith(reports.FILES_ROUTE):
+        return role in reports.ROLES
+    return True
+
+
 def make_server(app: dash.Dash, listen: str):
-    """A waitress (production WSGI) server for the app; call `.run()` to serve and `.close()` to stop."""
+    """A waitress (production WSGI) server for the app; call `.run()` to serve and `.close()` to stop.
+
+    Beyond loopback only with users configured: the dashboard shows who draws power and what projects
+    cost, so it is not served to a network without sign-in.
+    """
     from waitress import create_server
 
     host, port = parse_listen(listen)
     if not is_loopback(host):
-        raise ValueError(
-            f"refusing to serve the dashboard on {host}: it has no authentication yet, so it listens on loopback only "
-            "(put it behind an authenticating reverse proxy and keep --listen on 127.0.0.1)"
-        )
+        if app.server.config.get("AIFMON_USERS") is None:
+            raise ValueError(
+                f"refusing to serve the dashboard on {host} without sign-in: give it users "
+                "(`aifmon dashboard --users FILE`, or AIFMON_DASHBOARD_USERS), or keep --listen on 127.0.0.1"
+            )
+        log.warning("dashboard on %s: passwords and session cookies cross the network in clear unless a TLS proxy "
+                    "fronts it; terminate TLS in front of it", host)
     return create_server(app.server, host=host, port=port, threads=8, ident="aifmon")

@@ -7,19 +7,22 @@ notifiers were sent, whichever process evaluates them.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import dash
 from dash import Input, Output, dcc, html
 
 from alerts.evaluator import load_state
+from dashboard.pages import OPERATOR, PageContext
 
+PATH = "/alerts"
+TITLE = "Alerts"
 PREFIX = "alerts-"
+ROLES = OPERATOR
 _ORDER = {"firing": 0, "pending": 1, "resolved": 2}
 _SEVERITY = {"critical": 0, "warning": 1}
 
 
-def layout(refresh_s: float) -> html.Div:
+def layout(ctx: PageContext, query: dict[str, list[str]]) -> html.Div:
     return html.Div(
         [
             html.H1("Alerts: power caps, MW budgets, telemetry"),
@@ -35,12 +38,14 @@ def layout(refresh_s: float) -> html.Div:
             html.H2("Resolved in the last 24 hours"),
             html.Div(id=PREFIX + "recent", className="panel"),
             html.P(id=PREFIX + "updated", className="footnote"),
-            dcc.Interval(id=PREFIX + "tick", interval=int(refresh_s * 1000)),
+            dcc.Interval(id=PREFIX + "tick", interval=int(ctx.refresh_s * 1000)),
         ]
     )
 
 
-def register(app: dash.Dash, state_path: Path) -> None:
+def register(app: dash.Dash, ctx: PageContext) -> None:
+    state_path = ctx.alert_state
+
     @app.callback(
         Output(PREFIX + "banner", "children"),
         Output(PREFIX + "kpis", "children"),

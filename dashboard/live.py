@@ -1,0 +1,189 @@
+"""What the factory-live page reads: one factory's GPUs as a node x GPU grid, its jobs, throttling,
+telemetry coverage, and its power against its cap over time (downsampled on the server).
+
+Plain functions of a store and an inventory, tested without a browser. Built for 25,000 GPUs and more:
+every read is filtered to one factory (`match`), label strings become grid positions through one
+vectorised lookup, and the grid layout is computed once per factory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from telemetry.inventory import Factory, nodes_of
+from telemetry.power import facility_power
+from telemetry.store import Store
+
+LIVE_LOOKBACK_S = 60.0
+"""How old a sample may be and still count as live, s (a few scrape intervals)."""
+
+RANGES: dict[str, tuple[int, int]] = {"1h": (3_600_000, 10_000), "6h": (21_600_000, 60_000),
+                                      "24h": (86_400_000, 300_000), "7d": (604_800_000, 1_800_000)}
+"""Range name -> (span, bucket) in ms: every range is drawn with 288 to 360 points whatever its length."""
+
+GRID_METRICS = {"power": ("aif_gpu_power_watts", "W", 1.0), "utilisation": ("aif_gpu_utilization_ratio", "%", 100.0)}
+"""Heatmap metric -> (store metric, unit shown, scale from base unit to the unit shown)."""
+
+
+@dataclass(frozen=True)
+class GpuGrid:
+    """Where each GPU of a factory sits in the heatmap: nodes in inventory order, `nodes_per_row` nodes
+    side by side per row, each node `width` columns wide (its GPUs by NVML index).
+
+    `node_row`, `node_col`: row and first column of each node; `node_index`: node name -> position.
+    Cells of GPUs that do not exist (narrower nodes, the end of the last row) stay NaN.
+    """
+
+    factory: str
+    nodes: tuple[str, ...]
+    gpus: np.ndarray  # GPUs per node
+    width: int
+    nodes_per_row: int
+    rows: int
+    node_index: dict[str, int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.nodes_per_row * self.width
+
+    @property
+    def gpu_count(self) -> int:
+        return int(self.gpus.sum())
+
+    def cells(self, node: pd.Series, gpu: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """(flat cell index, valid) for label columns `node` and `gpu` of a store frame."""
+        pos = node.map(self.node_index).to_numpy(dtype=np.float64, na_value=np.nan)
+        g = pd.to_numeric(gpu, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        valid = np.isfinite(pos) & np.isfinite(g)
+        p = np.where(valid, pos, 0).astype(np.int64)
+        gi = np.where(valid, g, 0).astype(np.int64)
+        valid &= (gi >= 0) & (gi < self.gpus[p])
+        cell = (p // self.nodes_per_row) * (self.nodes_per_row * self.width) + (p % self.nodes_per_row) * self.width + gi
+        return cell, valid
+
+    def hover_text(self) -> np.ndarray:
+        """'node GPU n' for every cell ('' where no GPU is): sent once with the full figure, never on live updates."""
+        text = np.full(self.rows * self.nodes_per_row * self.width, "", dtype=object)
+        for p, (name, n) in enumerate(zip(self.nodes, self.gpus)):
+            start = (p // self.nodes_per_row) * (self.nodes_per_row * self.width) + (p % self.nodes_per_row) * self.width
+            text[start:start + n] = [f"{name} GPU {g}" for g in range(n)]
+        return text.reshape(self.shape)
+
+    def row_labels(self) -> list[str]:
+        """Each row named by its first and last node."""
+        return [f"{self.nodes[r * self.nodes_per_row]}–{self.nodes[min(len(self.nodes), (r + 1) * self.nodes_per_row) - 1]}"
+                for r in range(self.rows)]
+
+
+def gpu_grid(factory: Factory, aspect: float = 2.0) -> GpuGrid:
+    """The heatmap layout of a factory, about `aspect` times wider than tall in cells (a screen panel's shape),
+    so that 25,000 GPUs fill a panel with cells a few pixels wide instead of 3,125 one-pixel rows.
+    Walks every node of the inventory: callers keep the result (`factory_live` takes it)."""
+    nodes = [n for n in nodes_of(factory) if n.gpus > 0]
+    width = max((n.gpus for n in nodes), default=1)
+    per_row = max(1, int(round(np.sqrt(aspect * len(nodes) / width)))) if nodes else 1
+    per_row = min(per_row, max(1, len(nodes)))
+    rows = max(1, -(-len(nodes) // per_row))
+    names = tuple(n.name for n in nodes)
+    return GpuGrid(factory.id, names, np.array([n.gpus for n in nodes], dtype=np.int64), width, per_row, rows,
+                   {name: i for i, name in enumerate(names)})
+
+
+def grid_values(grid: GpuGrid, latest: pd.DataFrame, scale: float = 1.0) -> np.ndarray:
+    """A `Store.latest` frame of a per-GPU metric as the grid (float32, NaN where a GPU did not report)."""
+    z = np.full(grid.shape[0] * grid.shape[1], np.nan, dtype=np.float32)
+    if len(latest):
+        cell, valid = grid.cells(latest["node"], latest["gpu"])
+        z[cell[valid]] = latest["value"].to_numpy()[valid] * scale
+    return z.reshape(grid.shape)
+
+
+@dataclass(frozen=True)
+class FactoryLive:
+    """One factory now. Powers in W: `facility_w` (meter, or IT x design PUE as `power_source` says),
+    `it_w` (sum of node power), GPU power split by whether a job holds the GPU; `jobs` and `projects`:
+    top consumers (job/project, gpus, watts); `throttled`: GPUs throttled per reason; `missing_nodes`:
+    nodes with GPUs whose power did not report; `newest_age_s`: age of the newest GPU sample (s)."""
+
+    grid: np.ndarray
+    facility_w: float
+    power_source: str
+    it_w: float
+    gpu_power_w: float
+    allocated_w: float
+    idle_w: float
+    gpus_allocated: int
+    gpus_idle: int
+    gpus_reporting: int
+    gpus_expected: int
+    nodes_reporting: int
+    nodes_expected: int
+    missing_nodes: list[str]
+    newest_age_s: float
+    jobs: pd.DataFrame
+    projects: pd.DataFrame
+    throttled: pd.Series
+    throttled_gpus: int
+
+
+def factory_live(store: Store, factory: Factory, grid: GpuGrid, metric: str, now_ms: int, top: int = 10) -> FactoryLive:
+    """Read one factory's latest GPU power, the grid metric, job info and throttle reasons (all `match`ed to it)."""
+    match = {"factory": factory.id}
+    power = store.latest("aif_gpu_power_watts", now_ms, LIVE_LOOKBACK_S, match)
+    name, _unit, scale = GRID_METRICS[metric]
+    shown = power if name == "aif_gpu_power_watts" else store.latest(name, now_ms, LIVE_LOOKBACK_S, match)
+    z = grid_values(grid, shown, scale)
+    jobs = store.latest("aif_gpu_job_info", now_ms, LIVE_LOOKBACK_S, match)
+    throttle = store.latest("aif_gpu_throttled", now_ms, LIVE_LOOKBACK_S, match)
+    it = store.latest("aif_node_power_watts", now_ms, LIVE_LOOKBACK_S, match)
+    meter = store.latest("aif_facility_power_watts", now_ms, LIVE_LOOKBACK_S, match)
+    it_w = pd.Series({factory.id: it["value"].sum()}) if len(it) else pd.Series(dtype=float)
+    meter_w = pd.Series({factory.id: meter["value"].sum()}) if len(meter) else pd.Series(dtype=float)
+    facility_w, source = facility_power(factory, meter_w, it_w)
+
+    watts = power[["node", "gpu", "value"]] if len(power) else \
+        pd.DataFrame({"node": pd.Series(dtype=str), "gpu": pd.Series(dtype=str), "value": pd.Series(dtype=float)})
+    held = jobs[["node", "gpu", "job", "project"]].drop_duplicates(["node", "gpu"]) if len(jobs) else \
+        pd.DataFrame({c: pd.Series(dtype=str) for c in ("node", "gpu", "job", "project")})
+    joined = watts.merge(held, on=["node", "gpu"], how="left")
+    busy = joined["job"].notna()
+    by_job = (joined[busy].groupby(["job", "project"], as_index=False).agg(gpus=("value", "size"), watts=("value", "sum"))
+              .nlargest(top, "watts"))
+    by_project = (joined[busy].groupby("project", as_index=False).agg(gpus=("value", "size"), watts=("value", "sum"))
+                  .nlargest(top, "watts"))
+    on = throttle[throttle["value"] > 0] if len(throttle) else throttle
+    per_reason = on.groupby("reason").size().sort_values(ascending=False) if len(on) else pd.Series(dtype=np.int64)
+    reporting_nodes = set(watts["node"].unique())
+    missing = [n for n in grid.nodes if n not in reporting_nodes]
+    newest = int(power["t_ms"].max()) if len(power) else None
+    return FactoryLive(
+        grid=z, facility_w=facility_w, power_source=source, it_w=float(it_w.get(factory.id, np.nan)), gpu_power_w=float(watts["value"].sum()), allocated_w=float(joined.loc[busy, "value"].sum()),
+        idle_w=float(joined.loc[~busy, "value"].sum()), gpus_allocated=int(busy.sum()), gpus_idle=int((~busy).sum()),
+        gpus_reporting=len(watts), gpus_expected=grid.gpu_count, nodes_reporting=len(reporting_nodes),
+        nodes_expected=len(grid.nodes), missing_nodes=missing,
+        newest_age_s=(now_ms - newest) / 1000.0 if newest is not None else float("nan"),
+        jobs=by_job.reset_index(drop=True), projects=by_project.reset_index(drop=True), throttled=per_reason,
+        throttled_gpus=int(on[["node", "gpu"]].drop_duplicates().shape[0]) if len(on) else 0,
+    )
+
+
+def power_history(store: Store, factory: Factory, start_ms: int, end_ms: int, bucket_ms: int) -> pd.DataFrame:
+    """Facility power of one factory in buckets of `bucket_ms`: t_ms (bucket start), mean_w and peak_w (W).
+
+    Downsampled here, on the server, so a week at a 5 s scrape interval reaches the browser as a few
+    hundred points; the peak is kept beside the mean because a cap is broken by peaks. The meter where
+    the factory has one, else the sum of its node power times the design PUE.
+    """
+    metric = "aif_facility_power_watts" if factory.facility_meter else "aif_node_power_watts"
+    raw = store.range(metric, start_ms, end_ms, match={"factory": factory.id})
+    if raw.empty:
+        return pd.DataFrame({"t_ms": pd.Series(dtype=np.int64), "mean_w": pd.Series(dtype=float), "peak_w": pd.Series(dtype=float)})
+    per_scrape = raw.groupby("t_ms", as_index=False)["value"].sum()  # feeds (or nodes) of one scrape
+    if not factory.facility_meter:
+        per_scrape["value"] *= factory.design_pue
+    per_scrape["t_ms"] = per_scrape["t_ms"] // bucket_ms * bucket_ms
+    out = per_scrape.groupby("t_ms", as_index=False).agg(mean_w=("value", "mean"), peak_w=("value", "max"))
+    return out
