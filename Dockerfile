@@ -8,7 +8,11 @@ COPY exporters ./exporters
 COPY rollups ./rollups
 COPY alerts ./alerts
 COPY dashboard ./dashboard
-RUN pip install --no-cache-dir . && mkdir -p /var/lib/aifmon/data && chown aifmon /var/lib/aifmon/data
+# The data and generated-configuration folders belong to aifmon, so the named volumes compose mounts on
+# them start owned by aifmon (Docker copies the image folder's owner into a new volume).
+RUN pip install --no-cache-dir . \
+    && mkdir -p /var/lib/aifmon/data /etc/aifmon/generated \
+    && chown aifmon /var/lib/aifmon/data /etc/aifmon/generated
 USER aifmon
 WORKDIR /var/lib/aifmon
 ENTRYPOINT ["aifmon"]

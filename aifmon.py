@@ -107,6 +107,19 @@ def _parser() -> argparse.ArgumentParser:
     c = command(dep, "prometheus-config", _deploy_prometheus_config, "write prometheus.yml and file_sd targets from the inventory", store=False)
     c.add_argument("--out", default="deploy/prometheus", help="directory to write (default deploy/prometheus)")
     c.add_argument("--interval", type=float, default=15.0, help="scrape interval, s")
+    c.add_argument("--alertmanager", action="append", help="host:port of an Alertmanager the rules fire to (repeatable)")
+    c.add_argument("--remote-write", help="remote-write URL, e.g. http://victoria-metrics:8428/api/v1/write")
+    c = command(dep, "alertmanager-config", _deploy_alertmanager_config,
+                "write alertmanager.yml whose receivers are the alert rules file's notifiers", store=False)
+    c.add_argument("--rules", help="alert rules YAML (default: the built-in thresholds, no notifiers)")
+    c.add_argument("--out", default="deploy/alertmanager", help="directory to write (default deploy/alertmanager)")
+    c.add_argument("--secrets-dir", default="/run/secrets",
+                   help="where Alertmanager finds secrets given as environment variables in the rules file (default /run/secrets)")
+    c = command(dep, "vmagent-config", _deploy_vmagent_config, "write vmagent.yml and file_sd targets from the inventory", store=False)
+    c.add_argument("--out", default="deploy/vmagent", help="directory to write (default deploy/vmagent)")
+    c.add_argument("--interval", type=float, default=15.0, help="scrape interval, s")
+    c.add_argument("--remote-write", default="http://127.0.0.1:8428/api/v1/write", help="VictoriaMetrics write URL")
+    c.add_argument("--members", type=int, default=1, help="vmagents sharing the targets (each scrapes about 1/MEMBERS)")
 
     roll = sub.add_parser("rollup", help="rollups").add_subparsers(required=True, metavar="WHAT")
     c = command(roll, "energy", _rollup_energy, "GPU energy, GPU-hours, cost and CO2e per group over a time range")
@@ -114,7 +127,48 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--end", default="now")
     c.add_argument("--by", default="project", choices=["job", "project", "access_mode", "sector", "system", "factory", "country", "total"])
     c.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    c.add_argument("--sacct", help="attribute GPU energy from Slurm accounting records (sacct --parsable2 output) instead of job info")
+    c.add_argument("--sacct-timezone", default="UTC", help="time zone of the records' Start and End (default UTC)")
+    c.add_argument("--sacct-factory", help="factory the records are from, where node names repeat across factories")
     c = command(roll, "hourly", _rollup_hourly, "compute every finished hour missing from the hourly rollup table")
+    c.add_argument("--from", dest="reopen_from", help="also recompute every hour from this time on (history loaded late)")
+    c = command(roll, "schedule", _rollup_schedule, "keep the hourly rollups up to date, checking every --every s, until stopped; "
+                "with a PromQL --store, the rows go to --rows-store")
+    c.add_argument("--every", type=float, default=60.0, help="check for finished hours every EVERY s (default 60)")
+    c.add_argument("--rows-store", help="where the hourly rows go when --store keeps none (a PromQL server): "
+                                        "influxdb+http://… (the sink) or duckdb:///rollups.duckdb")
+    c.add_argument("--since", default="now-24h", help="with --rows-store: the first hour to roll up at start (default now-24h)")
+
+    eff = sub.add_parser("efficiency", help="Green500-style energy efficiency").add_subparsers(required=True, metavar="WHAT")
+    c = command(eff, "hpl", _efficiency_hpl, "GFlops/W of an HPL run over its core phase, with the EEHPC v2.0 level it qualifies for")
+    rmax = c.add_mutually_exclusive_group(required=True)
+    rmax.add_argument("--hpl-output", help="HPL output file: Rmax and the core phase (HPL_pdgesv start and end times)")
+    rmax.add_argument("--rmax-gflops", type=float, help="Rmax, GFlop/s")
+    c.add_argument("--hpl-timezone", default="UTC", help="time zone of the times in the HPL output (default UTC)")
+    c.add_argument("--core-start", help="core phase start (default: from the HPL output)")
+    c.add_argument("--core-end", help="core phase end (default: from the HPL output)")
+    c.add_argument("--trace", help="OpenMetrics file with the power or energy trace (default: read --store)")
+    c.add_argument("--metric", default="aif_node_power_watts", help="power (W) or energy counter (J, *_total) metric of the trace")
+    c.add_argument("--match", action="append", default=[], metavar="LABEL=VALUE", help="keep series with this label (repeatable)")
+    c.add_argument("--nodes", help="measured nodes, Slurm host list (e.g. node[001-016])")
+    c.add_argument("--measured-nodes", type=int, help="nodes the trace measures (default: its number of series)")
+    c.add_argument("--total-nodes", type=int, help="nodes of the whole machine (default: the --system's in the inventory)")
+    c.add_argument("--system", help="system id from the inventory (node count; name in the league and --record)")
+    c.add_argument("--subsystems", choices=["gpu-boards", "compute", "all-estimated", "all-measured"],
+                   help="what the trace measures (default: gpu-boards for aif_gpu_* metrics, else compute)")
+    c.add_argument("--meter-accuracy-pct", type=float, help="meter accuracy, %% (Level 2 needs 2, Level 3 1)")
+    c.add_argument("--run-start", help="whole HPL run start, for the full-run average (Level 2)")
+    c.add_argument("--run-end")
+    c.add_argument("--idle-start", help="an idle window before or after the run, for idle power (Level 2)")
+    c.add_argument("--idle-end")
+    c.add_argument("--record", action="store_true", help="store the result for the monthly report's efficiency league")
+    c.add_argument("--format", choices=["table", "json"], default="table")
+
+    rep = sub.add_parser("report", help="reports").add_subparsers(required=True, metavar="WHAT")
+    c = command(rep, "monthly", _report_monthly, "the governance board's monthly report: report.html, report.pdf, summary.csv, summary.json")
+    c.add_argument("--month", required=True, help="YYYY-MM (UTC)")
+    c.add_argument("--out", required=True, help="directory to write the report into")
+    c.add_argument("--no-pdf", action="store_true", help="skip report.pdf (needs Chromium)")
 
     al = sub.add_parser("alerts", help="power-cap and energy-budget alerts").add_subparsers(required=True, metavar="ACTION")
     c = command(al, "export-rules", _alerts_export_rules, "write the alert rules as a Prometheus rule file", store=False)
@@ -128,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     c = command(sub, "dashboard", _dashboard, "serve the dashboard")
     c.add_argument("--listen", default=DEFAULT_DASHBOARD_LISTEN)
     c.add_argument("--refresh", type=float, default=5.0, help="live page refresh, s")
+    _dashboard_options(c)
 
     c = command(sub, "up", _up, "the whole stack on the embedded store: simulators, collector, rollups, dashboard")
     c.add_argument("--listen", default=DEFAULT_DASHBOARD_LISTEN, help="dashboard address")
@@ -135,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--interval", type=float, default=DEFAULT_SCRAPE_INTERVAL_S, help="scrape interval, s")
     c.add_argument("--seed", type=int, default=1)
     c.add_argument("--alert-rules", help="alert rules YAML for the embedded evaluator (default: the built-in thresholds)")
+    _dashboard_options(c)
     return p
 
 
@@ -279,7 +335,27 @@ def _store_export(args: argparse.Namespace) -> None:
 def _deploy_prometheus_config(args: argparse.Namespace) -> None:
     from telemetry.prometheus_config import write_prometheus_config
 
-    for path in write_prometheus_config(load_inventory(args.inventory), Path(args.out), args.interval):
+    for path in write_prometheus_config(load_inventory(args.inventory), Path(args.out), args.interval,
+                                        alertmanagers=args.alertmanager, remote_write_url=args.remote_write):
+        print(f"wrote {path}")
+
+
+def _deploy_alertmanager_config(args: argparse.Namespace) -> None:
+    from alerts.config import load_alert_config
+    from telemetry.alertmanager_config import secret_files, write_alertmanager_config
+
+    inventory = load_inventory(args.inventory)
+    config = load_alert_config(args.rules, inventory)
+    for path in write_alertmanager_config(inventory, config, Path(args.out), args.secrets_dir):
+        print(f"wrote {path}")
+    for path in secret_files(config, args.secrets_dir):
+        print(f"reads the secret file {path} (create it where Alertmanager runs)")
+
+
+def _deploy_vmagent_config(args: argparse.Namespace) -> None:
+    from telemetry.vmagent_config import write_vmagent_config
+
+    for path in write_vmagent_config(load_inventory(args.inventory), Path(args.out), args.interval, args.remote_write, args.members):
         print(f"wrote {path}")
 
 
@@ -289,9 +365,15 @@ def _rollup_energy(args: argparse.Namespace) -> None:
 
     inventory = load_inventory(args.inventory)
     start_ms, end_ms = parse_time(args.start), parse_time(args.end)
+    accounting = None
+    if args.sacct:
+        from rollups.slurm_accounting import load_sacct
+
+        accounting = load_sacct(args.sacct, args.sacct_timezone)
     store = open_store(args.store, read_only=True)
     try:
-        result = energy_rollup(store, inventory, start_ms, end_ms, by=args.by)
+        result = energy_rollup(store, inventory, start_ms, end_ms, by=args.by, accounting=accounting,
+                               accounting_factory=args.sacct_factory)
     finally:
         store.close()
     print(format_energy_rollup(result, args.format))
@@ -300,11 +382,119 @@ def _rollup_energy(args: argparse.Namespace) -> None:
 def _rollup_hourly(args: argparse.Namespace) -> None:
     from rollups.hourly import HourlyRollups
 
+    inventory = load_inventory(args.inventory)
     store = open_store(args.store)
     try:
-        print(f"{HourlyRollups(store).catch_up()} hour(s) computed")
+        rollups = HourlyRollups(store, inventory)
+        if args.reopen_from:
+            rollups.reopen(parse_time(args.reopen_from), int(time.time() * 1000))
+        print(f"{rollups.catch_up()} hour(s) computed")
     finally:
         store.close()
+
+
+class _SamplesAndRows:
+    """Samples from one store (a PromQL server), hourly rollup rows to another (the InfluxDB sink, a DuckDB file).
+
+    A PromQL server knows neither its time bounds nor derived tables: the first hour is `since_ms`, and
+    rows a write-only sink cannot give back are recomputed once per process (writing them again is idempotent).
+    """
+
+    def __init__(self, samples, rows, since_ms: int):
+        self.samples, self.rows, self.since_ms = samples, rows, since_ms
+        self.url = f"{samples.url} (rows: {rows.url})"
+
+    def __getattr__(self, name: str):
+        return getattr(self.samples, name)  # latest, range, metric_names: the samples' store
+
+    def time_bounds(self) -> tuple[int, int]:
+        return self.since_ms, int(time.time() * 1000)
+
+    def read_rows(self, table: str, start_ms: int, end_ms: int):
+        try:
+            return self.rows.read_rows(table, start_ms, end_ms)
+        except StoreError:  # write-only sink
+            import pandas as pd
+
+            return pd.DataFrame()
+
+    def replace_rows(self, table: str, window_start_ms: int, rows) -> None:
+        # Hours before the data starts (--since reaches back past it) have no rows: writing them would create a
+        # DuckDB table from an empty frame, whose untyped columns then refuse the first real rows.
+        if len(rows):
+            self.rows.replace_rows(table, window_start_ms, rows)
+
+    def close(self) -> None:
+        self.rows.close()
+        self.samples.close()
+
+
+def _rollup_schedule(args: argparse.Namespace) -> None:
+    from rollups.hourly import HourlyRollups
+
+    inventory = load_inventory(args.inventory)
+    store = open_store(args.store)
+    if args.rows_store:
+        store = _SamplesAndRows(store, open_store(args.rows_store), parse_time(args.since) // 3_600_000 * 3_600_000)
+    try:
+        rollups = HourlyRollups(store, inventory, check_every_s=args.every)
+        thread = threading.Thread(target=rollups.run, name="hourly-rollups")
+        thread.start()
+        log.info("hourly rollups over %s, checked every %g s", store.url, args.every)
+        _wait_for_signal()
+        rollups.stop()
+        thread.join()
+    finally:
+        store.close()
+
+
+def _efficiency_hpl(args: argparse.Namespace) -> None:
+    from rollups.efficiency import format_efficiency, measure_hpl, read_hpl_file, record_efficiency, trace_store
+    from rollups.slurm_accounting import expand_nodelist
+
+    inventory = load_inventory(args.inventory)
+    run = read_hpl_file(args.hpl_output, args.hpl_timezone) if args.hpl_output else None
+    start = parse_time(args.core_start) if args.core_start else run and run.core_start_ms
+    end = parse_time(args.core_end) if args.core_end else run and run.core_end_ms
+    if not start or not end:
+        raise ValueError("no core phase: give --core-start and --core-end (the HPL output has no HPL_pdgesv() times)")
+    system = next((s for f in inventory.factories for s in f.systems if s.id == args.system), None) if args.system else None
+    if args.system and system is None:
+        raise ValueError(f"no system {args.system!r} in {inventory.source}")
+    total = args.total_nodes or (system.node_count if system else None)
+    if not total:
+        raise ValueError("give --total-nodes or --system (the whole machine's node count scales the measured power)")
+    match = dict(m.split("=", 1) for m in args.match if "=" in m)
+    windows = {w: (parse_time(getattr(args, f"{w}_start")), parse_time(getattr(args, f"{w}_end")))
+               for w in ("run", "idle") if getattr(args, f"{w}_start") and getattr(args, f"{w}_end")}
+    with trace_store(args.trace, args.store, read_only=not args.record) as store:
+        result = measure_hpl(store, run.rmax_gflops if run else args.rmax_gflops, start, end, total, args.metric, match or None,
+                             expand_nodelist(args.nodes) if args.nodes else None, args.measured_nodes, args.subsystems,
+                             args.meter_accuracy_pct, windows.get("run"), windows.get("idle"))
+        if args.record:
+            factory = next((f.id for f in inventory.factories if system in f.systems), "")
+            record_efficiency(store, result, factory, args.system or "measured system")
+    print(format_efficiency(result, args.format))
+
+
+def _report_monthly(args: argparse.Namespace) -> None:
+    from rollups.monthly_report import build_monthly_report, write_monthly_report
+    from tqdm import tqdm
+
+    inventory = load_inventory(args.inventory)
+    store = open_store(args.store, read_only=True)
+    with tqdm(desc=f"report {args.month}", unit="step", file=sys.stderr) as bar:
+        def step(what: str) -> None:
+            bar.set_postfix_str(what[:40])
+            bar.update()
+
+        try:
+            report = build_monthly_report(store, inventory, args.month, progress=step)
+        finally:
+            store.close()
+        paths = write_monthly_report(report, Path(args.out), pdf=not args.no_pdf, progress=step)
+    for path in paths:
+        print(f"wrote {path}")
 
 
 def _alerts_export_rules(args: argparse.Namespace) -> None:
@@ -348,12 +538,26 @@ def _alerts_evaluate(args: argparse.Namespace) -> None:
         store.close()
 
 
+def _dashboard_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--users", help="dashboard users YAML (roles operator|board, bcrypt hashes; default: $AIFMON_DASHBOARD_USERS); "
+                                   "sign-in is required beyond loopback")
+    c.add_argument("--reports-dir", default="data/reports", help="monthly reports to list, one folder per month (default data/reports)")
+
+
+def _dashboard_app(store, inventory, args: argparse.Namespace, **kwargs):
+    """The dashboard of `aifmon dashboard` and `aifmon up`: users from --users or the environment, reports from --reports-dir."""
+    from dashboard.app import create_app
+    from dashboard.auth import load_users
+
+    return create_app(store, inventory, users=load_users(args.users), reports_dir=Path(args.reports_dir), **kwargs)
+
+
 def _dashboard(args: argparse.Namespace) -> None:
-    from dashboard.app import create_app, make_server
+    from dashboard.app import make_server
 
     inventory = load_inventory(args.inventory)
     store = open_store(args.store, read_only=True)
-    server = make_server(create_app(store, inventory, refresh_s=args.refresh), args.listen)
+    server = make_server(_dashboard_app(store, inventory, args, refresh_s=args.refresh), args.listen)
     threading.Thread(target=server.run, name="dashboard", daemon=True).start()
     print(f"aifmon: dashboard on http://{args.listen}/", file=sys.stderr, flush=True)
     try:
@@ -366,7 +570,7 @@ def _dashboard(args: argparse.Namespace) -> None:
 def _up(args: argparse.Namespace) -> None:
     """Simulators (child processes), backfill, collector, hourly rollups and dashboard, until Ctrl-C."""
     from alerts.evaluator import AlertEvaluator
-    from dashboard.app import create_app, make_server
+    from dashboard.app import make_server
     from exporters.backfill import backfill
     from exporters.simulation import FactorySimulation
     from rollups.hourly import HourlyRollups
@@ -391,7 +595,7 @@ def _up(args: argparse.Namespace) -> None:
                 if args.inventory:
                     cmd += ["--inventory", args.inventory]
                 sims.append(subprocess.Popen(cmd))
-        server = make_server(create_app(store, inventory), args.listen)
+        server = make_server(_dashboard_app(store, inventory, args), args.listen)
         threading.Thread(target=server.run, name="dashboard", daemon=True).start()
         print(f"aifmon: dashboard on http://{args.listen}/  (Ctrl-C stops everything)", file=sys.stderr, flush=True)
 
@@ -404,7 +608,7 @@ def _up(args: argparse.Namespace) -> None:
                 for f in inventory.live_factories():
                     sim = FactorySimulation(f, inventory.projects_of(f.id), seed=args.seed, epoch=epoch, step_s=step_s)
                     backfill(store, sim, start, now, 60.0, progress=bar.update)
-        for worker in (Collector(store, targets_of(inventory), interval_s=args.interval), HourlyRollups(store), Compactor(store),
+        for worker in (Collector(store, targets_of(inventory), interval_s=args.interval), HourlyRollups(store, inventory), Compactor(store),
                        AlertEvaluator(store, inventory, args.alert_rules)):
             thread = threading.Thread(target=worker.run, name=type(worker).__name__)
             thread.start()

@@ -9,11 +9,14 @@ Also times the reads the live panels need: 1 h of per-GPU power for the factory 
 1 h at 15 s), and the latest value per series for 100,000 GPUs.
 
 Run by hand (not in the test suite):  .venv/bin/python bench/ingest.py [--gpus 25000] [--scrapes 5]
+Writes its figures to bench/results/ingest.json (bench/capacity_plan.py reads them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import shutil
 import socket
@@ -36,6 +39,8 @@ from telemetry.inventory import parse_inventory  # noqa: E402
 from telemetry.series_index import SeriesIndex  # noqa: E402
 from telemetry.store import series_key  # noqa: E402
 
+
+RESULTS = Path(__file__).resolve().parent / "results" / "ingest.json"
 
 def factory_inventory(gpus: int):
     nodes = gpus // 4
@@ -194,6 +199,13 @@ def main() -> None:
           + ", ".join(f"{o[0] / v[0]:.2f}x" for o, v in zip(ours, vms)) + ")")
     print(f"factory page read, 25,000 GPUs x 1 h at 15 s ({page_rows:,} rows): {range_s:.2f} s")
     print(f"latest value per series, 100,000 GPUs ({latest_rows:,} rows): {latest_s:.3f} s")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "gpus": args.gpus, "samples_per_scrape": samples, "scrapes": args.scrapes, "rounds": args.rounds, "cpus": os.cpu_count(),
+        "aifmon_duckdb_samples_per_s": ours_rate, "victoriametrics_import_samples_per_s": vm_rate,
+        "victoriametrics_peak_rss_mb": vm_rss, "factory_page_read_s": range_s, "latest_read_s": latest_s,
+    }, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":

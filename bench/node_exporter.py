@@ -5,12 +5,14 @@ CollectorRegistry, the way most Python exporters are written).
     .venv/bin/python bench/node_exporter.py [--scrapes 2000] [--polls 2000] [--idle-seconds 20]
 
 Targets (issue 3): a scrape under 0.2 ms, polling under 1 % of a core at 1 Hz, RSS under 60 MB.
+Writes its figures, with the series per GPU and per node, to bench/results/node_exporter.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import statistics
 import subprocess
@@ -21,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "node_exporter.json"  # figures bench/capacity_plan.py reads
 sys.path.insert(0, str(ROOT))
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server  # noqa: E402
@@ -147,6 +150,7 @@ def main() -> None:
         tmp = Path(d)
         exporter, tick, families = build_node(tmp)
         n_samples = sum(len(f[3]) for f in families)
+        gpu_samples = sum(1 for f in families for labels, _ in f[3] if "gpu" in labels)  # per-GPU series (job info included)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(SameMetricsCollector(families))
 
@@ -192,6 +196,12 @@ def main() -> None:
         ("CPU per 1 Hz poll (8 GPUs, RAPL, jobs), ms", f"{poll_cpu_s * 1e3:.3f}  = {poll_cpu_s * 100:.3f} % of a core", "-"),
         (f"`aifmon exporter node` process, {args.idle_seconds:g} s at 1 Hz", f"{idle_cpu_pct:.2f} % of a core, RSS {rss_mb:.1f} MB", "-"),
     ]
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "gpus_per_node": 8, "samples_per_scrape": n_samples, "gpu_samples": gpu_samples, "node_samples": n_samples - gpu_samples,
+        "scrape_keepalive_ms_median": percentiles(ours_http_ka)[0] * 1e3, "poll_cpu_ms": poll_cpu_s * 1e3,
+        "process_cpu_pct_of_core": idle_cpu_pct, "process_rss_mb": rss_mb, "cpus": os.cpu_count(),
+    }, indent=2) + "\n")
     print(f"node exporter benchmark: 8 GPUs (fake NVML), 2 sockets RAPL, 8 job files; {n_samples} samples per scrape; "
           f"{args.scrapes} scrapes, {args.polls} polls; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     widths = [max(len(r[i]) for r in rows + [("measure", "aifmon", "prometheus-client")]) for i in range(3)]

@@ -167,6 +167,9 @@ class DuckDBStore:
         if not (rows["window_start_ms"] == window_start_ms).all():
             raise ValueError(f"rows for {table} must all have window_start_ms = {window_start_ms}")
         with self._write_lock, self._cursor() as cur:
+            exists = cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0]
+            if rows.empty and not exists:
+                return  # nothing to replace, and an empty frame carries no column types to create the table from
             cur.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM rows LIMIT 0")
             cur.execute("BEGIN TRANSACTION")
             try:

@@ -150,3 +150,13 @@ def test_a_full_disk_is_a_clear_error_and_harms_nothing_stored(tmp_path):
     store = DuckDBStore(path, read_only=True)
     assert store.sample_count() == acked + 1000 and acked > 0
     store.close()
+
+
+def test_replacing_an_empty_first_window_does_not_fix_wrong_column_types(tmp_path):
+    import pandas as pd
+
+    store = DuckDBStore(tmp_path / "e.duckdb")
+    store.replace_rows("t", 0, pd.DataFrame({"window_start_ms": pd.Series([], dtype="int64"), "factory": pd.Series([], dtype=object)}))
+    store.replace_rows("t", 3_600_000, pd.DataFrame({"window_start_ms": [3_600_000], "factory": ["pharos"]}))
+    assert store.read_rows("t", 0, 10**9)["factory"].tolist() == ["pharos"]
+    store.close()
