@@ -41,10 +41,13 @@ import pandas as pd
 from alerts.config import AlertConfig, AlertRulesError, format_duration, load_alert_config
 from alerts.notify import Notice, Notifier, NotifierStats, build_notifiers, deliver, fingerprint
 from alerts.rules import Rule, build_rules
+from rollups.energy import energy_rollup
 from rollups.hourly import TABLE as HOURLY_TABLE
 from telemetry.inventory import Inventory
 from telemetry.power import facility_power, sum_by_factory
-from telemetry.store import Store
+from telemetry.store import Store, StoreError
+
+_COUNTER_BUDGET_REFRESH_S = 900.0
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,7 @@ class AlertEvaluator:
         self._history: dict[tuple[str, str | None], deque] = defaultdict(deque)
         self._seeded = False
         self._budget_cache: tuple[int, pd.Series] | None = None
+        self._budget_from_rollups = True
         self._stop = threading.Event()
         self.cycles = 0
         self.last_cycle_s = math.nan
@@ -325,13 +329,21 @@ class AlertEvaluator:
         return [_Candidate(rule.labels, share, ann)]
 
     def _month_energy(self, now_ms: int) -> pd.Series:
-        """GPU energy per project since the start of this calendar month (UTC), J, from the hourly rollups (finished hours)."""
-        if self._budget_cache and now_ms - self._budget_cache[0] < self.budget_refresh_s * 1000:
+        """GPU energy per project since the start of this calendar month (UTC), J, from the hourly rollups
+        (finished hours); on a store without rollup tables (Prometheus, VictoriaMetrics) from its counters,
+        re-read at most every `_COUNTER_BUDGET_REFRESH_S` since that reads the month's raw samples."""
+        refresh_s = self.budget_refresh_s if self._budget_from_rollups else max(self.budget_refresh_s, _COUNTER_BUDGET_REFRESH_S)
+        if self._budget_cache and now_ms - self._budget_cache[0] < refresh_s * 1000:
             return self._budget_cache[1]
         now = datetime.fromtimestamp(now_ms / 1000, timezone.utc)
         month_start = int(datetime(now.year, now.month, 1, tzinfo=timezone.utc).timestamp() * 1000)
-        rows = self.store.read_rows(HOURLY_TABLE, month_start, now_ms + 1)
-        energy = rows.groupby("project")["energy_j"].sum() if not rows.empty else pd.Series(dtype=float)
+        try:
+            rows = self.store.read_rows(HOURLY_TABLE, month_start, now_ms + 1)
+            energy = rows.groupby("project")["energy_j"].sum() if not rows.empty else pd.Series(dtype=float)
+        except StoreError:
+            self._budget_from_rollups = False
+            by_project = energy_rollup(self.store, self.inventory, month_start, now_ms, by="project").rows
+            energy = by_project.set_index("project")["energy_kwh"] * 3.6e6
         self._budget_cache = (now_ms, energy)
         return energy
 

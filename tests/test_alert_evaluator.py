@@ -323,3 +323,31 @@ def test_state_file_is_valid_json_with_nan_free_values(world, tmp_path):
     ev.evaluate(T0)  # nothing reports: TelemetryMissing pending everywhere
     data = json.loads(Path(tmp_path / "state.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert data["version"] == 1 and all(math.isfinite(a["value"]) for a in data["alerts"])
+
+
+def test_energy_budget_over_victoriametrics_counts_the_month_from_counters(world, tmp_path):
+    """A PromQL store keeps no rollup tables: the month's energy comes from the counters themselves."""
+    from telemetry.store import open_store
+    from tests.servers import victoria_metrics
+
+    import time
+    from datetime import datetime, timezone
+
+    _, inventory, rules = world
+    now = datetime.now(timezone.utc)
+    # Recent samples (VictoriaMetrics keeps a month by default), inside this calendar month.
+    hour = max(int(time.time()) // 3600 * 3600 - 7200, int(datetime(now.year, now.month, 1, tzinfo=timezone.utc).timestamp())) * 1000
+    gpu = {"factory": "alpha", "system": "alpha-gpu", "node": "alphn0001", "gpu": "0"}
+    with victoria_metrics(tmp_path) as vm:
+        store = open_store(vm.url.replace("http://", "victoriametrics+http://"))
+        energy, job = store.series_ids([
+            series_key("aif_gpu_energy_joules_total", gpu),
+            series_key("aif_gpu_job_info", {**gpu, "job": "7", "project": "alpha-train", "access_mode": "Large Scale"})])
+        times = np.array([hour, hour + 3_600_000, hour + 7_200_000])
+        store.append(np.array([energy] * 3), times, np.array([0.0, 2.0e9, 3.3e9]))  # 0.9167 MWh of alpha-train's 1 MWh
+        store.append(np.array([job] * 3), times, np.ones(3))
+        vm.force_flush()
+        ev = AlertEvaluator(store, inventory, rules, tmp_path / "state.json", notifiers=[])
+        ev.evaluate(hour + 7_200_000 + 1000)
+    budgets = {(a["budget_percent"], a["severity"]) for a in firing(ev, "EnergyBudgetWarning", "project")}
+    assert budgets == {("85", "warning"), ("90", "warning")}
