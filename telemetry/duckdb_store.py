@@ -128,7 +128,7 @@ class DuckDBStore:
                 new = [n for n in new if n not in self._ids]
                 first = len(self._ids) + 1
                 metric, _, labels = zip(*(n.partition("\n") for n in new)) if new else ((), (), ())
-                rows = pd.DataFrame({"id": np.arange(first, first + len(new), dtype=np.int32),
+                rows = pd.DataFrame({"id": np.arange(first, first + len(new), dtype=np.int32),  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
                                      "metric": list(metric), "labels": list(labels)})
                 with self._cursor() as cur:
                     cur.execute("INSERT INTO series SELECT * FROM rows")
@@ -140,7 +140,7 @@ class DuckDBStore:
     def append(self, series_ids: np.ndarray, t_ms: np.ndarray, values: np.ndarray) -> None:
         self._check_writable()
         ids = np.asarray(series_ids, dtype=np.int32)
-        batch = {  # a dict of NumPy columns: DuckDB scans it without a pandas copy
+        batch = {  # noqa: F841 - NumPy columns the SQL below reads by name, without a pandas copy
             "series_id": ids,
             "t_ms": np.ascontiguousarray(np.broadcast_to(np.asarray(t_ms, dtype=np.int64), ids.shape)),
             "value": np.asarray(values, dtype=np.float64),
@@ -157,7 +157,7 @@ class DuckDBStore:
         self._check_writable()
         if not len(series_ids):
             return
-        markers = pd.DataFrame({"series_id": np.asarray(series_ids, dtype=np.int32), "t_ms": np.int64(t_ms)})
+        markers = pd.DataFrame({"series_id": np.asarray(series_ids, dtype=np.int32), "t_ms": np.int64(t_ms)})  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
         with self._write_lock, self._cursor() as cur:
             cur.execute("INSERT INTO stale SELECT * FROM markers")
 
@@ -218,7 +218,7 @@ class DuckDBStore:
     def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0,
                match: dict[str, str] | None = None) -> pd.DataFrame:
         at_ms = int(time.time() * 1000) if at_ms is None else at_ms
-        ids = self._ids_matching(metric, match)
+        ids = self._ids_matching(metric, match)  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
         with self._cursor() as cur:
             found = cur.execute(
                 """WITH newest AS (
@@ -233,7 +233,7 @@ class DuckDBStore:
         return self._with_labels(metric, found).drop(columns="series_id")
 
     def range(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
-        ids = self._ids_matching(metric, match)
+        ids = self._ids_matching(metric, match)  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
         minute_value = "last" if metric.endswith("_total") else "avg"
         with self._cursor() as cur:
             raw_from = cur.execute("SELECT min(t_ms) FROM samples").fetchone()[0]

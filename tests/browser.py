@@ -39,3 +39,22 @@ def save_screenshot(driver, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     driver.save_screenshot(str(path))
     return path
+
+
+@contextlib.contextmanager
+def serving(app, ready_path: str = "/") -> Iterator[str]:
+    """Serve a Dash app on a free loopback port in a thread until the block ends; yields its base URL."""
+    import threading
+
+    from dashboard.app import make_server
+    from tests.conftest import free_port, wait_for_http
+
+    port = free_port()
+    server = make_server(app, f"127.0.0.1:{port}")
+    threading.Thread(target=server.run, daemon=True).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(base + ready_path)
+        yield base
+    finally:
+        server.close()

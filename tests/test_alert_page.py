@@ -1,17 +1,16 @@
 """The dashboard's alerts page in headless Chromium: active and resolved alerts with their rule, and the nav."""
 
-import threading
 import time
 
 import numpy as np
 
 from alerts.evaluator import AlertEvaluator
-from dashboard.app import create_app, make_server
+from dashboard.app import create_app
 from telemetry.duckdb_store import DuckDBStore
 from telemetry.inventory import parse_inventory
 from telemetry.store import series_key
-from tests.browser import chromium, console_errors, save_screenshot
-from tests.conftest import free_port, inventory_text, wait_for_http
+from tests.browser import chromium, console_errors, save_screenshot, serving
+from tests.conftest import inventory_text
 
 
 def test_alerts_page_shows_active_and_resolved_alerts_with_their_rule(tmp_path):
@@ -28,16 +27,12 @@ def test_alerts_page_shows_active_and_resolved_alerts_with_their_rule(tmp_path):
     ev.evaluate(now - 10_000)
     rules.write_text("scopes:\n  factory:\n    critical: {percent: 101}\n")
     ev.reload()  # refused: the page says so
-    port = free_port()
-    server = make_server(create_app(store, inventory, refresh_s=2.0), f"127.0.0.1:{port}")
-    threading.Thread(target=server.run, daemon=True).start()
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/")
+    with serving(create_app(store, inventory, refresh_s=2.0), "/") as base:
         with chromium(tmp_path) as driver:
             from selenium.webdriver.common.by import By
             from selenium.webdriver.support.ui import WebDriverWait
 
-            driver.get(f"http://127.0.0.1:{port}/")
+            driver.get(f"{base}/")
             WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.factory-row"))
             driver.find_element(By.ID, "nav-alerts").click()
             WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.alert-active"))
@@ -52,11 +47,9 @@ def test_alerts_page_shows_active_and_resolved_alerts_with_their_rule(tmp_path):
             assert "scopes.factory.critical.percent" in driver.find_element(By.ID, "alerts-rules-error").text
             assert driver.find_element(By.ID, "alerts-critical").text == "1"
             save_screenshot(driver, "alerts-page")
-            driver.get(f"http://127.0.0.1:{port}/alerts")  # a direct link works too
+            driver.get(f"{base}/alerts")  # a direct link works too
             WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.alert-active"))
             driver.find_element(By.ID, "nav-factories").click()
             WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.factory-row"))
             assert console_errors(driver) == []
-    finally:
-        server.close()
         store.close()

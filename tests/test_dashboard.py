@@ -1,20 +1,18 @@
 """The factories page: panel data without a browser, then the page itself in headless Chromium."""
 
-import threading
 import time
 
 import numpy as np
 import pytest
 
-from dashboard.app import create_app, make_server
+from dashboard.app import create_app
 from dashboard.panels import factory_power_history, factory_status, format_watts, level_of
 from exporters.backfill import backfill
 from exporters.simulation import FactorySimulation
 from telemetry.duckdb_store import DuckDBStore
 from telemetry.inventory import load_inventory
 from telemetry.store import series_key
-from tests.browser import chromium, console_errors, save_screenshot
-from tests.conftest import free_port, wait_for_http
+from tests.browser import chromium, console_errors, save_screenshot, serving
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +63,12 @@ def test_power_history_averages_buckets(demo_store):
 
 def test_factories_page_in_headless_chromium(tmp_path, demo_store):
     inventory, store = demo_store
-    port = free_port()
-    server = make_server(create_app(store, inventory, refresh_s=2.0), f"127.0.0.1:{port}")
-    threading.Thread(target=server.run, daemon=True).start()
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/")
+    with serving(create_app(store, inventory, refresh_s=2.0), "/") as base:
         with chromium(tmp_path) as driver:
             from selenium.webdriver.common.by import By
             from selenium.webdriver.support.ui import WebDriverWait
 
-            driver.get(f"http://127.0.0.1:{port}/")
+            driver.get(f"{base}/")
             WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.factory-row")) == 13)
             WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#factories-bars .bars path")) >= 13)
             # read in one script: the live refresh may replace the rows between two WebDriver calls
@@ -88,9 +82,7 @@ def test_factories_page_in_headless_chromium(tmp_path, demo_store):
             # every script and style came from this server: no CDN
             sources = driver.execute_script(
                 "return Array.from(document.querySelectorAll('script[src], link[href]')).map(e => e.src || e.href)")
-            assert sources and all(s.startswith(f"http://127.0.0.1:{port}/") for s in sources), sources
+            assert sources and all(s.startswith(f"{base}/") for s in sources), sources
             time.sleep(2.5)  # one live refresh
             save_screenshot(driver, "factories-page")
             assert console_errors(driver) == []
-    finally:
-        server.close()

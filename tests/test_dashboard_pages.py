@@ -23,8 +23,8 @@ from exporters.backfill import backfill
 from exporters.simulation import FactorySimulation
 from telemetry.duckdb_store import DuckDBStore
 from telemetry.inventory import load_inventory, parse_inventory
-from tests.browser import chromium, console_errors, save_screenshot
-from tests.conftest import free_port, inventory_text, wait_for_http
+from tests.browser import chromium, console_errors, save_screenshot, serving
+from tests.conftest import inventory_text
 
 PASSWORDS = {"olga": "operator-password-1", "bert": "board-password-22"}
 ERROR_OVERLAY = ".dash-fe-error__title, .dash-debug-menu__error, .dash-fe-error-top"
@@ -75,15 +75,10 @@ def site(tmp_path_factory):
     (reports / month / "summary.csv").write_text("scope,name,energy_kwh\nEuroHPC,EuroHPC,1234.5\n")
     app = create_app(store, inventory, refresh_s=2.0, users=load_users(_users_file(tmp)), reports_dir=reports)
     app.enable_dev_tools(debug=True, dev_tools_hot_reload=False, dev_tools_disable_version_check=True)  # Dash's error overlay shows any callback error
-    port = free_port()
-    server = make_server(app, f"127.0.0.1:{port}")
-    threading.Thread(target=server.run, daemon=True).start()
-    base = f"http://127.0.0.1:{port}"
-    wait_for_http(base + "/login")
-    yield base, inventory, store, reports
+    with serving(app, "/login") as base:
+        yield base, inventory, store, reports
     stop.set()
     feeder.join()
-    server.close()
     store.close()
 
 
@@ -233,13 +228,9 @@ def test_factory_heatmap_holds_25000_gpus(tmp_path):
     store = DuckDBStore(tmp_path / "big.duckdb")
     end = time.time()
     backfill(store, FactorySimulation(alpha, inventory.projects_of("alpha"), epoch=end - 3600, step_s=5.0), end - 60, end, 20.0)
-    port = free_port()
-    server = make_server(create_app(store, inventory, refresh_s=2.0), f"127.0.0.1:{port}")
-    threading.Thread(target=server.run, daemon=True).start()
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/factory")
+    with serving(create_app(store, inventory, refresh_s=2.0), "/factory") as base:
         with chromium(tmp_path) as driver:
-            driver.get(f"http://127.0.0.1:{port}/factory?factory=alpha&metric=power&range=1h")
+            driver.get(f"{base}/factory?factory=alpha&metric=power&range=1h")
             _wait(driver, "#factory-heatmap .hm image, #factory-heatmap .heatmaplayer image", timeout_s=60)
             count = ("const gd = document.querySelector('#factory-heatmap .js-plotly-plot');"
                      "const z = gd.calcdata[0][0].z; let n = 0;"
@@ -252,8 +243,6 @@ def test_factory_heatmap_holds_25000_gpus(tmp_path):
             assert driver.execute_script(count)[0] == 25_000
             _no_errors(driver, "25,000-GPU factory")
             save_screenshot(driver, "factory-live-25000-gpus")
-    finally:
-        server.close()
         store.close()
 
 
