@@ -19,13 +19,10 @@ of the app is checked on the server: a board user cannot read an operator page's
 from __future__ import annotations
 
 import getpass
-import hashlib
-import hmac
 import logging
 import os
 import secrets
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from html import escape
@@ -33,6 +30,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
+
+from telemetry.passwords import BcryptChecker
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +52,7 @@ class Users:
 
     entries: dict[str, tuple[str, bytes]]
     source: str
-    _verified: dict[str, bytes] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _checker: BcryptChecker = field(default_factory=BcryptChecker)
 
     def check(self, username: str, password: str) -> str | None:
         """The user's role if the password matches, else None."""
@@ -62,18 +60,7 @@ class Users:
         if entry is None:
             return None
         role, hashed = entry
-        digest = hashlib.sha256(password.encode()).digest()
-        with self._lock:
-            known = self._verified.get(username)
-        if known is not None and hmac.compare_digest(known, digest):
-            return role
-        import bcrypt
-
-        if bcrypt.checkpw(password.encode(), hashed):
-            with self._lock:
-                self._verified[username] = digest
-            return role
-        return None
+        return role if self._checker.check(username, password, hashed) else None
 
 
 def _entry(source: str, user: str, role: object, hashed: object) -> tuple[str, tuple[str, bytes]]:

@@ -13,14 +13,13 @@ exporter-toolkit `web.yml`, so one file serves node_exporter and aifmon alike:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ssl
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from telemetry.passwords import BcryptChecker
 
 _TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"}
 _CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
@@ -31,26 +30,14 @@ _VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 class WebConfig:
     ssl_context: ssl.SSLContext | None = None
     basic_auth_users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
-    _verified: dict[str, bytes] = field(default_factory=dict)  # user -> sha256 of a password that matched
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _checker: BcryptChecker = field(default_factory=BcryptChecker)
 
     def check(self, username: str, password: str) -> bool:
         """True if the pair matches; bcrypt (~50 ms by design) runs once per distinct good password."""
         hashed = self.basic_auth_users.get(username)
         if hashed is None:
             return False
-        digest = hashlib.sha256(password.encode()).digest()
-        with self._lock:
-            known = self._verified.get(username)
-        if known is not None and hmac.compare_digest(known, digest):
-            return True
-        import bcrypt  # only sites that configure basic auth need it
-
-        if bcrypt.checkpw(password.encode(), hashed):
-            with self._lock:
-                self._verified[username] = digest
-            return True
-        return False
+        return self._checker.check(username, password, hashed)
 
 
 def load_web_config(path: str) -> WebConfig:
