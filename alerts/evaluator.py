@@ -233,8 +233,8 @@ class AlertEvaluator:
         stale = self.config.stale_after_s
         kinds = {r.kind for r in self.rules}
         meter = sum_by_factory(self.store.latest("aif_facility_power_watts", now_ms, stale))["value"]
-        nodes = _newest(self.store.latest("aif_node_power_watts", now_ms, stale), ["factory", "system", "node", "source"])
-        gpus = _newest(self.store.latest("aif_gpu_power_watts", now_ms, stale), ["factory", "system", "node", "gpu"])
+        nodes = _with_columns(self.store.latest("aif_node_power_watts", now_ms, stale), ["factory", "system", "node", "source"])
+        gpus = _with_columns(self.store.latest("aif_gpu_power_watts", now_ms, stale), ["factory", "system", "node", "gpu"])
         it_factory = nodes.groupby("factory")["value"].sum()
         it_system = nodes.groupby(["factory", "system"])["value"].sum()
         scope_w = {(f.id, None): facility_power(f, meter, it_factory)[0] for f in self.inventory.live_factories()}
@@ -265,11 +265,11 @@ class AlertEvaluator:
         t = self.store.latest("aif_gpu_throttled", now_ms, self.config.stale_after_s, match={"reason": "sw_power_cap"})
         if t.empty:
             return pd.DataFrame(columns=["factory", "system", "node", "gpu", "power", "limit"])
-        t = _newest(t[t["value"] >= 0.5], ["factory", "system", "node", "gpu"])
+        t = _with_columns(t[t["value"] >= 0.5], ["factory", "system", "node", "gpu"])
         if t.empty:
             return t.assign(power=[], limit=[])
         keys = ["factory", "system", "node", "gpu"]
-        limits = _newest(self.store.latest("aif_gpu_power_limit_watts", now_ms, self.config.stale_after_s), keys)
+        limits = _with_columns(self.store.latest("aif_gpu_power_limit_watts", now_ms, self.config.stale_after_s), keys)
         t = t[keys].merge(gpus[keys + ["value"]].rename(columns={"value": "power"}), on=keys, how="left")
         return t.merge(limits[keys + ["value"]].rename(columns={"value": "limit"}), on=keys, how="left")
 
@@ -400,16 +400,14 @@ class AlertEvaluator:
 
 
 # -- measurement helpers (plain functions of frames) ---------------------------------------------------
-def _newest(latest: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """One row per `keys` (the newest), so a series seen under two instances (backfill, then live) counts once."""
+def _with_columns(latest: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """`latest` with every `keys` column, `value` and `t_ms` present even when no series answered."""
     for k in keys:
         if k not in latest:
             latest = latest.assign(**{k: None})
     if "value" not in latest:
         latest = latest.assign(value=pd.Series(dtype=float), t_ms=pd.Series(dtype="int64"))
-    if latest.empty:
-        return latest
-    return latest.sort_values("t_ms").drop_duplicates(keys, keep="last")
+    return latest
 
 
 def _present_counts(nodes: pd.DataFrame, gpus: pd.DataFrame) -> dict[tuple[str, str | None], int]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from exporters.sim import JOB_INFO, SimFamilies
 from exporters.simulation import FactorySimulation, Job
+from telemetry.collector import target_labels
 from telemetry.store import Store, series_key
 
 _WRITE_EVERY = 30  # snapshots per transaction: few commits, bounded memory
@@ -31,7 +32,9 @@ def backfill(store: Store, sim: FactorySimulation, start: float, end: float, ste
     pending_t: list[np.ndarray] = []
     pending_v: list[np.ndarray] = []
     written = 0
-    instance = {"factory": sim.factory.id, "instance": "backfill"}
+    # The labels the collector gives the live scrapes of this factory's simulator: history and live data
+    # are then one series, not two that live panels would add up while both are within their lookback.
+    instance = target_labels(sim.factory.id, sim.factory.targets[0] if sim.factory.targets else "backfill")
     job_series: dict[str, np.ndarray] = {}
 
     def job_ids(job: Job) -> np.ndarray:

@@ -40,12 +40,13 @@ class Target:
         return f"http://{self.address}/metrics"
 
 
+def target_labels(factory_id: str, address: str) -> dict[str, str]:
+    """The labels the collector adds to every series of a factory's target."""
+    return {"factory": factory_id, "instance": address}
+
+
 def targets_of(inventory: Inventory) -> list[Target]:
-    return [
-        Target(address, {"factory": f.id, "instance": address})
-        for f in inventory.live_factories()
-        for address in f.targets
-    ]
+    return [Target(address, target_labels(f.id, address)) for f in inventory.live_factories() for address in f.targets]
 
 
 @dataclass
