@@ -62,11 +62,32 @@ def _ordered(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray) -> tuple[n
     return stream, t_ms, value, 0
 
 
-def _clip(prev_t: np.ndarray, t: np.ndarray, start_ms: int, end_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lo, hi, overlap in ms) of each interval (prev_t, t] against [start_ms, end_ms]."""
+@dataclass(frozen=True)
+class _Pairs:
+    """Consecutive samples (previous, this) of one stream whose interval overlaps the range."""
+
+    stream: np.ndarray
+    prev_t: np.ndarray
+    t: np.ndarray
+    prev_v: np.ndarray
+    v: np.ndarray
+    lo: np.ndarray  # the interval's part inside the range: [lo, hi], ms
+    hi: np.ndarray
+    overlap: np.ndarray  # hi - lo, ms
+
+
+def _pairs(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray, start_ms: int, end_ms: int) -> tuple[_Pairs, int]:
+    """The ordered, de-duplicated samples as intervals (prev_t, t] overlapping [start_ms, end_ms]; and the
+    number of duplicates dropped."""
+    stream, t_ms, value, duplicates = _ordered(stream, t_ms, value)
+    same = stream[1:] == stream[:-1]
+    prev_t, t = t_ms[:-1], t_ms[1:]
     lo = np.maximum(prev_t, start_ms)
     hi = np.minimum(t, end_ms)
-    return lo, hi, np.clip(hi - lo, 0, None)
+    overlap = np.clip(hi - lo, 0, None)
+    keep = same & (overlap > 0)
+    return _Pairs(stream[1:][keep], prev_t[keep], t[keep], value[:-1][keep], value[1:][keep], lo[keep], hi[keep],
+                  overlap[keep]), duplicates
 
 
 def counter_increments(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray, start_ms: int, end_ms: int,
@@ -77,15 +98,8 @@ def counter_increments(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray, 
     only reset. `max_power_w`: the largest plausible average power of one stream, W, used to tell a wrap
     from a reset; None reads every drop as a wrap when `wrap_j` is given.
     """
-    stream, t_ms, value, duplicates = _ordered(stream, t_ms, value)
-    if len(t_ms) < 2:
-        empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0)
-        return Intervals(empty_i, empty_i, empty_f, empty_f, empty_f, duplicates=duplicates)
-    same = stream[1:] == stream[:-1]
-    prev_t, t, prev_v, v = t_ms[:-1], t_ms[1:], value[:-1], value[1:]
-    lo, hi, overlap = _clip(prev_t, t, start_ms, end_ms)
-    keep = same & (overlap > 0)
-    prev_t, t, prev_v, v, overlap, s = prev_t[keep], t[keep], prev_v[keep], v[keep], overlap[keep], stream[1:][keep]
+    p, duplicates = _pairs(stream, t_ms, value, start_ms, end_ms)
+    prev_t, t, prev_v, v, overlap = p.prev_t, p.t, p.prev_v, p.v, p.overlap
     span_ms = t - prev_t
     inc = v - prev_v
     drop = inc < 0
@@ -98,7 +112,7 @@ def counter_increments(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray, 
         inc = np.where(wraps, wrapped, inc)
     resets = drop & ~wraps
     inc = np.where(resets, v, inc)  # a reset: the counter restarted from zero
-    return Intervals(s, t, inc * (overlap / span_ms), overlap / 1000.0, span_ms / 1000.0,
+    return Intervals(p.stream, t, inc * (overlap / span_ms), overlap / 1000.0, span_ms / 1000.0,
                      resets=int(resets.sum()), wraps=int(wraps.sum()), duplicates=duplicates)
 
 
@@ -108,18 +122,11 @@ def power_integral(stream: np.ndarray, t_ms: np.ndarray, watts: np.ndarray, star
     At a range edge inside an interval the power is interpolated linearly, so the clipped parts of an
     interval add up to the whole. The caller flags intervals longer than its gap limit (`interval_s`).
     """
-    stream, t_ms, watts, duplicates = _ordered(stream, t_ms, watts)
-    if len(t_ms) < 2:
-        empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0)
-        return Intervals(empty_i, empty_i, empty_f, empty_f, empty_f, duplicates=duplicates)
-    same = stream[1:] == stream[:-1]
-    prev_t, t, p0, p1 = t_ms[:-1], t_ms[1:], watts[:-1], watts[1:]
-    lo, hi, overlap = _clip(prev_t, t, start_ms, end_ms)
-    keep = same & (overlap > 0)
-    prev_t, t, p0, p1, lo, hi, overlap = (a[keep] for a in (prev_t, t, p0, p1, lo, hi, overlap))
+    p, duplicates = _pairs(stream, t_ms, watts, start_ms, end_ms)
+    prev_t, t, p0, p1, lo, hi, overlap = p.prev_t, p.t, p.prev_v, p.v, p.lo, p.hi, p.overlap
     span_ms = (t - prev_t).astype(np.float64)
     slope = (p1 - p0) / span_ms
     p_lo = p0 + slope * (lo - prev_t)
     p_hi = p0 + slope * (hi - prev_t)
-    return Intervals(stream[1:][keep], t, (p_lo + p_hi) / 2 * overlap / 1000.0, overlap / 1000.0, span_ms / 1000.0,
+    return Intervals(p.stream, t, (p_lo + p_hi) / 2 * overlap / 1000.0, overlap / 1000.0, span_ms / 1000.0,
                      duplicates=duplicates)
