@@ -291,15 +291,8 @@ def _collect(args: argparse.Namespace) -> None:
         if args.once:
             print(f"{collector.collect_once()} samples stored in {store.url}")
             return
-        workers = [collector] + ([Compactor(store)] if isinstance(store, DuckDBStore) else [])
-        threads = [threading.Thread(target=w.run, name=type(w).__name__) for w in workers]
-        for thread in threads:
-            thread.start()
         log.info("collecting from %d targets every %g s into %s", len(collector.targets), args.interval, store.url)
-        _wait_for_signal()
-        for worker, thread in zip(workers, threads):
-            worker.stop()
-            thread.join()
+        _run_workers([collector] + ([Compactor(store)] if isinstance(store, DuckDBStore) else []))
     finally:
         store.close()
 
@@ -437,13 +430,8 @@ def _rollup_schedule(args: argparse.Namespace) -> None:
     if args.rows_store:
         store = _SamplesAndRows(store, open_store(args.rows_store), parse_time(args.since) // 3_600_000 * 3_600_000)
     try:
-        rollups = HourlyRollups(store, inventory, check_every_s=args.every)
-        thread = threading.Thread(target=rollups.run, name="hourly-rollups")
-        thread.start()
         log.info("hourly rollups over %s, checked every %g s", store.url, args.every)
-        _wait_for_signal()
-        rollups.stop()
-        thread.join()
+        _run_workers([HourlyRollups(store, inventory, check_every_s=args.every)])
     finally:
         store.close()
 
@@ -517,12 +505,8 @@ def _alerts_evaluate(args: argparse.Namespace) -> None:
     try:
         evaluator = AlertEvaluator(store, inventory, args.rules)
         if not args.once:
-            thread = threading.Thread(target=evaluator.run, name="alerts")
-            thread.start()
             log.info("evaluating %d alert rules every %g s", len(evaluator.rules), evaluator.config.evaluation_interval_s)
-            _wait_for_signal()
-            evaluator.stop()
-            thread.join()
+            _run_workers([evaluator])
             return
         active = sorted(evaluator.evaluate(), key=lambda a: (a.state, a.labels.get("alertname", ""), sorted(a.labels.items())))
         if args.format == "json":
@@ -585,7 +569,6 @@ def _up(args: argparse.Namespace) -> None:
     step_s = 5.0  # simulation tick for the demo: as fine as the scrape interval, cheap enough for 2 cores
     epoch = _demo_epoch(store, args.seed, args.backfill_hours)
     sims: list[subprocess.Popen] = []
-    workers: list[tuple[object, threading.Thread]] = []
     server = None
     try:
         for f in inventory.live_factories():
@@ -608,18 +591,11 @@ def _up(args: argparse.Namespace) -> None:
                 for f in inventory.live_factories():
                     sim = FactorySimulation(f, inventory.projects_of(f.id), seed=args.seed, epoch=epoch, step_s=step_s)
                     backfill(store, sim, start, now, 60.0, progress=bar.update)
-        for worker in (Collector(store, targets_of(inventory), interval_s=args.interval), HourlyRollups(store, inventory), Compactor(store),
-                       AlertEvaluator(store, inventory, args.alert_rules)):
-            thread = threading.Thread(target=worker.run, name=type(worker).__name__)
-            thread.start()
-            workers.append((worker, thread))
         log.info("live: scraping %d simulators every %g s", len(sims), args.interval)
-        _wait_for_signal(sims)
+        _run_workers([Collector(store, targets_of(inventory), interval_s=args.interval), HourlyRollups(store, inventory),
+                      Compactor(store), AlertEvaluator(store, inventory, args.alert_rules)], sims)
     finally:
         print("aifmon: stopping...", file=sys.stderr, flush=True)
-        for worker, thread in workers:
-            worker.stop()  # the collector finishes (and commits) the cycle it is in
-            thread.join()
         if server is not None:
             server.close()
         for proc in sims:
@@ -643,6 +619,20 @@ def _demo_epoch(store, seed: int, backfill_hours: float) -> float:
     epoch = time.time() // 3600 * 3600 - backfill_hours * 3600
     state.write_text(json.dumps({"epoch": epoch, "seed": seed}))
     return epoch
+
+
+def _run_workers(workers: list, children: list[subprocess.Popen] | None = None) -> None:
+    """Run each worker's `run()` in a thread until SIGINT or SIGTERM (or a child dies), then stop and join
+    them in order: the collector finishes, and commits, the cycle it is in."""
+    threads = [threading.Thread(target=w.run, name=type(w).__name__) for w in workers]
+    for thread in threads:
+        thread.start()
+    try:
+        _wait_for_signal(children)
+    finally:
+        for worker, thread in zip(workers, threads):
+            worker.stop()
+            thread.join()
 
 
 def _wait_for_signal(children: list[subprocess.Popen] | None = None) -> None:
