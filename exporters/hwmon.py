@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from exporters.sysfs_energy import EnergyCounter
+
 log = logging.getLogger(__name__)
 
 HWMON_ROOT = Path("/sys/class/hwmon")
@@ -24,13 +26,11 @@ _SOCKET = re.compile(r"^Esocket(\d+)$")
 
 
 @dataclass
-class SocketEnergy:
+class SocketEnergy(EnergyCounter):
+    """One amd_energy `Esocket<N>` counter (it restarts from zero, it does not wrap)."""
+
     socket: int
     path: Path
-    energy_uj: int | None = None
-    last_raw_uj: int | None = None
-    power_w: float | None = None
-    last_t: float | None = None
 
 
 def _read(path: Path) -> str:
@@ -74,11 +74,4 @@ class HwmonSource:
                 self.errors += 1
                 log.debug("hwmon %s: %s", s.path, e)
                 continue
-            if s.last_raw_uj is None:
-                s.energy_uj = raw
-            else:
-                inc = raw - s.last_raw_uj if raw >= s.last_raw_uj else raw
-                s.energy_uj = (s.energy_uj or 0) + inc
-                if s.last_t is not None and now > s.last_t:
-                    s.power_w = inc / 1e6 / (now - s.last_t)
-            s.last_raw_uj, s.last_t = raw, now
+            s.add_reading(raw, now)

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from exporters.sysfs_energy import EnergyCounter
+
 log = logging.getLogger(__name__)
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
@@ -30,24 +32,13 @@ _PACKAGE = re.compile(r"^package-(\d+)$")
 
 
 @dataclass
-class RaplZone:
-    """One RAPL counter: a socket's package or DRAM domain."""
+class RaplZone(EnergyCounter):
+    """One RAPL counter: a socket's package or DRAM domain; its total is wrap-corrected."""
 
     socket: int
     domain: str  # "package" | "dram"
     path: Path
     max_range_uj: int
-    energy_uj: int | None = None  # wrap-corrected total, µJ (exported as J)
-    last_raw_uj: int | None = None
-    power_w: float | None = None  # from the last two readings, for the node power estimate
-    last_t: float | None = None
-
-
-def wrap_corrected_increment(previous_uj: int, reading_uj: int, max_range_uj: int) -> int:
-    """Energy, µJ, between two readings of a counter that wraps to 0 after `max_range_uj`."""
-    if reading_uj >= previous_uj:
-        return reading_uj - previous_uj
-    return max_range_uj + 1 - previous_uj + reading_uj
 
 
 def discover_zones(root: Path = POWERCAP_ROOT) -> list[RaplZone]:
@@ -105,14 +96,7 @@ class RaplSource:
                 self.errors += 1
                 log.debug("RAPL %s: %s", z.path, e)
                 continue
-            if z.last_raw_uj is None:
-                z.energy_uj = raw  # start at the counter's value, as NVML energy does
-            else:
-                inc = wrap_corrected_increment(z.last_raw_uj, raw, z.max_range_uj)
-                z.energy_uj = (z.energy_uj or 0) + inc
-                if z.last_t is not None and now > z.last_t:
-                    z.power_w = inc / 1e6 / (now - z.last_t)
-            z.last_raw_uj, z.last_t = raw, now
+            z.add_reading(raw, now, z.max_range_uj)
 
     def power_w(self) -> float | None:
         """CPU package + DRAM power over the last poll interval, W; None before two readings."""

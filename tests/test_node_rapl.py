@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from exporters.hwmon import HwmonSource
-from exporters.rapl import RaplSource, discover_zones, wrap_corrected_increment
+from exporters.rapl import RaplSource, discover_zones
+from exporters.sysfs_energy import EnergyCounter
 from tests.node_fixtures import RAPL_MAX_RANGE_UJ, Powercap, build_hwmon
 
 
@@ -18,9 +19,14 @@ def test_discovers_package_and_dram_zones_only(tmp_path):
     assert discover_zones(tmp_path / "absent") == []  # no RAPL (a VM, an ARM node): nothing, no error
 
 
-def test_wrap_corrected_increment():
-    assert wrap_corrected_increment(100, 250, 1000) == 150
-    assert wrap_corrected_increment(900, 50, 1000) == 151  # 900 → 1000, wrap to 0 (1 µJ), → 50
+def test_counter_wraps_with_a_range_and_resets_without_one():
+    rapl, amd = EnergyCounter(), EnergyCounter()
+    for t, raw in ((0.0, 100), (1.0, 250), (2.0, 900), (3.0, 50)):
+        rapl.add_reading(raw, t, max_range_uj=1000)
+        amd.add_reading(raw, t)
+    assert rapl.energy_uj == 100 + 150 + 650 + 151  # 900 → 1000, wrap to 0 (1 µJ), → 50
+    assert amd.energy_uj == 100 + 150 + 650 + 50  # a drop without a range is a restart from zero
+    assert rapl.power_w == 151 / 1e6
 
 
 def test_energy_exact_across_counter_wraps(tmp_path):
