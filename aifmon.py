@@ -386,49 +386,14 @@ def _rollup_hourly(args: argparse.Namespace) -> None:
         store.close()
 
 
-class _SamplesAndRows:
-    """Samples from one store (a PromQL server), hourly rollup rows to another (the InfluxDB sink, a DuckDB file).
-
-    A PromQL server knows neither its time bounds nor derived tables: the first hour is `since_ms`, and
-    rows a write-only sink cannot give back are recomputed once per process (writing them again is idempotent).
-    """
-
-    def __init__(self, samples, rows, since_ms: int):
-        self.samples, self.rows, self.since_ms = samples, rows, since_ms
-        self.url = f"{samples.url} (rows: {rows.url})"
-
-    def __getattr__(self, name: str):
-        return getattr(self.samples, name)  # latest, range, metric_names: the samples' store
-
-    def time_bounds(self) -> tuple[int, int]:
-        return self.since_ms, int(time.time() * 1000)
-
-    def read_rows(self, table: str, start_ms: int, end_ms: int):
-        try:
-            return self.rows.read_rows(table, start_ms, end_ms)
-        except StoreError:  # write-only sink
-            import pandas as pd
-
-            return pd.DataFrame()
-
-    def replace_rows(self, table: str, window_start_ms: int, rows) -> None:
-        # Hours before the data starts (--since reaches back past it) have no rows: writing them would create a
-        # DuckDB table from an empty frame, whose untyped columns then refuse the first real rows.
-        if len(rows):
-            self.rows.replace_rows(table, window_start_ms, rows)
-
-    def close(self) -> None:
-        self.rows.close()
-        self.samples.close()
-
-
 def _rollup_schedule(args: argparse.Namespace) -> None:
     from rollups.hourly import HourlyRollups
+    from telemetry.split_store import SplitStore
 
     inventory = load_inventory(args.inventory)
     store = open_store(args.store)
     if args.rows_store:
-        store = _SamplesAndRows(store, open_store(args.rows_store), parse_time(args.since) // 3_600_000 * 3_600_000)
+        store = SplitStore(store, open_store(args.rows_store), parse_time(args.since) // 3_600_000 * 3_600_000)
     try:
         log.info("hourly rollups over %s, checked every %g s", store.url, args.every)
         _run_workers([HourlyRollups(store, inventory, check_every_s=args.every)])
