@@ -2,7 +2,7 @@
 
 Both work on flat NumPy arrays of samples: a stream code (one per physical meter: a GPU, a node, a RAPL
 domain), the sample time in ms and the value. A stream may come from several store series (the same
-GPU scraped by an HA pair, or by the backfill and then live), so the rules below never trust the
+GPU scraped by an HA pair of Prometheus servers), so the rules below never trust the
 store's order and never count a sample twice:
 
 - Samples are put in (stream, time) order; when they already are (the usual case), nothing is sorted.
