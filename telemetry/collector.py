@@ -73,7 +73,7 @@ def scrape(target: Target, index: SeriesIndex, timeout_s: float) -> ScrapeResult
                 raise ExpositionError(f"answered {ctype or 'no content type'}, not Prometheus text")
             body = resp.read()
         samples = parse_exposition(body, "s" if "openmetrics" in ctype else "ms")
-        ids = index.ids(samples.series)
+        ids = index.ids(samples)
         t_ms = np.where(samples.t_ms >= 0, samples.t_ms, int(started * 1000))
         return ScrapeResult(target, started, time.perf_counter() - t0, ids, samples.values, t_ms)
     except (OSError, ExpositionError) as e:

@@ -64,7 +64,7 @@ def import_openmetrics(store: Store, path: str | Path, progress: Callable[[int],
             raise ExpositionError(f"{path}: {_shift_line(str(e), line_offset)}") from None
         if (samples.t_ms < 0).any():
             raise ExpositionError(f"{path}: every sample of an import needs a timestamp (OpenMetrics seconds)")
-        store.append(index.ids(samples.series), samples.t_ms, samples.values)
+        store.append(index.ids(samples), samples.t_ms, samples.values)
         stored += len(samples)
         line_offset += chunk.count(b"\n")
         progress(len(chunk))

@@ -1,69 +1,118 @@
-"""Parsing whole expositions (Prometheus text and OpenMetrics) into columns, vectorised.
+"""Parsing whole expositions (Prometheus text and OpenMetrics) into columns, compiled.
 
 Each sample's series text (`name{labels}`) is kept as its key, so the collector resolves labels only
 for series it has not seen before (`telemetry.series_index`).
+
+The byte scanning is compiled by Numba: each line is found with libc's memchr and read backwards
+from its end, so only the short value and timestamp fields are looked at byte by byte, and their
+numbers are converted on the spot where that is exact (Clinger's fast path: at most 2**53 for the
+digits and a power of ten of at most 22, so one IEEE multiplication or division gives the correctly
+rounded double). Other numbers (17 significant digits, NaN, +Inf, long exponents) go to Arrow's C++
+parser. Series texts stay byte ranges of the body until asked for, then become an Arrow string
+array through a string-view array over the body, without per-line Python.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
 
+import numba
 import numpy as np
 import pyarrow as pa
 
 from telemetry.exposition import ExpositionError
 
-_HASH, _SPACE, _CLOSE = ord("#"), ord(" "), ord("}")
+_NL, _HASH, _SPACE, _CLOSE = 10, 35, 32, 125
+_POW10 = np.array([10.0 ** k for k in range(23)])  # exactly representable in float64
+_EXACT_DIGITS = 2 ** 53
+# C's memchr and memcmp (SIMD in every libc) find line ends and compare series texts, several times faster
+# than a compiled byte loop; Numba calls them through these ctypes declarations
+_libc = ctypes.CDLL(None)
+_memchr, _memcmp = _libc.memchr, _libc.memcmp
+_memchr.restype, _memchr.argtypes = ctypes.c_size_t, [ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t]
+_memcmp.restype, _memcmp.argtypes = ctypes.c_int, [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]
 
 
 @dataclass(frozen=True)
 class Samples:
-    """The samples of one exposition, as columns: series text, value, timestamp (ms; -1 where none)."""
+    """The samples of one exposition, as columns: value, timestamp (ms; -1 where none), and each sample's
+    series text as a byte range [series_start, series_end) of `body`. The texts become strings only when
+    asked for (`series`, `series_of`): a scrape whose series are those of the last one never needs them
+    (`same_series`)."""
 
-    series: pa.StringArray
+    body: bytes
+    series_start: np.ndarray
+    series_end: np.ndarray
     values: np.ndarray
     t_ms: np.ndarray
 
     def __len__(self) -> int:
         return len(self.values)
 
+    @cached_property
+    def series(self) -> pa.StringArray:
+        """Every sample's series text, e.g. `aif_gpu_power_watts{node="n1",gpu="0"}`."""
+        return _strings(np.frombuffer(self.body, np.uint8), self.series_start, self.series_end)
+
+    def series_of(self, rows: np.ndarray) -> pa.StringArray:
+        """The series texts of the samples at `rows` (indices)."""
+        return _strings(np.frombuffer(self.body, np.uint8), self.series_start[rows], self.series_end[rows])
+
+    def same_series(self, other: Samples) -> np.ndarray:
+        """Per sample, whether `other`'s sample at the same position has the same series text (bool array;
+        `other` must have as many samples). One memcmp per line: an exporter renders in a stable order."""
+        if len(other) != len(self):
+            raise ValueError(f"{len(other)} samples to compare with {len(self)}")
+        return _same_ranges(np.frombuffer(self.body, np.uint8), self.series_start, self.series_end,
+                            np.frombuffer(other.body, np.uint8), other.series_start, other.series_end)
+
 
 def parse_exposition(body: bytes, timestamp_unit: str = "ms") -> Samples:
     """Parse Prometheus text (timestamps in ms) or OpenMetrics text (`timestamp_unit="s"`) into columns.
 
-    Vectorised: line, series and value boundaries are found with NumPy over the whole body, series
-    texts become an Arrow string array through a string-view array over the body, and values are
-    converted in one call. A large body is cut at line ends and its pieces parsed on all cores
-    (NumPy and Arrow release the GIL).
-    The series text is the line up to its value, e.g. `aif_gpu_power_watts{node="n1",gpu="0"}`; its
-    labels are parsed later, once per new series (`parse_series`). Raises ExpositionError naming the
-    first bad line.
+    The series text is the line up to its value, e.g. `aif_gpu_power_watts{node="n1",gpu="0"}`: it
+    ends after the line's last `}`, or without labels at its first space. Its labels are parsed
+    later, once per new series (`parse_series`). A large body is scanned in pieces cut at line ends,
+    one per core (the compiled scan releases the GIL). Raises ExpositionError naming the first bad line.
     """
     if timestamp_unit not in ("ms", "s"):
         raise ValueError("timestamp_unit is 'ms' (Prometheus text) or 's' (OpenMetrics)")
+    if len(body) >= 2**31:
+        raise ExpositionError("an exposition of 2 GiB or more cannot be parsed in one piece (Arrow string offsets are 32-bit)")
+    buf = np.frombuffer(body, np.uint8)
     pieces = _pieces(body)
-    if len(pieces) == 1:
-        return _parse(body, timestamp_unit)
-    parsed = []
-    for (start, _), future in zip(pieces, [_POOL.submit(_parse, body[a:b], timestamp_unit) for a, b in pieces]):
-        try:
-            parsed.append(future.result())
-        except ExpositionError as e:
-            number, _, rest = str(e).removeprefix("line ").partition(":")
-            before = body.count(b"\n", 0, start)
-            raise ExpositionError(f"line {int(number) + before}:{rest}") from None
-    return Samples(pa.concat_arrays([p.series for p in parsed]), np.concatenate([p.values for p in parsed]),
-                   np.concatenate([p.t_ms for p in parsed]))
+    scans = [_scan(buf, *pieces[0])] if len(pieces) == 1 else list(_POOL.map(lambda piece: _scan(buf, *piece), pieces))
+    for lines in scans:
+        if lines.bad >= 0:
+            _raise_at(body, lines.start[lines.bad], lines.end[lines.bad], lines.line_no[lines.bad])
+    start, series_end, value_end, end, line_no, value, ts = (np.concatenate([getattr(s, f)[:s.n] for s in scans])
+                                                             for f in _Lines._fields[2:])
+    has_ts = value_end < end
+    try:
+        slow = np.flatnonzero(np.isnan(value))  # not exact on the fast path, or NaN itself: Arrow decides
+        value[slow] = _numbers(buf, series_end[slow] + 1, value_end[slow])
+        slow = np.flatnonzero(has_ts & np.isnan(ts))
+        ts[slow] = _numbers(buf, value_end[slow] + 1, end[slow])
+    except (pa.ArrowInvalid, ValueError):
+        i = _first_unparsable(buf, series_end + 1, end)
+        _raise_at(body, start[i], end[i], line_no[i])
+    t_ms = np.full(len(value), -1, dtype=np.int64)
+    t_ms[has_ts] = np.round(ts[has_ts] * 1000) if timestamp_unit == "s" else ts[has_ts]
+    return Samples(body, start, series_end, value, t_ms)
 
 
 _PARALLEL_FROM_BYTES = 8 * 1024 * 1024
 _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="parse")
 
 
-def _pieces(body: bytes) -> list[tuple[int, int]]:
-    """[start, end) byte ranges that cut `body` at line ends into one piece per core (one if it is small)."""
+def _pieces(body: bytes) -> list[tuple[int, int, int]]:
+    """[start, end) byte ranges that cut `body` at line ends into one piece per core (one if it is small),
+    each with the number of lines before it."""
     n = min(os.cpu_count() or 1, max(1, len(body) // _PARALLEL_FROM_BYTES))
     cuts = [0]
     for k in range(1, n):
@@ -71,66 +120,169 @@ def _pieces(body: bytes) -> list[tuple[int, int]]:
         if cut > cuts[-1]:
             cuts.append(cut)
     cuts.append(len(body))
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a] or [(0, len(body))]
+    return [(a, b, body.count(b"\n", 0, a)) for a, b in zip(cuts, cuts[1:]) if b > a] or [(0, len(body), 0)]
 
 
-def _parse(body: bytes, timestamp_unit: str) -> Samples:
-    # Trailing newlines are empty lines (skipped); they end an unterminated last line and let every
-    # field start read 12 bytes ahead without running off the buffer (see _strings).
-    if len(body) >= 2**31 - 16:
-        raise ExpositionError("an exposition of 2 GiB or more cannot be parsed in one piece (Arrow string offsets are 32-bit)")
-    buf = np.frombuffer(body + b"\n" * 16, np.uint8)
-    ends = np.flatnonzero(buf == 10)
-    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
-    first = buf[starts]
-    data = (ends > starts) & (first != _HASH)
-    line_no = np.flatnonzero(data) + 1
-    starts, ends = starts[data], ends[data]
-    if not len(starts):
-        return Samples(pa.array([], pa.string()), np.zeros(0), np.zeros(0, np.int64))
-    # Sentinels at both ends keep every lookup in bounds (-1: none before; len + 1: none after).
-    spaces = np.concatenate(([-1], np.flatnonzero(buf == _SPACE), [len(buf) + 1]))
-    braces = np.concatenate(([-1], np.flatnonzero(buf == _CLOSE)))
-    # The series ends after the line's last '}' or, without labels, at its first space.
-    brace = braces[np.searchsorted(braces, ends) - 1]
-    series_end = np.where(brace >= starts, brace + 1, spaces[np.searchsorted(spaces, starts)])
-    last_space = spaces[np.searchsorted(spaces, ends) - 1]
-    has_ts = last_space > series_end
-    value_end = np.where(has_ts, last_space, ends)
-    bad = (series_end >= ends) | (series_end <= starts) | (value_end <= series_end + 1)
-    bad[~bad] = buf[series_end[~bad]] != _SPACE
-    if bad.any():
-        _raise_at(body, starts, ends, line_no, int(np.argmax(bad)))
-    try:
-        values = _numbers(buf, series_end + 1, value_end)
-        t_ms = np.full(len(starts), -1, dtype=np.int64)
-        if has_ts.any():
-            ts = _numbers(buf, last_space[has_ts] + 1, ends[has_ts])
-            t_ms[has_ts] = np.round(ts * 1000) if timestamp_unit == "s" else ts
-    except (pa.ArrowInvalid, ValueError):
-        _raise_at(body, starts, ends, line_no, _first_unparsable(buf, series_end + 1, ends))
-    return Samples(_strings(buf, starts, series_end), values, t_ms)
+class _Lines(NamedTuple):
+    """What `_scan` found, per data line (the first `n` entries are filled): byte offsets of the line's
+    start, series end, value end and end; its line number in the body; and the numbers the fast
+    path converted (NaN where it could not; `ts` is NaN also where there is no timestamp). `bad` is the
+    index of the first malformed line (the scan stops there), or -1."""
+
+    n: int
+    bad: int
+    start: np.ndarray
+    series_end: np.ndarray
+    value_end: np.ndarray
+    end: np.ndarray
+    line_no: np.ndarray
+    value: np.ndarray
+    ts: np.ndarray
+
+
+def _scan(buf: np.ndarray, lo: int, hi: int, lines_before: int) -> _Lines:
+    return _Lines(*_scan_lines(buf, lo, hi, lines_before, _POW10))
+
+
+@numba.njit(nogil=True, cache=False)
+def _scan_lines(buf, lo, hi, lines_before, pow10):  # pragma: no cover - compiled; tested through parse_exposition
+    """The lines of buf[lo:hi], which `lines_before` lines precede (see `_Lines`). Each line is found by its newline (memchr), then read backwards:
+    value and timestamp are the short fields after the last `}`, so the series text itself is not scanned."""
+    cap = 1
+    for i in range(lo, hi):
+        cap += buf[i] == _NL
+    start = np.empty(cap, np.int64)
+    series_end = np.empty(cap, np.int64)
+    value_end = np.empty(cap, np.int64)
+    end = np.empty(cap, np.int64)
+    line_no = np.empty(cap, np.int64)
+    value = np.empty(cap, np.float64)
+    ts = np.empty(cap, np.float64)
+    base = buf.ctypes.data
+    n = 0
+    pos = lo
+    line = lines_before
+    while pos < hi:
+        line += 1
+        a = pos
+        found = _memchr(base + np.uint64(a), _NL, np.uint64(hi - a))
+        b = hi if found == 0 else np.int64(found - base)
+        pos = b + 1
+        if b == a or buf[a] == _HASH:
+            continue
+        last_space = first_space = close = -1
+        p = b - 1
+        while p >= a:
+            c = buf[p]
+            if c == _CLOSE:
+                close = p
+                break
+            if c == _SPACE:
+                first_space = p
+                if last_space < 0:
+                    last_space = p
+            p -= 1
+        s = close + 1 if close >= 0 else first_space  # without labels, the whole line was read: its first space
+        v = last_space if last_space > s else b
+        start[n], series_end[n], value_end[n], end[n], line_no[n] = a, s, v, b, line
+        if s >= b or s <= a or v <= s + 1 or buf[s] != _SPACE:
+            return n + 1, n, start, series_end, value_end, end, line_no, value, ts
+        value[n] = _decimal(buf, s + 1, v, pow10)
+        ts[n] = _decimal(buf, v + 1, b, pow10) if v < b else np.nan
+        n += 1
+    return n, -1, start, series_end, value_end, end, line_no, value, ts
+
+
+@numba.njit(nogil=True, cache=False, inline="always")
+def _decimal(buf, a, b, pow10):  # pragma: no cover - compiled
+    """The decimal number in buf[a:b] when it converts exactly (see module docstring), else NaN."""
+    i = a
+    negative = False
+    if i < b and (buf[i] == 45 or buf[i] == 43):  # '-', '+'
+        negative = buf[i] == 45
+        i += 1
+    digits = 0
+    mantissa = 0
+    exponent = 0
+    while i < b and 48 <= buf[i] <= 57:
+        mantissa = mantissa * 10 + (buf[i] - 48)
+        digits += 1
+        i += 1
+        if mantissa > _EXACT_DIGITS:
+            return np.nan
+    if i < b and buf[i] == 46:  # '.'
+        i += 1
+        while i < b and 48 <= buf[i] <= 57:
+            mantissa = mantissa * 10 + (buf[i] - 48)
+            digits += 1
+            exponent -= 1
+            i += 1
+            if mantissa > _EXACT_DIGITS:
+                return np.nan
+    if digits == 0:
+        return np.nan
+    if i < b and (buf[i] == 101 or buf[i] == 69):  # 'e', 'E'
+        i += 1
+        sign = 1
+        if i < b and (buf[i] == 45 or buf[i] == 43):
+            sign = -1 if buf[i] == 45 else 1
+            i += 1
+        e = 0
+        e_digits = 0
+        while i < b and 48 <= buf[i] <= 57 and e < 1000:
+            e = e * 10 + (buf[i] - 48)
+            e_digits += 1
+            i += 1
+        if e_digits == 0:
+            return np.nan
+        exponent += sign * e
+    if i != b or exponent < -22 or exponent > 22:
+        return np.nan
+    x = float(mantissa)
+    x = x * pow10[exponent] if exponent >= 0 else x / pow10[-exponent]
+    return -x if negative else x
 
 
 def _strings(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.StringArray:
     """The byte ranges [starts, ends) of `buf` as one Arrow string array, without per-item Python.
 
-    The ranges are first described as an Arrow string *view* array over `buf` (16 bytes per item,
-    built with NumPy: length, then the bytes themselves when there are at most 12, else a 4-byte
-    prefix, buffer 0 and the offset); Arrow's C++ cast then copies them into a plain string array.
+    The ranges are first described as an Arrow string *view* array over `buf` (16 bytes per item:
+    length, then the bytes themselves when there are at most 12, else a 4-byte prefix, buffer 0 and
+    the offset); Arrow's C++ cast then copies them into a plain string array.
     """
-    n = len(starts)
-    lengths = (ends - starts).astype(np.int32)
-    head = np.lib.stride_tricks.sliding_window_view(buf, 12)[starts]  # 12 bytes from each start, in one copy
-    head = np.where(np.arange(12) < lengths[:, None], head, 0).astype(np.uint8).view(np.int32)  # (n, 3)
-    short = lengths <= 12
-    views = np.empty((n, 4), np.int32)
-    views[:, 0] = lengths
-    views[:, 1] = head[:, 0]  # inline bytes 0-3, or the prefix of a longer string
-    views[:, 2] = np.where(short, head[:, 1], 0)  # inline bytes 4-7, or buffer 0
-    views[:, 3] = np.where(short, head[:, 2], starts)  # inline bytes 8-11, or the offset into the buffer
-    array = pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(views), pa.py_buffer(buf)])
+    views = _views(buf, starts, ends)
+    array = pa.Array.from_buffers(pa.string_view(), len(starts), [None, pa.py_buffer(views), pa.py_buffer(buf)])
     return array.cast(pa.string())
+
+
+@numba.njit(nogil=True, cache=False)
+def _views(buf, starts, ends):  # pragma: no cover - compiled
+    views = np.zeros((len(starts), 16), np.uint8)
+    for i in range(len(starts)):
+        a, length = starts[i], ends[i] - starts[i]
+        views[i, 0] = length & 0xFF
+        views[i, 1] = (length >> 8) & 0xFF
+        views[i, 2] = (length >> 16) & 0xFF
+        views[i, 3] = (length >> 24) & 0xFF
+        for k in range(min(length, 12 if length <= 12 else 4)):
+            views[i, 4 + k] = buf[a + k]
+        if length > 12:  # bytes 8-11: buffer 0; 12-15: the offset into it
+            views[i, 12] = a & 0xFF
+            views[i, 13] = (a >> 8) & 0xFF
+            views[i, 14] = (a >> 16) & 0xFF
+            views[i, 15] = (a >> 24) & 0xFF
+    return views
+
+
+@numba.njit(nogil=True, cache=False)
+def _same_ranges(a, a_start, a_end, b, b_start, b_end):  # pragma: no cover - compiled; tested through Samples
+    same = np.empty(len(a_start), np.bool_)
+    a_base, b_base = a.ctypes.data, b.ctypes.data
+    for i in range(len(a_start)):
+        length = a_end[i] - a_start[i]
+        same[i] = length == b_end[i] - b_start[i] and _memcmp(a_base + np.uint64(a_start[i]), b_base + np.uint64(b_start[i]),
+                                                              np.uint64(length)) == 0
+    return same
 
 
 def _numbers(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -151,6 +303,6 @@ def _first_unparsable(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> 
     return 0
 
 
-def _raise_at(body: bytes, starts: np.ndarray, ends: np.ndarray, line_no: np.ndarray, i: int) -> None:
-    line = body[starts[i]:ends[i]].decode("utf-8", errors="replace")
-    raise ExpositionError(f"line {line_no[i]}: expected 'name{{labels}} value [timestamp]', got {line[:120]!r}")
+def _raise_at(body: bytes, start: int, end: int, line_no: int) -> None:
+    line = body[start:end].decode("utf-8", errors="replace")
+    raise ExpositionError(f"line {line_no}: expected 'name{{labels}} value [timestamp]', got {line[:120]!r}")

@@ -1,7 +1,8 @@
 """Series texts → store series ids, in bulk, for one source (a scrape target or an imported file).
 
-An exporter sends the same series texts scrape after scrape, so the texts already seen are matched
-with one vectorised hash lookup (Arrow's `index_in`); only new texts have their labels parsed and are
+An exporter sends the same series texts scrape after scrape, in the same order: a line whose text is
+that of the same line of the last scrape (one memcmp) keeps its id. The other texts are matched with
+one vectorised hash lookup (Arrow's `index_in`); only new texts have their labels parsed and are
 registered in the store.
 """
 
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from telemetry.exposition import parse_series
+from telemetry.parser import Samples
 from telemetry.store import Store, series_key
 
 
@@ -26,28 +28,29 @@ class SeriesIndex:
         self.labels = labels or {}
         self._texts = pa.array([], pa.string())
         self._ids = np.zeros(0, dtype=np.int64)
-        self._last = (pa.array([], pa.string()), np.zeros(0, dtype=np.int64))
+        self._last: tuple[Samples | None, np.ndarray] = (None, np.zeros(0, dtype=np.int64))
 
-    def ids(self, series: pa.StringArray) -> np.ndarray:
-        """Store ids, one per element of `series`; raises ExpositionError if a new text does not parse.
+    def ids(self, samples: Samples) -> np.ndarray:
+        """Store ids, one per sample; raises ExpositionError if a new series text does not parse.
 
-        Lines identical to the same line of the previous batch (an exporter renders in a stable order)
-        reuse its id after one element-wise comparison; only the others are hashed.
+        Lines whose series text is that of the same line of the previous batch (an exporter renders in a
+        stable order) reuse its id after one byte comparison; only the others are hashed.
         """
-        last_series, last_ids = self._last
-        if len(last_series) == len(series):
-            same = pc.fill_null(pc.equal(series, last_series), False).to_numpy(zero_copy_only=False)
+        last, last_ids = self._last
+        if last is not None and len(last) == len(samples):
+            same = samples.same_series(last)
             if same.all():
+                self._last = (samples, last_ids)
                 return last_ids
             ids = last_ids.copy()
-            ids[~same] = self._lookup(series.filter(pa.array(~same)))
+            ids[~same] = self._lookup(samples.series_of(np.flatnonzero(~same)))
         else:
-            ids = self._lookup(series)
-        self._last = (series, ids)
-        if len(self._texts) > 2 * len(series) + 1024:
+            ids = self._lookup(samples.series)
+        self._last = (samples, ids)
+        if len(self._texts) > 2 * len(samples) + 1024:
             # Series come and go (a job's info): keep what this batch used, so the index does not grow forever.
-            self._texts = pc.unique(series)
-            self._ids = ids[pc.index_in(self._texts, value_set=series).to_numpy()]
+            self._texts = pc.unique(samples.series)
+            self._ids = ids[pc.index_in(self._texts, value_set=samples.series).to_numpy()]
         return ids
 
     def _register(self, texts: pa.StringArray) -> np.ndarray:

@@ -83,22 +83,26 @@ def test_scrape_interval_must_be_positive(tmp_path):
 
 
 def test_series_index_reuses_ids_and_forgets_series_that_left(tmp_path):
-    import pyarrow as pa
-
+    from telemetry.parser import parse_exposition
     from telemetry.series_index import SeriesIndex
+
+    def scrape(*series: str):
+        return parse_exposition("".join(f"{s} {k}.5\n" for k, s in enumerate(series)).encode())
 
     store = DuckDBStore(tmp_path / "i.duckdb")
     index = SeriesIndex(store, {"instance": "x"})
-    first = index.ids(pa.array(['a{n="1"}', 'a{n="2"}', 'b{n="1"}']))
+    first = index.ids(scrape('a{n="1"}', 'a{n="2"}', 'b{n="1"}'))
     assert len(set(first.tolist())) == 3
-    again = index.ids(pa.array(['a{n="1"}', 'a{n="2"}', 'b{n="1"}']))
+    again = index.ids(scrape('a{n="1"}', 'a{n="2"}', 'b{n="1"}'))
     assert again.tolist() == first.tolist()
-    shifted = index.ids(pa.array(['a{n="2"}', 'c{n="9"}', 'a{n="1"}']))  # order changed, one new
+    same_length = index.ids(scrape('a{n="1"}', 'a{n="3"}', 'b{n="1"}'))  # same line count, one text changed in place
+    assert same_length[[0, 2]].tolist() == first[[0, 2]].tolist() and same_length[1] not in first
+    shifted = index.ids(scrape('a{n="2"}', 'c{n="9"}', 'a{n="1"}'))  # order changed, one new
     assert shifted[0] == first[1] and shifted[2] == first[0] and shifted[1] not in first
     for k in range(600):  # many short-lived series (jobs) come and go
-        index.ids(pa.array([f'j{{job="{k}"}}', 'a{n="1"}']))
+        index.ids(scrape(f'j{{job="{k}"}}', 'a{n="1"}'))
     assert len(index._texts) <= 2 * 2 + 1024
-    assert index.ids(pa.array(['a{n="1"}'])).tolist() == [first[0]]
+    assert index.ids(scrape('a{n="1"}')).tolist() == [first[0]]
     store.close()
 
 

@@ -65,7 +65,7 @@ def test_a_large_body_parsed_in_pieces_equals_one_parse(monkeypatch):
 
     lines = [f'm{{n="{i}"}} {i}.5' for i in range(20_000)]
     body = ("\n".join(lines) + "\n").encode()
-    whole = exposition._parse(body, "ms")
+    whole = exposition.parse_exposition(body)  # small: one piece
     monkeypatch.setattr(exposition, "_PARALLEL_FROM_BYTES", 1000)
     monkeypatch.setattr(exposition.os, "cpu_count", lambda: 4)
     assert len(exposition._pieces(body)) == 4
@@ -74,3 +74,30 @@ def test_a_large_body_parsed_in_pieces_equals_one_parse(monkeypatch):
     bad = body.replace(b'm{n="15000"} 15000.5', b'm{n="15000"} oops')
     with pytest.raises(ExpositionError, match="line 15001:"):
         exposition.parse_exposition(bad)
+
+
+def test_numbers_convert_exactly_like_python_float():
+    """The compiled fast path (at most 2**53 for the digits, a power of ten of at most 22) and Arrow's parser
+    for the rest must both give the correctly rounded double: compared bit for bit with float()."""
+    import random
+    import struct
+
+    rng = random.Random(7)
+    texts = ["0", "-0", "+1", ".5", "5.", "1e5", "1E-5", "-2.5e+3", "9007199254740992", "9007199254740993",
+             "123456789012345678901234567890", "1e22", "1e23", "1e-22", "1e-23", "4.9e-324", "1.7976931348623157e308",
+             "0.000000000000000000000000001", "NaN", "+Inf", "-Inf"]
+    for _ in range(20_000):
+        x = rng.choice([rng.uniform(-1e3, 1e3), rng.expovariate(1e-6), rng.random() * 10 ** rng.randint(-30, 30), float(rng.getrandbits(60))])
+        texts.append(rng.choice([repr(x), f"{x:.17g}", f"{x:.6f}", f"{x:.3e}", str(int(x))]))
+    samples = parse_exposition("".join(f"m{{i=\"{i}\"}} {t}\n" for i, t in enumerate(texts)).encode())
+    bits = [struct.pack("<d", v) for v in samples.values]
+    assert bits == [struct.pack("<d", float(t)) for t in texts]
+
+
+def test_same_series_compares_each_line_with_the_same_line_of_another_scrape():
+    a = parse_exposition(b'm{n="1"} 1\nm{n="2"} 2\n# HELP x\nm{n="3"} 3 1790000000000\n')
+    b = parse_exposition(b'm{n="1"} 10.25\nm{n="22"} 2\nm{n="3"} 3\n')
+    assert a.same_series(b).tolist() == [True, False, True]
+    assert a.series_of([1, 2]).to_pylist() == ['m{n="2"}', 'm{n="3"}']
+    with pytest.raises(ValueError):
+        a.same_series(parse_exposition(b"m 1\n"))
