@@ -90,37 +90,44 @@ def parse_exposition(body: bytes, timestamp_unit: str = "ms") -> Samples:
     for lines in scans:
         if lines.bad >= 0:
             _raise_at(body, lines.start[lines.bad], lines.end[lines.bad], lines.line_no[lines.bad])
-    start, series_end, value_end, end, line_no, value, ts = (np.concatenate([getattr(s, f)[:s.n] for s in scans])
-                                                             for f in _Lines._fields[2:])
+    start, series_end, value_end, end, line_no, value, ts = (
+        np.concatenate([getattr(s, f)[:s.n] for s in scans]) if len(scans) > 1 else getattr(scans[0], f)[:scans[0].n]
+        for f in _Lines._fields[2:])
     has_ts = value_end < end
     try:
         slow = np.flatnonzero(np.isnan(value))  # not exact on the fast path, or NaN itself: Arrow decides
-        value[slow] = _numbers(buf, series_end[slow] + 1, value_end[slow])
+        if len(slow):
+            value[slow] = _numbers(buf, series_end[slow] + 1, value_end[slow])
         slow = np.flatnonzero(has_ts & np.isnan(ts))
-        ts[slow] = _numbers(buf, value_end[slow] + 1, end[slow])
+        if len(slow):
+            ts[slow] = _numbers(buf, value_end[slow] + 1, end[slow])
     except (pa.ArrowInvalid, ValueError):
         i = _first_unparsable(buf, series_end + 1, end)
         _raise_at(body, start[i], end[i], line_no[i])
     t_ms = np.full(len(value), -1, dtype=np.int64)
-    t_ms[has_ts] = np.round(ts[has_ts] * 1000) if timestamp_unit == "s" else ts[has_ts]
+    if has_ts.any():
+        t_ms[has_ts] = np.round(ts[has_ts] * 1000) if timestamp_unit == "s" else ts[has_ts]
     return Samples(body, start, series_end, value, t_ms)
 
 
 _PARALLEL_FROM_BYTES = 8 * 1024 * 1024
-_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="parse")
+_CORES = os.cpu_count() or 1
+_POOL = ThreadPoolExecutor(max_workers=_CORES, thread_name_prefix="parse")
 
 
 def _pieces(body: bytes) -> list[tuple[int, int, int]]:
     """[start, end) byte ranges that cut `body` at line ends into one piece per core (one if it is small),
     each with the number of lines before it."""
-    n = min(os.cpu_count() or 1, max(1, len(body) // _PARALLEL_FROM_BYTES))
+    n = min(_CORES, len(body) // _PARALLEL_FROM_BYTES)
+    if n <= 1:
+        return [(0, len(body), 0)]
     cuts = [0]
     for k in range(1, n):
         cut = body.find(b"\n", len(body) * k // n) + 1
         if cut > cuts[-1]:
             cuts.append(cut)
     cuts.append(len(body))
-    return [(a, b, body.count(b"\n", 0, a)) for a, b in zip(cuts, cuts[1:]) if b > a] or [(0, len(body), 0)]
+    return [(a, b, body.count(b"\n", 0, a)) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
 class _Lines(NamedTuple):

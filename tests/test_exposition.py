@@ -67,7 +67,7 @@ def test_a_large_body_parsed_in_pieces_equals_one_parse(monkeypatch):
     body = ("\n".join(lines) + "\n").encode()
     whole = exposition.parse_exposition(body)  # small: one piece
     monkeypatch.setattr(exposition, "_PARALLEL_FROM_BYTES", 1000)
-    monkeypatch.setattr(exposition.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(exposition, "_CORES", 4)
     assert len(exposition._pieces(body)) == 4
     pieces = exposition.parse_exposition(body)
     assert pieces.series.equals(whole.series) and (pieces.values == whole.values).all()
