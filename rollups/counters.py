@@ -5,7 +5,7 @@ domain), the sample time in ms and the value. A stream may come from several sto
 GPU scraped by an HA pair of Prometheus servers), so the rules below never trust the
 store's order and never count a sample twice:
 
-- Samples are put in (stream, time) order; when they already are (the usual case), nothing is sorted.
+- Samples are put in (stream, time) order; when they already are, nothing is sorted.
 - Duplicate samples (same stream, same time) count once. If their values differ, the largest is kept:
   a counter cannot be at two values at one instant, and the largest is the one that never makes the
   next increment look like a reset.
@@ -50,16 +50,33 @@ def _ordered(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray) -> tuple[n
     value = np.asarray(value, dtype=np.float64)
     if len(t_ms) == 0:
         return stream, t_ms, value, 0
-    ds, dt = np.diff(stream), np.diff(t_ms)
-    if not ((ds > 0) | ((ds == 0) & (dt > 0))).all():
-        order = np.lexsort((value, t_ms, stream))  # value last: among duplicates the largest comes last
-        stream, t_ms, value = stream[order], t_ms[order], value[order]
-        ds, dt = np.diff(stream), np.diff(t_ms)
-        last = np.append((ds != 0) | (dt != 0), True)  # the last of each (stream, time) run
-        if not last.all():
-            removed = int((~last).sum())
-            return stream[last], t_ms[last], value[last], removed
-    return stream, t_ms, value, 0
+    # One int64 key per sample, the stream in the high bits and the time in the low ones. A stable sort of it
+    # merges the runs a store returns (one series' samples, or one scrape's) in near-linear time, where a
+    # lexsort of (stream, time, value) costs 15-35x as much (5.8 M samples: 0.85-2.0 s against 0.03-0.12 s).
+    # Built in place: at this scale every temporary array costs its page faults.
+    t0 = int(t_ms.min())
+    t_bits = (int(t_ms.max()) - t0).bit_length()
+    if int(stream.max()).bit_length() + t_bits > 63:
+        raise ValueError(f"{int(stream.max()) + 1} streams over {t_bits}-bit times do not fit one int64 sort key")
+    key = np.left_shift(stream, t_bits)
+    key += t_ms
+    key -= t0
+    if (key[1:] > key[:-1]).all():
+        return stream, t_ms, value, 0
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    value = value[order]
+    first = np.empty(len(key), dtype=bool)
+    first[0] = True
+    np.not_equal(key[1:], key[:-1], out=first[1:])
+    duplicates = len(key) - int(np.count_nonzero(first))
+    if duplicates:
+        starts = np.flatnonzero(first)
+        value = np.maximum.reduceat(value, starts)  # among duplicates the largest is kept (module docstring)
+        key = key[starts]
+    t_ms = key & ((1 << t_bits) - 1)
+    t_ms += t0
+    return key >> t_bits, t_ms, value, duplicates
 
 
 @dataclass(frozen=True)
@@ -80,14 +97,16 @@ def _pairs(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray, start_ms: in
     """The ordered, de-duplicated samples as intervals (prev_t, t] overlapping [start_ms, end_ms]; and the
     number of duplicates dropped."""
     stream, t_ms, value, duplicates = _ordered(stream, t_ms, value)
-    same = stream[1:] == stream[:-1]
-    prev_t, t = t_ms[:-1], t_ms[1:]
-    lo = np.maximum(prev_t, start_ms)
-    hi = np.minimum(t, end_ms)
-    overlap = np.clip(hi - lo, 0, None)
-    keep = same & (overlap > 0)
-    return _Pairs(stream[1:][keep], prev_t[keep], t[keep], value[:-1][keep], value[1:][keep], lo[keep], hi[keep],
-                  overlap[keep]), duplicates
+    # interval i runs from sample i to sample i + 1 of the same stream; it overlaps the range when it ends after
+    # the start and begins before the end
+    overlapping = stream[1:] == stream[:-1]
+    overlapping &= t_ms[1:] > start_ms
+    overlapping &= t_ms[:-1] < end_ms
+    i = np.flatnonzero(overlapping)
+    j = i + 1
+    prev_t, t = t_ms[i], t_ms[j]
+    lo, hi = np.maximum(prev_t, start_ms), np.minimum(t, end_ms)
+    return _Pairs(stream[j], prev_t, t, value[i], value[j], lo, hi, hi - lo), duplicates
 
 
 def counter_increments(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray, start_ms: int, end_ms: int,
@@ -99,21 +118,22 @@ def counter_increments(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray, 
     from a reset; None reads every drop as a wrap when `wrap_j` is given.
     """
     p, duplicates = _pairs(stream, t_ms, value, start_ms, end_ms)
-    prev_t, t, prev_v, v, overlap = p.prev_t, p.t, p.prev_v, p.v, p.overlap
-    span_ms = t - prev_t
-    inc = v - prev_v
-    drop = inc < 0
-    wraps = np.zeros_like(drop)
-    if wrap_j is not None and drop.any():
-        wrapped = wrap_j - prev_v + v
-        wraps = drop & (wrapped >= 0)
+    span_ms = p.t - p.prev_t
+    inc = p.v - p.prev_v
+    drop = np.flatnonzero(inc < 0)  # few: resets and wraps are handled on their own
+    wrap = np.zeros(len(drop), dtype=bool)
+    if wrap_j is not None and len(drop):
+        wrapped = wrap_j - p.prev_v[drop] + p.v[drop]
+        wrap = wrapped >= 0
         if max_power_w is not None:
-            wraps &= wrapped <= max_power_w * span_ms / 1000.0
-        inc = np.where(wraps, wrapped, inc)
-    resets = drop & ~wraps
-    inc = np.where(resets, v, inc)  # a reset: the counter restarted from zero
-    return Intervals(p.stream, t, inc * (overlap / span_ms), overlap / 1000.0, span_ms / 1000.0,
-                     resets=int(resets.sum()), wraps=int(wraps.sum()), duplicates=duplicates)
+            wrap &= wrapped <= max_power_w * span_ms[drop] / 1000.0
+        inc[drop[wrap]] = wrapped[wrap]
+    reset = drop[~wrap]
+    inc[reset] = p.v[reset]  # a reset: the counter restarted from zero
+    energy = p.overlap / span_ms
+    energy *= inc
+    return Intervals(p.stream, p.t, energy, p.overlap / 1000.0, span_ms / 1000.0,
+                     resets=len(reset), wraps=int(wrap.sum()), duplicates=duplicates)
 
 
 def power_integral(stream: np.ndarray, t_ms: np.ndarray, watts: np.ndarray, start_ms: int, end_ms: int) -> Intervals:

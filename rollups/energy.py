@@ -8,8 +8,8 @@ Rules (so that every figure can be traced; the counter rules themselves are in `
   `aif_gpu_power_watts` integrated instead, and that energy is reported as estimated.
 - **Attribution, from job info**: an increment covers (previous sample, sample] and belongs to the job
   whose `aif_gpu_job_info` sample for that GPU carries the same timestamp as the interval's end (the
-  collector stamps one scrape's samples alike). If two jobs ever show on one GPU at once, one is kept so
-  energy is not counted twice.
+  collector stamps one scrape's samples alike). If two jobs ever show on one GPU at once, one is kept (the
+  one whose info series the store registered first) so energy is not counted twice.
 - **Attribution, from Slurm accounting** (`sacct` records, see `rollups.slurm_accounting`): an interval
   belongs to the jobs running on the GPU's node at the interval's end; a job holding k of a node's N
   GPUs gets k/N of each of the node's GPU intervals (sacct does not say which GPUs it held).
@@ -30,10 +30,23 @@ Rules (so that every figure can be traced; the counter rules themselves are in `
 - **Derived figures**: kWh = J / 3.6e6; cost = attributed IT kWh (GPU + node share) x the factory's
   price; CO2e = the same kWh x the country's intensity from the shipped table, whose source and year
   travel with every result.
+- **Sources**: `energy_rollup` reads each whole clock hour of its range whose hourly rollup rows have
+  settled (`rollups.hourly`: the hour ended more than the 3 h late window ago) from those rows, and computes
+  the rest (partial first and last hours, hours not rolled up or still open to late data) from samples;
+  with job-info attribution and the rollups' `max_gap_s` only, since sacct records or another gap limit ask
+  a different question. The figures are the raw path's, to float rounding, because a range's figures are
+  the sum of its hours', with three exceptions, all stated: counter resets, wraps and duplicate samples are
+  counted over the part from samples only (the hourly rows keep no counts); the range's GPU count for
+  coverage is the most GPUs any hour or piece saw (the raw path counts every GPU seen: they differ only
+  when GPUs come and go within the range); and an hour does not see a scrape interval whose other end is
+  more than 15 min outside it, so a meter silent for longer across an hour boundary loses that interval's
+  energy in the hourly rows, where a range read bridges it (a GPU silent from :40 to :20 past the next hour
+  at 100 W: 240 kJ). `notes` say how many hours came from each source.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +55,7 @@ import pandas as pd
 from rollups.counters import Intervals, counter_increments, power_integral
 from rollups.slurm_accounting import JobAllocation
 from telemetry.inventory import Inventory, carbon_intensity_table
-from telemetry.store import Store
+from telemetry.store import SeriesSamples, Store
 
 ENERGY_METRIC = "aif_gpu_energy_joules_total"
 GPU_POWER_METRIC = "aif_gpu_power_watts"
@@ -58,6 +71,8 @@ JOB_KEYS = ["factory", "system", "job", "project", "access_mode"]
 GPU_KEYS = ["factory", "system", "node", "gpu"]
 _MARGIN_MS = 15 * 60 * 1000  # how far past each end of the range to look for the samples that straddle it
 HOUR_MS = 3_600_000
+DEFAULT_MAX_GAP_S = 60.0  # coverage counts scrape intervals up to this long, s; the hourly rollups use it
+JOB_INFO_ATTRIBUTION = "aif_gpu_job_info samples (per GPU)"
 _T_BITS = 42  # (stream << 42) | time offset in ms: one sortable int64 key; 2**42 ms is 139 years
 
 
@@ -104,33 +119,46 @@ class _Codes:
     def __init__(self) -> None:
         self.index: dict[tuple, int] = {}
 
-    def per_sample(self, frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
-        """The code of each sample's `keys` labels; labels are looked up once per series, not per sample."""
-        series, first = _first_of_each_series(frame)
-        labels = frame[[k for k in keys if k in frame]].iloc[first].astype(object).fillna("")
-        for k in keys:
-            if k not in labels:
-                labels[k] = ""
-        per_series = np.fromiter((self.index.setdefault(t, len(self.index)) for t in labels[keys].itertuples(index=False, name=None)),
-                                 dtype=np.int64, count=len(labels))
-        return per_series[series]
+    def of_series(self, samples: SeriesSamples, keys: list[str], row: np.ndarray) -> np.ndarray:
+        """The code of each series' `keys` labels (a label the series lacks reads ""), aligned with `samples.series`;
+        -1 for series without samples, which get no code. `row`: each sample's series row (`_series_row`).
+        Codes are given in series order, so they do not depend on the order the store returned samples in."""
+        has = np.flatnonzero(np.bincount(row, minlength=len(samples.series)))
+        labels = samples.series.iloc[has].reindex(columns=keys).astype(object).fillna("")
+        code = np.full(len(samples.series), -1, dtype=np.int64)
+        code[has] = np.fromiter((self.index.setdefault(t, len(self.index)) for t in labels.itertuples(index=False, name=None)),
+                                dtype=np.int64, count=len(has))
+        return code
+
+    def of(self, samples: SeriesSamples, keys: list[str]) -> np.ndarray:
+        """The code of each sample's `keys` labels (`of_series`, taken by every sample of the series)."""
+        row = _series_row(samples)
+        return self.of_series(samples, keys, row)[row]
 
     def frame(self, keys: list[str]) -> pd.DataFrame:
         return pd.DataFrame(list(self.index), columns=keys) if self.index else pd.DataFrame(columns=keys)
 
 
-def _first_of_each_series(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(dense series code per sample, row of each series' first sample)."""
-    sid = frame["series_id"].to_numpy()
-    if len(sid) and (sid[1:] >= sid[:-1]).all():  # stores return samples by series: no hashing needed
-        change = np.empty(len(sid), dtype=bool)
-        change[0] = True
-        np.not_equal(sid[1:], sid[:-1], out=change[1:])
-        return np.cumsum(change) - 1, np.flatnonzero(change)
-    codes, uniques = pd.factorize(sid)
-    first = np.empty(len(uniques), dtype=np.int64)
-    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)
-    return codes, first
+def _series_row(samples: SeriesSamples) -> np.ndarray:
+    """Each sample's row in `samples.series`, looked up in a table indexed by series id: one gather, where a
+    search or a hash lookup of millions of samples costs several times as much."""
+    if not len(samples.series_id):
+        return np.zeros(0, dtype=np.int64)
+    ids = samples.series["series_id"].to_numpy(dtype=np.int64)
+    row_of = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
+    row_of[ids] = np.arange(len(ids))
+    return row_of[samples.series_id]
+
+
+def _sum_runs(key: np.ndarray, *weights: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(each distinct key, the sum of each of `weights` per key). Runs of equal keys are summed first: intervals
+    come in (GPU, time) order, so one GPU's hour (or one job's hour on it) is one run, and millions of intervals
+    become thousands of runs to group."""
+    if not len(key):
+        return key, [np.zeros(0) for _ in weights]
+    starts = np.flatnonzero(np.append(True, key[1:] != key[:-1]))
+    codes, uniques = pd.factorize(key[starts])
+    return np.asarray(uniques), [_sum_by(codes, np.add.reduceat(w, starts), len(uniques)) for w in weights]
 
 
 def _sum_by(codes: np.ndarray, weights: np.ndarray, minlength: int) -> np.ndarray:
@@ -139,10 +167,14 @@ def _sum_by(codes: np.ndarray, weights: np.ndarray, minlength: int) -> np.ndarra
 
 
 def _key(stream: np.ndarray, t_ms: np.ndarray, base_ms: int) -> np.ndarray:
-    return (stream.astype(np.int64) << _T_BITS) | (t_ms.astype(np.int64) - base_ms)
+    """(stream << 42) | (t_ms - base_ms): one sortable int64 per (stream, time)."""
+    key = np.left_shift(stream, _T_BITS, dtype=np.int64)
+    key += t_ms
+    key -= base_ms
+    return key
 
 
-def compute_ledger(store: Store, inventory: Inventory | None, start_ms: int, end_ms: int, max_gap_s: float = 60.0,
+def compute_ledger(store: Store, inventory: Inventory | None, start_ms: int, end_ms: int, max_gap_s: float = DEFAULT_MAX_GAP_S,
                    accounting: list[JobAllocation] | None = None, accounting_factory: str | None = None) -> Ledger:
     """Attributed energy over [start_ms, end_ms] (rules: module docstring).
 
@@ -154,10 +186,10 @@ def compute_ledger(store: Store, inventory: Inventory | None, start_ms: int, end
     lo, hi = start_ms - _MARGIN_MS, end_ms + _MARGIN_MS
     gpus, nodes, jobs = _Codes(), _Codes(), _Codes()
 
-    e = store.range(ENERGY_METRIC, lo, hi)
-    gpu_of = gpus.per_sample(e, GPU_KEYS) if len(e) else np.zeros(0, np.int64)
-    t_e = e["t_ms"].to_numpy() if len(e) else np.zeros(0, np.int64)
-    iv = counter_increments(gpu_of, t_e, e["value"].to_numpy() if len(e) else np.zeros(0), start_ms, end_ms)
+    e = store.range_arrays(ENERGY_METRIC, lo, hi)
+    row = _series_row(e)
+    gpu_of = gpus.of_series(e, GPU_KEYS, row)[row]
+    iv = counter_increments(gpu_of, e.t_ms, e.value, start_ms, end_ms)
     from_power = _power_for_gpus_without_counter(store, inventory, gpus, lo, hi, start_ms, end_ms)
     estimated = np.zeros(len(iv.stream), dtype=bool)
     if from_power is not None:
@@ -169,31 +201,36 @@ def compute_ledger(store: Store, inventory: Inventory | None, start_ms: int, end
     gpu_node = node_of_gpu[iv.stream]
     node_system = dict(zip(node_of_gpu.tolist(), gpu_table["system"].tolist()))
 
-    if accounting is None:
-        (idx, job_of), share, job_samples = _attribute_job_info(store, gpus, jobs, iv, lo, hi, start_ms, end_ms)
-        attribution = "aif_gpu_job_info samples (per GPU)"
-    else:
-        (idx, job_of), share = _attribute_accounting(accounting, accounting_factory, inventory, nodes, jobs, node_of_gpu, gpu_node, iv)
-        job_samples = pd.Series(dtype=np.int64)
-        attribution = f"Slurm accounting records ({len(accounting)} jobs; shared nodes split by GPU count)"
-
     # Node energy apart from the GPUs, split per node and clock hour (so that a range's figures are the sum of
     # its hours') by the GPU-seconds each job held there; the free GPU-time's share is unallocated.
     hours = _Hours(start_ms, end_ms)
+    nh = gpu_node * hours.count
+    nh += hours.of(iv.t_end_ms)  # (node, hour) cell of every interval
+    if accounting is None:
+        job_of, job_samples = _attribute_job_info(store, gpus, jobs, iv, lo, hi, start_ms, end_ms)
+        n_jobs = len(jobs.index) + 1  # job -1 (unallocated) is shifted to 0
+        cell_of = nh * n_jobs
+        cell_of += job_of
+        cell_of += 1
+        cells, (energy, held) = _sum_runs(cell_of, iv.energy_j, iv.seconds)
+        attribution = JOB_INFO_ATTRIBUTION
+    else:
+        (idx, job_of), share = _attribute_accounting(accounting, accounting_factory, inventory, nodes, jobs, node_of_gpu, gpu_node, iv)
+        n_jobs = len(jobs.index) + 1
+        cells, (energy, held) = _sum_runs(nh[idx] * n_jobs + (job_of + 1), iv.energy_j[idx] * share, iv.seconds[idx] * share)
+        job_samples = pd.Series(dtype=np.int64)
+        attribution = f"Slurm accounting records ({len(accounting)} jobs; shared nodes split by GPU count)"
     measured, cpu, node_gap, node_system_extra, rapl = _node_energy(store, nodes, hours, lo, hi, start_ms, end_ms, max_gap_s)
-    n_nodes, n_jobs = len(nodes.index), len(jobs.index) + 1  # job -1 (unallocated) is shifted to 0
-    nh = gpu_node * hours.count + hours.of(iv.t_end_ms)  # (node, hour) cell of every interval
-    cell_codes, cells = pd.factorize(nh[idx] * n_jobs + (job_of + 1))
-    energy = _sum_by(cell_codes, iv.energy_j[idx] * share, minlength=len(cells))
-    held = _sum_by(cell_codes, iv.seconds[idx] * share, minlength=len(cells))
-    cell_nh, cell_job = np.divmod(np.asarray(cells, dtype=np.int64), n_jobs)
+    n_nodes = len(nodes.index)
+    cell_nh, cell_job = np.divmod(cells, n_jobs)
     held[cell_job == 0] = 0.0  # GPU-hours count allocated time only
-    cells_n = n_nodes * hours.count
-    has = np.flatnonzero(np.bincount(nh, minlength=cells_n))  # the (node, hour) cells with GPU intervals
-    gpu_j = pd.Series(_sum_by(nh, iv.energy_j, minlength=cells_n)[has], index=has)
-    gpu_s = pd.Series(_sum_by(nh, iv.seconds, minlength=cells_n)[has], index=has)
-    all_nh = gpu_j.index.union(measured.index).union(cpu.index)
-    gpu_j, gpu_s = gpu_j.reindex(all_nh, fill_value=0.0), gpu_s.reindex(all_nh, fill_value=0.0)
+    # per (node, hour) cell with GPU intervals: GPU energy, GPU-time, the part of it in short intervals, estimated energy
+    short = iv.interval_s <= max_gap_s
+    gpu_nh, (nh_gpu_j, nh_gpu_s, nh_covered_s) = _sum_runs(nh, iv.energy_j, iv.seconds, np.where(short, iv.seconds, 0.0))
+    estimated_nh, (nh_estimated_j,) = _sum_runs(nh[estimated], iv.energy_j[estimated])
+    all_nh = pd.Index(gpu_nh).union(measured.index).union(cpu.index)
+    gpu_j = pd.Series(nh_gpu_j, index=gpu_nh).reindex(all_nh, fill_value=0.0)
+    gpu_s = pd.Series(nh_gpu_s, index=gpu_nh).reindex(all_nh, fill_value=0.0)
     it_j = measured.reindex(all_nh).fillna(gpu_j + cpu.reindex(all_nh, fill_value=0.0))
     other_j = (it_j - gpu_j).clip(lower=0.0)
     frac = np.divide(held, gpu_s.reindex(cell_nh).to_numpy(), out=np.zeros_like(held), where=gpu_s.reindex(cell_nh).to_numpy() > 0)
@@ -222,35 +259,37 @@ def compute_ledger(store: Store, inventory: Inventory | None, start_ms: int, end
     })
     rows = rows.groupby(JOB_KEYS, as_index=False)[["energy_j", "gpu_seconds", "node_other_j"]].sum()
     rows = rows[(rows["energy_j"] != 0) | (rows["gpu_seconds"] != 0) | (rows["node_other_j"] != 0)].reset_index(drop=True)
-    node_gpu_j = _sum_by(gpu_node, iv.energy_j, minlength=n_nodes)
+    node_of_gpu_nh = gpu_nh // hours.count
     node_it_j = _sum_by(np.asarray(all_nh, dtype=np.int64) // hours.count, it_j.to_numpy(), minlength=n_nodes)
     node_gap_j = _sum_by(np.asarray(node_gap.index, dtype=np.int64) // hours.count, node_gap.to_numpy(), minlength=n_nodes)
 
     # per factory: measured totals, coverage, estimated energy, and the inputs seen (a fingerprint for late data)
-    short = iv.interval_s <= max_gap_s
     streams = np.flatnonzero(np.bincount(iv.stream, minlength=len(gpu_table)))
     per_node = pd.DataFrame({
         "factory": node_table["factory"].to_numpy(),
-        "gpu_energy_j": node_gpu_j,
+        "gpu_energy_j": _sum_by(node_of_gpu_nh, nh_gpu_j, minlength=n_nodes),
         "it_energy_j": node_it_j,
-        "covered_s": _sum_by(gpu_node[short], iv.seconds[short], minlength=n_nodes),
+        "covered_s": _sum_by(node_of_gpu_nh, nh_covered_s, minlength=n_nodes),
         "gpus": np.bincount(node_of_gpu[streams], minlength=n_nodes),
-        "estimated_j": _sum_by(gpu_node[estimated], iv.energy_j[estimated], minlength=n_nodes) + node_gap_j,
+        "estimated_j": _sum_by(estimated_nh // hours.count, nh_estimated_j, minlength=n_nodes) + node_gap_j,
     })
     sites = per_node.groupby("factory", as_index=False).sum()
     sites["expected_s"] = sites["gpus"] * (end_ms - start_ms) / 1000.0
-    in_range = (t_e >= start_ms) & (t_e < end_ms)  # half-open, so each sample is counted in one hour
-    energy_samples = _count_by_factory(gpu_of[in_range], gpu_table["factory"].to_numpy())
+    energy_samples = _count_by_factory(e.series, row, e.t_ms, start_ms, end_ms)
     sites = _with_facility(store, sites, lo, hi, start_ms, end_ms)
     sites["energy_samples"] = sites["factory"].map(energy_samples).fillna(0).astype(np.int64)
     sites["job_samples"] = sites["factory"].map(job_samples).fillna(0).astype(np.int64)
     return Ledger(rows, sites, start_ms, end_ms, iv.resets + rapl[0], iv.wraps + rapl[1], iv.duplicates + rapl[2], attribution)
 
 
-def _count_by_factory(codes: np.ndarray, factory_of_code: np.ndarray) -> pd.Series:
-    """Samples per factory, counted on integer codes (a string per sample would cost more than the rollup)."""
-    per_code = np.bincount(codes, minlength=len(factory_of_code))
-    return pd.Series(per_code).groupby(factory_of_code).sum() if len(factory_of_code) else pd.Series(dtype=np.int64)
+def _count_by_factory(series: pd.DataFrame, row: np.ndarray, t_ms: np.ndarray, start_ms: int, end_ms: int) -> pd.Series:
+    """How many samples (their series' rows in `series`, their times) have start_ms <= t < end_ms (half-open, so
+    each is counted in one hour), per factory label. Counted per series first: a label per sample would cost
+    more than the rollup."""
+    n = len(series)
+    per_series = np.bincount(row, minlength=n) - np.bincount(row[(t_ms < start_ms) | (t_ms >= end_ms)], minlength=n)
+    factory = series["factory"].fillna("") if "factory" in series else pd.Series("", index=series.index)
+    return pd.Series(per_series, index=series.index).groupby(factory).sum()
 
 
 def _concat(a: Intervals, b: Intervals) -> Intervals:
@@ -268,46 +307,59 @@ def _power_for_gpus_without_counter(store: Store, inventory: Inventory | None, g
     for f, *_ in gpus.index:
         with_counter[f] = with_counter.get(f, 0) + 1
     short = [f.id for f in inventory.live_factories() if 0 < with_counter.get(f.id, 0) < f.gpu_count]
-    frames = [p for p in (store.range(GPU_POWER_METRIC, lo, hi, match={"factory": f}) for f in short) if len(p)]
-    if not frames:
-        return None
-    power = pd.concat(frames, ignore_index=True)
-    power["series_id"] = pd.factorize(pd.Series(list(zip(power["factory"], power["series_id"]))))[0]
+    reads = [store.range_arrays(GPU_POWER_METRIC, lo, hi, match={"factory": f}) for f in short]
     known = len(gpus.index)
-    code = gpus.per_sample(power, GPU_KEYS)
+    code = np.concatenate([np.zeros(0, np.int64)] + [gpus.of(p, GPU_KEYS) for p in reads])
     new = code >= known  # GPUs the counters did not show
     if not new.any():
         return None
-    return power_integral(code[new], power["t_ms"].to_numpy()[new], power["value"].to_numpy()[new], start_ms, end_ms)
+    t_ms = np.concatenate([p.t_ms for p in reads])
+    watts = np.concatenate([p.value for p in reads])
+    return power_integral(code[new], t_ms[new], watts[new], start_ms, end_ms)
 
 
 def _attribute_job_info(store: Store, gpus: _Codes, jobs: _Codes, iv: Intervals, lo: int, hi: int, start_ms: int,
-                        end_ms: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, pd.Series]:
-    """((interval index, job code or -1), share 1.0, job samples per factory): each interval goes to the job
-    whose info sample for that GPU shares the interval's end time."""
+                        end_ms: int) -> tuple[np.ndarray, pd.Series]:
+    """(job code of each interval, -1 for none; job samples per factory): each interval goes to the job whose info
+    sample for that GPU shares the interval's end time. `iv` is in (GPU, end time) order, as the counter kernel
+    gives it (GPUs integrated from power follow those with counters: their codes are larger)."""
     n = len(iv.stream)
-    everyone, ones = np.arange(n), np.ones(n)
-    j = store.range(JOB_METRIC, lo, hi)
-    if j.empty or not n:
-        return (everyone, np.full(n, -1, dtype=np.int64)), ones, pd.Series(dtype=np.int64)
-    t = j["t_ms"].to_numpy()
-    known_gpus = len(gpus.index)
-    gpu = gpus.per_sample(j, GPU_KEYS)
-    job = jobs.per_sample(j, ["factory", "job", "project", "access_mode"])
-    use = (j["value"].to_numpy() > 0) & (gpu < known_gpus)  # an info sample of 0 is no job; a GPU without energy has nothing to share
-    counted = use & (t >= start_ms) & (t < end_ms)
-    job_factory = np.array([f for f, *_ in jobs.index], dtype=object)
-    samples = _count_by_factory(job[counted], job_factory)
-    keys = _key(gpu[use], t[use], lo)
-    order = np.argsort(keys, kind="stable")  # each series' run is sorted already: a stable merge is cheap
-    keys, job = keys[order], job[use][order]
-    first = np.append(True, keys[1:] != keys[:-1])  # one job per GPU and instant, so energy is never doubled
-    keys, job = keys[first], job[first]
-    if not len(keys):
-        return (everyone, np.full(n, -1, dtype=np.int64)), ones, samples
+    j = store.range_arrays(JOB_METRIC, lo, hi)
+    if not len(j.t_ms) or not n:
+        return np.full(n, -1, dtype=np.int64), pd.Series(dtype=np.int64)
+    row = _series_row(j)
+    gpu_of_series = gpus.of_series(j, GPU_KEYS, row)
+    job_of_series = jobs.of_series(j, ["factory", "job", "project", "access_mode"], row)
+    # an info sample of 0 is no job; a GPU without energy has nothing to share
+    use = (j.value > 0) & (gpu_of_series < len(gpus.index))[row]
+    t = j.t_ms
+    if not use.all():
+        row, t = row[use], t[use]
+    samples = _count_by_factory(j.series, row, t, start_ms, end_ms)
+    if not len(t):
+        return np.full(n, -1, dtype=np.int64), samples
+    keys = _key(gpu_of_series[row], t, lo)
+    order = np.argsort(keys, kind="stable")  # the store's runs (a series, or a scrape) are in order: a stable sort merges them
+    keys, job = keys[order], job_of_series[row[order]]
+    first = np.flatnonzero(np.append(True, keys[1:] != keys[:-1]))
+    if len(first) < len(keys):  # one job per GPU and instant, so energy is never counted twice: the first registered
+        keys, job = keys[first], np.minimum.reduceat(job, first)
+    # Where each info sample's (GPU, instant) is among the intervals' ends. A run of one job's samples on a GPU
+    # is a run of consecutive scrapes, and so are the intervals' ends: one binary search per run, then each
+    # sample's guess is the next interval end (linear; a binary search per sample costs twice as much). Samples
+    # whose guess misses (an interval end without an info sample, or the reverse) are searched one by one.
     want = _key(iv.stream, iv.t_end_ms, lo)
-    at = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
-    return (everyone, np.where(keys[at] == want, job[at], -1)), ones, samples
+    run = np.flatnonzero(np.append(True, (job[1:] != job[:-1]) | ((keys[1:] >> _T_BITS) != (keys[:-1] >> _T_BITS))))
+    at = np.repeat(np.searchsorted(want, keys[run]) - run, np.diff(np.append(run, len(keys))))
+    at += np.arange(len(keys))
+    np.minimum(at, n - 1, out=at)
+    found = want[at] == keys
+    miss = np.flatnonzero(~found)
+    at[miss] = np.minimum(np.searchsorted(want, keys[miss]), n - 1)
+    found[miss] = want[at[miss]] == keys[miss]
+    job_of = np.full(n, -1, dtype=np.int64)
+    job_of[at[found]] = job[found]
+    return job_of, samples
 
 
 def _attribute_accounting(accounting: list[JobAllocation], factory: str | None, inventory: Inventory | None, nodes: _Codes, jobs: _Codes,
@@ -385,7 +437,10 @@ class _Hours:
         self.count = (end_ms - 1) // HOUR_MS - self.first + 1
 
     def of(self, t_end_ms: np.ndarray) -> np.ndarray:
-        return np.clip((t_end_ms - 1) // HOUR_MS - self.first, 0, self.count - 1)
+        hour = t_end_ms - 1  # in place from here: one array of millions rather than four
+        hour //= HOUR_MS
+        hour -= self.first
+        return np.clip(hour, 0, self.count - 1, out=hour)
 
 
 def _node_energy(store: Store, nodes: _Codes, hours: _Hours, lo: int, hi: int, start_ms: int, end_ms: int,
@@ -400,27 +455,30 @@ def _node_energy(store: Store, nodes: _Codes, hours: _Hours, lo: int, hi: int, s
     systems: dict[int, str] = {}
     counts = (0, 0, 0)
     known_nodes = len(nodes.index)
-    p = store.range(NODE_POWER_METRIC, lo, hi)
-    if len(p):
+    p = store.range_arrays(NODE_POWER_METRIC, lo, hi)
+    if len(p.t_ms):
+        row = _series_row(p)
+        node_of_series = nodes.of_series(p, ["factory", "node"], row)
         ranks = {s: i for i, s in enumerate(NODE_SOURCES)}
-        rank = p["source"].map(ranks).fillna(len(NODE_SOURCES)).to_numpy() if "source" in p else np.zeros(len(p))
-        code = nodes.per_sample(p, ["factory", "node"])
-        keep = rank == pd.Series(rank).groupby(code).transform("min").to_numpy()  # the best source each node has
-        integ = power_integral(code[keep], p["t_ms"].to_numpy()[keep], p["value"].to_numpy()[keep], start_ms, end_ms)
+        rank = (p.series["source"].map(ranks).fillna(len(NODE_SOURCES)).to_numpy() if "source" in p.series
+                else np.zeros(len(p.series)))
+        with_samples = node_of_series >= 0
+        best = pd.Series(rank[with_samples]).groupby(node_of_series[with_samples]).min()
+        keep = np.flatnonzero((rank == best.reindex(node_of_series).to_numpy())[row])  # the best source each node has
+        integ = power_integral(node_of_series[row[keep]], p.t_ms[keep], p.value[keep], start_ms, end_ms)
         nh = integ.stream * hours.count + hours.of(integ.t_end_ms)
         measured = pd.Series(integ.energy_j).groupby(nh).sum()
         long = integ.interval_s > max_gap_s
         gap = pd.Series(integ.energy_j[long]).groupby(nh[long]).sum()
-        if "system" in p:
-            _, first = _first_of_each_series(p)
-            systems = dict(zip(code[first].tolist(), p["system"].iloc[first].fillna("").tolist()))
+        if "system" in p.series:
+            systems = dict(zip(node_of_series[with_samples].tolist(), p.series["system"][with_samples].fillna("").tolist()))
     with_power = set((np.asarray(measured.index, dtype=np.int64) // hours.count).tolist())
     if len(with_power) < known_nodes:
-        c = store.range(CPU_ENERGY_METRIC, lo, hi)
-        if len(c):
+        c = store.range_arrays(CPU_ENERGY_METRIC, lo, hi)
+        if len(c.t_ms):
             domains = _Codes()
-            domain = domains.per_sample(c, ["factory", "node", "socket", "domain"])
-            inc = counter_increments(domain, c["t_ms"].to_numpy(), c["value"].to_numpy(), start_ms, end_ms)
+            domain = domains.of(c, ["factory", "node", "socket", "domain"])
+            inc = counter_increments(domain, c.t_ms, c.value, start_ms, end_ms)
             node_of_domain = np.fromiter((nodes.index.setdefault((f, n), len(nodes.index)) for f, n, _, _ in domains.index),
                                          dtype=np.int64, count=len(domains.index))
             cpu = pd.Series(inc.energy_j).groupby(node_of_domain[inc.stream] * hours.count + hours.of(inc.t_end_ms)).sum()
@@ -430,13 +488,13 @@ def _node_energy(store: Store, nodes: _Codes, hours: _Hours, lo: int, hi: int, s
 
 def _with_facility(store: Store, sites: pd.DataFrame, lo: int, hi: int, start_ms: int, end_ms: int) -> pd.DataFrame:
     """Add `facility_energy_j` per factory (all feeds; NaN where the factory has no meter samples)."""
-    facility = store.range(FACILITY_METRIC, lo, hi)
+    facility = store.range_arrays(FACILITY_METRIC, lo, hi)
     sites = sites.assign(facility_energy_j=np.nan)
-    if facility.empty:
+    if not len(facility.t_ms):
         return sites
     feeds = _Codes()
-    code = feeds.per_sample(facility, ["factory", "feed"])
-    integ = power_integral(code, facility["t_ms"].to_numpy(), facility["value"].to_numpy(), start_ms, end_ms)
+    code = feeds.of(facility, ["factory", "feed"])
+    integ = power_integral(code, facility.t_ms, facility.value, start_ms, end_ms)
     feed_factory = feeds.frame(["factory", "feed"])["factory"].to_numpy()
     per_factory = pd.Series(integ.energy_j).groupby(feed_factory[integ.stream]).sum()
     only_meter = per_factory.index.difference(sites["factory"])
@@ -447,16 +505,69 @@ def _with_facility(store: Store, sites: pd.DataFrame, lo: int, hi: int, start_ms
     return sites
 
 
-def energy_rollup(store: Store, inventory: Inventory, start_ms: int, end_ms: int, by: str = "project", max_gap_s: float = 60.0,
-                  accounting: list[JobAllocation] | None = None, accounting_factory: str | None = None) -> EnergyRollup:
-    """Energy, GPU-hours, average power, cost and CO2e per group over [start_ms, end_ms] (rules: module docstring)."""
+def energy_rollup(store: Store, inventory: Inventory, start_ms: int, end_ms: int, by: str = "project",
+                  max_gap_s: float = DEFAULT_MAX_GAP_S, accounting: list[JobAllocation] | None = None,
+                  accounting_factory: str | None = None, from_hourly: bool = True, now_ms: int | None = None) -> EnergyRollup:
+    """Energy, GPU-hours, average power, cost and CO2e per group over [start_ms, end_ms] (rules: module docstring).
+
+    With `from_hourly`, the whole clock hours of the range whose hourly rollup rows are settled
+    (`rollups.hourly.settled_hours`, as of `now_ms`, default now) are read from those rows, and only the rest
+    (the range's partial first and last hours, hours not rolled up or still open to late data) is computed
+    from samples: the same figures, to float rounding, at a fraction of the cost. Only where the rows answer
+    the same question: attribution from job info, and `max_gap_s` the rollups'. `notes` say how many hours
+    came from each source.
+    """
     if by not in GROUPINGS:
         raise ValueError(f"cannot group by {by!r}; expected one of {', '.join(GROUPINGS)}")
-    ledger = compute_ledger(store, inventory, start_ms, end_ms, max_gap_s, accounting, accounting_factory)
-    notes = {"attribution": ledger.attribution, "counter_resets": ledger.resets, "counter_wraps": ledger.wraps,
-             "duplicate_samples": ledger.duplicates, "estimated_energy_kwh": float(ledger.sites["estimated_j"].sum() / 3.6e6)
-             if len(ledger.sites) else 0.0}
-    return summarise(ledger.jobs, ledger.sites, inventory, by, start_ms, end_ms, notes)
+    if end_ms <= start_ms:
+        raise ValueError("the range's end must be after its start")
+    hours: list[int] = []
+    stored: list[tuple[pd.DataFrame, pd.DataFrame]] = []
+    if from_hourly and accounting is None and max_gap_s == DEFAULT_MAX_GAP_S:
+        from rollups.hourly import settled_hours  # rollups.hourly imports this module
+
+        hours, jobs, sites = settled_hours(store, start_ms, end_ms, int(time.time() * 1000) if now_ms is None else now_ms)
+        stored = [(jobs, sites)] if hours else []
+    pieces = _pieces_between(start_ms, end_ms, hours)
+    ledgers = [compute_ledger(store, inventory, a, b, max_gap_s, accounting, accounting_factory) for a, b in pieces]
+    jobs = pd.concat([ledger.jobs for ledger in ledgers] + [j for j, _ in stored], ignore_index=True)
+    sites = _range_sites([ledger.sites for ledger in ledgers] + [s for _, s in stored], end_ms - start_ms)
+    notes = {"attribution": ledgers[0].attribution if ledgers else JOB_INFO_ATTRIBUTION,
+             "counter_resets": sum(ledger.resets for ledger in ledgers), "counter_wraps": sum(ledger.wraps for ledger in ledgers),
+             "duplicate_samples": sum(ledger.duplicates for ledger in ledgers),
+             "estimated_energy_kwh": float(sites["estimated_j"].sum() / 3.6e6) if len(sites) else 0.0,
+             "hours_from_hourly_rollups": len(hours), "hours_from_samples": sum(b - a for a, b in pieces) / HOUR_MS}
+    if hours:
+        notes["counter_counts_cover"] = "the hours from samples only: hourly rollups keep no counts of resets, wraps or duplicates"
+    return summarise(jobs, sites, inventory, by, start_ms, end_ms, notes)
+
+
+def _pieces_between(start_ms: int, end_ms: int, hours: list[int]) -> list[tuple[int, int]]:
+    """The parts of [start_ms, end_ms) outside the given hours (sorted hour starts, ms), as [a, b) pairs."""
+    pieces, at = [], start_ms
+    for hour in hours:
+        if hour > at:
+            pieces.append((at, hour))
+        at = hour + HOUR_MS
+    if at < end_ms:
+        pieces.append((at, end_ms))
+    return pieces
+
+
+def _range_sites(parts: list[pd.DataFrame], span_ms: int) -> pd.DataFrame:
+    """One site row per factory for a range pieced together from consecutive windows (ledgers, hourly rows):
+    sums; facility energy over the windows its meter reported (NaN if none did); and the range's expected
+    GPU-time from the most GPUs any window saw (one window: its own, as `compute_ledger` counts it)."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=["factory", "gpu_energy_j", "it_energy_j", "facility_energy_j", "estimated_j", "covered_s",
+                                     "expected_s", "gpus", "energy_samples", "job_samples"])
+    by_factory = pd.concat(parts, ignore_index=True).groupby("factory")
+    sites = by_factory[["gpu_energy_j", "it_energy_j", "estimated_j", "covered_s", "energy_samples", "job_samples"]].sum()
+    sites["facility_energy_j"] = by_factory["facility_energy_j"].sum(min_count=1)
+    sites["gpus"] = by_factory["gpus"].max()
+    sites["expected_s"] = sites["gpus"] * span_ms / 1000.0
+    return sites.reset_index()
 
 
 def carbon_source() -> str:

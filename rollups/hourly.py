@@ -11,6 +11,17 @@ Late data re-opens its hour: hours that ended less than `late_window_s` ago are 
 `recheck_every_s`, and an hour whose inputs changed (more samples arrived, e.g. a collector catching
 up after an outage) is replaced and logged. Older history loaded later (`aifmon store import`) is
 re-opened explicitly: `reopen(start, end)`, or `aifmon rollup hourly --from T`.
+
+`energy_rollup` reads the rows of settled hours instead of their samples (`settled_hours`): an hour that
+ended at least `LATE_WINDOW_S` ago, past the late window in which the rollups still recheck it, and whose
+site row is stored (the site table is written last, so its row says the hour's three tables are complete).
+As VictoriaMetrics trusts its rollup result cache for data older than its `-search.cacheTimestampOffset`,
+such rows are not compared with the samples again: counting a day's samples per hour in DuckDB, to compare
+with the rows' sample counts, takes 0.06-0.14 s for 1,000 GPUs, about what VictoriaMetrics takes for the
+whole query and 2-5x what reading and grouping the rows does. Samples that arrive later still for a settled
+hour count once the hour is re-opened. The inventory enters the rows only for GPUs without an energy
+counter (their power is integrated where the inventory counts more GPUs than counters): aifmon's processes
+give the rollups the inventory they load; re-open the hours after changing a factory's GPU count there.
 """
 
 from __future__ import annotations
@@ -22,9 +33,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from rollups.energy import JOB_KEYS, compute_ledger
+from rollups.energy import DEFAULT_MAX_GAP_S, JOB_KEYS, compute_ledger
 from telemetry.inventory import Inventory
-from telemetry.store import Store
+from telemetry.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +44,7 @@ NODE_TABLE = "node_energy_hourly"
 SITE_TABLE = "site_energy_hourly"
 HOUR_MS = 3_600_000
 SETTLE_MS = 120_000  # wait this long after an hour ends, so the last scrapes of the hour are in
+LATE_WINDOW_S = 3 * 3600.0  # hours that ended less than this ago are rechecked for late data (HourlyRollups' default)
 SITE_COLUMNS = ["gpu_energy_j", "it_energy_j", "facility_energy_j", "estimated_j", "covered_s", "expected_s", "gpus",
                 "energy_samples", "job_samples"]
 
@@ -53,7 +65,7 @@ def hour_rows(store: Store, hour_start_ms: int, inventory: Inventory | None = No
     """The rows of the three hourly tables for one hour, computed from samples, not stored."""
     if hour_start_ms % HOUR_MS:
         raise ValueError("an hour starts on a whole hour (ms since the epoch divisible by 3,600,000)")
-    ledger = compute_ledger(store, inventory, hour_start_ms, hour_start_ms + HOUR_MS)
+    ledger = compute_ledger(store, inventory, hour_start_ms, hour_start_ms + HOUR_MS, max_gap_s=DEFAULT_MAX_GAP_S)
     rows = ledger.jobs
     jobs = rows[JOB_KEYS + ["energy_j", "gpu_seconds"]].copy()
     nodes = rows.loc[rows["node_other_j"] != 0, JOB_KEYS + ["node_other_j"]].copy()
@@ -65,11 +77,34 @@ def hour_rows(store: Store, hour_start_ms: int, inventory: Inventory | None = No
     return jobs.reset_index(drop=True), nodes.reset_index(drop=True), sites.reset_index(drop=True)
 
 
+def settled_hours(store: Store, start_ms: int, end_ms: int, now_ms: int) -> tuple[list[int], pd.DataFrame, pd.DataFrame]:
+    """The settled hours (module docstring) that lie wholly in [start_ms, end_ms), and their stored rows: (hour
+    starts, ms; job rows: `JOB_KEYS`, `energy_j`, `gpu_seconds`, `node_other_j`; site rows: `factory` and
+    `SITE_COLUMNS`). No hours on a store that keeps no rollup tables (Prometheus, VictoriaMetrics)."""
+    first = -(-start_ms // HOUR_MS) * HOUR_MS
+    last = min(end_ms, now_ms - int(LATE_WINDOW_S * 1000)) // HOUR_MS * HOUR_MS
+    site = gpu = node = pd.DataFrame()
+    try:
+        if first < last:
+            site = store.read_rows(SITE_TABLE, first, last)
+        if len(site):
+            gpu, node = store.read_rows(TABLE, first, last), store.read_rows(NODE_TABLE, first, last)
+    except StoreError:  # a PromQL server keeps no rollup tables
+        site = pd.DataFrame()
+    hours = sorted(set(site["window_start_ms"].astype(np.int64).tolist())) if len(site) else []
+    values = ["energy_j", "gpu_seconds", "node_other_j"]
+    parts = [f[f["window_start_ms"].isin(hours)] for f in (gpu, node) if len(f)]
+    jobs = (pd.concat(parts, ignore_index=True).reindex(columns=JOB_KEYS + values).fillna({v: 0.0 for v in values}) if parts
+            else pd.DataFrame({**{k: pd.Series(dtype=object) for k in JOB_KEYS}, **{v: pd.Series(dtype=np.float64) for v in values}}))
+    sites = site.drop(columns="window_start_ms") if len(site) else pd.DataFrame(columns=["factory"] + SITE_COLUMNS)
+    return hours, jobs, sites
+
+
 class HourlyRollups:
     """Keeps the hourly tables up to date: every finished hour once, and recent hours again when late data arrives."""
 
     def __init__(self, store: Store, inventory: Inventory | None = None, check_every_s: float = 60.0,
-                 late_window_s: float = 3 * 3600.0, recheck_every_s: float = 600.0):
+                 late_window_s: float = LATE_WINDOW_S, recheck_every_s: float = 600.0):
         self.store = store
         self.inventory = inventory
         self.check_every_s = check_every_s

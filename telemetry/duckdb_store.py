@@ -38,7 +38,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from telemetry.store import SeriesKey, StoreError
+from telemetry.store import SeriesKey, SeriesSamples, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +209,15 @@ class DuckDBStore:
 
     def _ids_matching(self, metric: str, match: dict[str, str] | None) -> pd.DataFrame:
         """series_id of the series of `metric` whose labels equal every `match` item."""
+        return self._series_of(metric).loc[self._matching(metric, match), ["series_id"]]
+
+    def _matching(self, metric: str, match: dict[str, str] | None) -> np.ndarray:
+        """Which rows of `_series_of(metric)` have labels equal to every `match` item (bool per series)."""
         series = self._series_of(metric)
         keep = np.ones(len(series), dtype=bool)
         for label, value in (match or {}).items():
             keep &= (series[label] == value).to_numpy(dtype=bool, na_value=False) if label in series else False
-        return series.loc[keep, ["series_id"]]
+        return keep
 
     def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0,
                match: dict[str, str] | None = None) -> pd.DataFrame:
@@ -233,7 +237,24 @@ class DuckDBStore:
         return self._with_labels(metric, found).drop(columns="series_id")
 
     def range(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
-        ids = self._ids_matching(metric, match)  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
+        _, found = self._samples(metric, start_ms, end_ms, match, ordered=True)
+        return self._with_labels(metric, found)
+
+    def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        series, found = self._samples(metric, start_ms, end_ms, match, ordered=False)
+        return SeriesSamples(series, found["series_id"], found["t_ms"], found["value"])
+
+    def _samples(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None,
+                 ordered: bool) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+        """(the series of `metric` matching `match`, with their labels; their samples with start_ms <= t_ms <= end_ms
+        as NumPy columns `series_id`, `t_ms`, `value`, by series then time if `ordered`): raw samples, and per-minute
+        aggregates where the raw samples are gone.
+
+        Fetched through Arrow, whose columns NumPy takes over without conversion (fetchnumpy takes 1.5-3x as long)."""
+        series = self._series_of(metric).loc[self._matching(metric, match)]
+        if series.empty:
+            return series, {"series_id": np.zeros(0, np.int32), "t_ms": np.zeros(0, np.int64), "value": np.zeros(0)}
+        ids = series[["series_id"]]  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
         minute_value = "last" if metric.endswith("_total") else "avg"
         with self._cursor() as cur:
             raw_from = cur.execute("SELECT min(t_ms) FROM samples").fetchone()[0]
@@ -245,10 +266,10 @@ class DuckDBStore:
                         UNION ALL
                         SELECT m.series_id, m.last_t_ms, m.{minute_value} FROM samples_1m m SEMI JOIN ids ON ids.series_id = m.series_id
                         WHERE m.last_t_ms >= ? AND m.last_t_ms <= ? AND m.last_t_ms < ?)
-                    ORDER BY series_id, t_ms""",
+                    {"ORDER BY series_id, t_ms" if ordered else ""}""",
                 [start_ms, end_ms, start_ms, end_ms, raw_from],
-            ).fetchnumpy()
-        return self._with_labels(metric, found)
+            ).to_arrow_table()
+        return series, {c: found.column(c).to_numpy() for c in ("series_id", "t_ms", "value")}
 
     def _with_labels(self, metric: str, found: dict[str, np.ndarray]) -> pd.DataFrame:
         """Columns from DuckDB (NumPy, no per-row conversion) plus one column per label."""

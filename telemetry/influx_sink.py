@@ -74,7 +74,7 @@ from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
-from telemetry.store import SeriesKey, StoreError
+from telemetry.store import SeriesKey, SeriesSamples, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -451,6 +451,9 @@ class InfluxSink:
 
     def range(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
         raise self._write_only(f"range({metric!r})")
+
+    def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        raise self._write_only(f"range_arrays({metric!r})")
 
     def read_rows(self, table: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         raise self._write_only(f"read_rows({table!r})")

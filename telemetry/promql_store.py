@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from telemetry.exposition import escape_label_value, format_value, label_text
-from telemetry.store import SeriesKey, StoreError
+from telemetry.store import SeriesKey, SeriesSamples, StoreError, series_samples
 
 _WINDOW_S = 3600  # one query per hour of data: bounds the server's and our memory per answer
 _IMPORT_BATCH = 200_000  # lines per import request
@@ -90,6 +90,9 @@ class PromQLStore:
     def range(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
         raw = self._raw(metric, start_ms, end_ms, match)
         return raw.sort_values(["series_id", "t_ms"], kind="stable").reset_index(drop=True)
+
+    def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        return series_samples(self._raw(metric, start_ms, end_ms, match))
 
     def metric_names(self) -> list[str]:
         return list(self._get("/api/v1/label/__name__/values", {}))

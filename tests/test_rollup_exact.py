@@ -3,15 +3,17 @@
 The counter kernel on arrays: resets, RAPL wraps, gaps, out-of-order and duplicate samples, power
 integration with range edges. Then a 4-hour window around midnight in a store: a job across midnight
 and across two nodes, a shared node with a BMC power reading, a node with RAPL counters (with a
-reset), an idle hour, a facility meter; attribution from job info and from sacct records.
+reset), an idle hour, a facility meter; attribution from job info and from sacct records; and the
+same figures when `energy_rollup` reads settled hours from the hourly rollups, late data included.
 """
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from rollups.counters import counter_increments, power_integral
 from rollups.energy import UNALLOCATED, compute_ledger, energy_rollup
-from rollups.hourly import NODE_TABLE, SITE_TABLE, TABLE, HourlyRollups, rollup_hour
+from rollups.hourly import LATE_WINDOW_S, NODE_TABLE, SITE_TABLE, TABLE, HourlyRollups, rollup_hour
 from rollups.slurm_accounting import AccountingError, expand_nodelist, gpus_in_tres, parse_sacct
 from telemetry.duckdb_store import DuckDBStore
 from telemetry.store import series_key
@@ -54,6 +56,19 @@ def test_out_of_order_and_duplicate_samples_count_once():
     values = np.append(np.array(v)[order], [20, 40])
     iv = counter_increments(stream, times, values, 0, 10**9)
     assert iv.energy_j.sum() == 50 and iv.duplicates == 2 and iv.resets == 0
+
+
+def test_shuffled_streams_with_conflicting_duplicates_keep_the_largest_value():
+    # two streams, shuffled together; stream 0 has two samples at t = 2 s (20 and 5): keeping 5 would read the
+    # next step, 5 -> 30, as a climb after a reset at 2 s (10 + 5 + 25 = 40 J and one reset) instead of 30 J
+    stream = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    t = np.array([0, 1, 2, 2, 3, 0, 1, 2]) * 1000
+    v = np.array([0.0, 10, 20, 5, 30, 100, 150, 210])
+    order = np.random.default_rng(3).permutation(len(t))
+    iv = counter_increments(stream[order], t[order], v[order], 0, 10**9)
+    assert (iv.energy_j[iv.stream == 0].sum(), iv.energy_j[iv.stream == 1].sum()) == (30.0, 110.0)
+    assert (iv.resets, iv.duplicates) == (0, 1)
+    assert iv.t_end_ms.tolist() == [1000, 2000, 3000, 1000, 2000]  # in (stream, time) order
 
 
 def test_power_is_integrated_by_trapezoids_and_split_at_range_edges():
@@ -201,6 +216,76 @@ def test_hourly_rollups_sum_to_the_direct_rollup_and_late_data_reopens_its_hour(
     assert rollups.catch_up(now_ms=END + 10 * 60_000) == 1  # only the hour the late samples fall in
     hour = midnight.read_rows(TABLE, D, D + 1)
     assert hour.loc[hour["factory"] == "beta", "energy_j"].sum() == pytest.approx(250.0 * (3600 - 60), rel=1e-12)
+
+
+# -- energy_rollup reads settled hours from the hourly rollups --------------------------------------------
+
+EDGE = 20 * 60_000  # partial first and last hours
+SETTLED = END + int(LATE_WINDOW_S * 1000) + H  # a "now" at which every hour of the fixture has settled
+NUMBERS = ["energy_kwh", "node_other_kwh", "it_kwh", "share", "gpu_hours", "avg_power_kw", "cost_eur", "co2e_kg"]
+
+
+def _same_rows(a, b, keys):
+    a, b = a.rows.set_index(keys).sort_index(), b.rows.set_index(keys).sort_index()
+    assert list(a.index) == list(b.index)
+    pd.testing.assert_frame_equal(a[NUMBERS], b[NUMBERS], check_exact=False, rtol=1e-9, atol=0)
+
+
+def test_rollups_read_for_whole_hours_give_the_raw_answer(midnight, small_inventory):
+    for hour in range(START, END, H):
+        rollup_hour(midnight, hour, small_inventory)
+    start, end = START + EDGE, END - EDGE
+    for by, keys in (("job", ["factory", "job", "project"]), ("project", ["project"]), ("access_mode", ["access_mode"])):
+        reused = energy_rollup(midnight, small_inventory, start, end, by=by, now_ms=SETTLED)
+        raw = energy_rollup(midnight, small_inventory, start, end, by=by, from_hourly=False)
+        assert (reused.notes["hours_from_hourly_rollups"], reused.notes["hours_from_samples"]) == (2, pytest.approx(4 / 3))
+        assert (raw.notes["hours_from_hourly_rollups"], raw.notes["hours_from_samples"]) == (0, pytest.approx(10 / 3))
+        _same_rows(reused, raw, keys)
+        assert reused.coverage == raw.coverage == pytest.approx(1.0)
+    total = energy_rollup(midnight, small_inventory, start, end, by="total", now_ms=SETTLED).rows.iloc[0]
+    raw_total = energy_rollup(midnight, small_inventory, start, end, by="total", from_hourly=False).rows.iloc[0]
+    # by hand, W x s: 40 min all idle, the hour before midnight, the hour after, 40 min with job 601 alone
+    gpu_j = 16 * 60 * 2400 + (3200 + 600 + 600 + 240) * 3600 + (3200 + 600 + 120 + 240) * 3600 + (480 + 600 + 120 + 240) * 2400
+    assert total["energy_kwh"] == pytest.approx(gpu_j / 3.6e6, rel=1e-12)
+    for col in ("it_kwh", "facility_kwh", "pue"):
+        assert total[col] == pytest.approx(raw_total[col], rel=1e-9), col
+    assert total["facility_kwh"] == pytest.approx(5040 * (4 * 3600 - 2 * 1200) / 3.6e6, rel=1e-12)
+
+
+def test_late_samples_for_a_rolled_up_hour_are_read_until_it_settles_and_after_it_is_reopened(midnight, small_inventory):
+    for hour in range(START, END, H):
+        rollup_hour(midnight, hour, small_inventory)
+    late = np.arange(D, D + H, 60_000)  # a GPU of beta, scraped for the hour after midnight, arrives after its rollup
+    _add(midnight, "aif_gpu_energy_joules_total", {"factory": "beta", "system": "beta-gpu", "node": "betan0001", "gpu": "0",
+                                                    "uuid": "GPU-b", "model": "A100"}, late, 250.0 * (late - D) / 1000)
+    beta_kwh = 250.0 * (3600 - 60) / 3.6e6
+    # inside the late window the rollups still recheck the hour, so it is computed from samples
+    open_now = D + H + int(LATE_WINDOW_S * 1000) - 1
+    recent = energy_rollup(midnight, small_inventory, START, END, by="factory", now_ms=open_now)
+    assert recent.notes["hours_from_hourly_rollups"] == 2  # the two hours before midnight
+    assert recent.rows.set_index("factory").loc["beta", "energy_kwh"] == pytest.approx(beta_kwh, rel=1e-12)
+    # once settled, the rows stand for the hour as stored (VictoriaMetrics' rule for its result cache) ...
+    stale = energy_rollup(midnight, small_inventory, START, END, by="factory", now_ms=SETTLED)
+    assert stale.notes["hours_from_hourly_rollups"] == 4 and "beta" not in set(stale.rows["factory"])
+    # ... until the hour is re-opened (`aifmon rollup hourly --from T`), as history loaded late must be
+    rollups = HourlyRollups(midnight, small_inventory)
+    rollups.reopen(D, D + H)
+    rollups.catch_up(now_ms=END + 10 * 60_000)
+    fresh = energy_rollup(midnight, small_inventory, START, END, by="factory", now_ms=SETTLED)
+    assert fresh.notes["hours_from_hourly_rollups"] == 4
+    assert fresh.rows.set_index("factory").loc["beta", "energy_kwh"] == pytest.approx(beta_kwh, rel=1e-12)
+    _same_rows(fresh, energy_rollup(midnight, small_inventory, START, END, by="factory", from_hourly=False), ["factory"])
+
+
+def test_sacct_attribution_and_another_gap_limit_are_computed_from_samples(midnight, small_inventory):
+    for hour in range(START, END, H):
+        rollup_hour(midnight, hour, small_inventory)
+    jobs = parse_sacct(SACCT.format(m1=_iso(D - H), p1=_iso(D + H), d=_iso(D)), "sacct.txt")
+    r = energy_rollup(midnight, small_inventory, START, END, by="job", accounting=jobs, now_ms=SETTLED)
+    assert (r.notes["hours_from_hourly_rollups"], r.notes["hours_from_samples"]) == (0, 4)
+    assert r.rows.set_index("job").loc["602", "energy_kwh"] == pytest.approx(4 * 300 * 3600 / 2 / 3.6e6, rel=1e-12)  # sacct's split
+    strict = energy_rollup(midnight, small_inventory, START, END, by="total", max_gap_s=30, now_ms=SETTLED)
+    assert strict.notes["hours_from_hourly_rollups"] == 0 and strict.coverage == 0.0  # 60 s scrapes: none is covered
 
 
 SACCT = """JobID|Account|Partition|QOS|Start|End|NodeList|AllocTRES

@@ -40,6 +40,22 @@ def test_round_trip_latest_and_range(tmp_path):
     reopened.close()
 
 
+def test_range_arrays_holds_the_samples_of_range_with_labels_once_per_series(tmp_path):
+    store = open_store(f"duckdb:///{tmp_path}/s.duckdb")
+    ids = _fill(store)
+    store.append(store.series_ids([series_key("aif_gpu_temperature_celsius", {"factory": "f", "node": "n1", "gpu": "0"})]),
+                 np.array([1_003_000]), np.array([55.0]))  # another metric, not read
+    flat = store.range_arrays("aif_gpu_power_watts", 1_002_000, 1_004_000)
+    assert flat.series["series_id"].tolist() == ids.tolist() and flat.series["gpu"].tolist() == ["0", "1", "2"]
+    framed = store.range("aif_gpu_power_watts", 1_002_000, 1_004_000)
+    got = sorted(zip(flat.series_id.tolist(), flat.t_ms.tolist(), flat.value.tolist()))
+    assert got == sorted(zip(framed["series_id"].tolist(), framed["t_ms"].tolist(), framed["value"].tolist())) and len(got) == 9
+    one = store.range_arrays("aif_gpu_power_watts", 0, 2**62, match={"gpu": "1"})
+    assert one.series["gpu"].tolist() == ["1"] and sorted(one.value.tolist()) == [200.0 + k for k in range(10)]
+    assert len(store.range_arrays("aif_gpu_energy_joules_total", 0, 2**62).t_ms) == 0
+    store.close()
+
+
 def test_derived_rows_are_replaced_not_duplicated(tmp_path):
     import pandas as pd
 
