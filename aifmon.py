@@ -298,16 +298,21 @@ def _collect(args: argparse.Namespace) -> None:
 
 
 def _store_import(args: argparse.Namespace) -> None:
+    from rollups.hourly import reroll_stored_hours
     from telemetry.openmetrics import import_openmetrics
     from tqdm import tqdm
 
     store = open_store(args.store)
     try:
         with tqdm(total=Path(args.file).stat().st_size, unit="B", unit_scale=True, desc="import", file=sys.stderr) as bar:
-            n = import_openmetrics(store, args.file, progress=bar.update)
+            imported = import_openmetrics(store, args.file, progress=bar.update)
+        rerolled = 0
+        if imported.samples:  # hours rolled up before this history arrived would otherwise be read stale
+            rerolled = reroll_stored_hours(store, imported.first_ms, imported.last_ms, load_inventory(args.inventory))
     finally:
         store.close()
-    print(f"{n} samples imported into {store.url}")
+    print(f"{imported.samples} samples imported into {store.url}"
+          + (f"; {rerolled} hourly rollup hour(s) they touch recomputed" if rerolled else ""))
 
 
 def _store_export(args: argparse.Namespace) -> None:

@@ -75,7 +75,7 @@ def measure(gpus: int, minutes: float, interval_s: float, work: Path) -> dict:
             except OSError:
                 time.sleep(0.1)
         target = open_store(f"victoriametrics+http://127.0.0.1:{port}")
-        imported = import_openmetrics(target, work / "history.om")
+        imported = import_openmetrics(target, work / "history.om").samples
         urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/force_flush", timeout=600).read()
         time.sleep(VM_SETTLE_S)
         vm_bytes = folder_bytes(work / "vm" / "data") + folder_bytes(work / "vm" / "indexdb")

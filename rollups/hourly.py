@@ -100,6 +100,20 @@ def settled_hours(store: Store, start_ms: int, end_ms: int, now_ms: int) -> tupl
     return hours, jobs, sites
 
 
+def reroll_stored_hours(store: Store, first_ms: int, last_ms: int, inventory: Inventory | None = None) -> int:
+    """Recompute the stored hours that samples in [first_ms, last_ms] can change (history loaded after they were
+    rolled up), so that `energy_rollup` does not read them stale; returns how many. An interval is split between
+    the hours it spans and a ledger looks 15 min past its hour, so the neighbouring hours are included."""
+    try:
+        site = store.read_rows(SITE_TABLE, (first_ms - HOUR_MS) // HOUR_MS * HOUR_MS, last_ms + HOUR_MS + 1)
+    except StoreError:  # a PromQL server keeps no rollup tables
+        return 0
+    hours = sorted(set(site["window_start_ms"].astype(np.int64).tolist())) if len(site) else []
+    for hour in hours:
+        rollup_hour(store, hour, inventory)
+    return len(hours)
+
+
 class HourlyRollups:
     """Keeps the hourly tables up to date: every finished hour once, and recent hours again when late data arrives."""
 

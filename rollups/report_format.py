@@ -70,5 +70,8 @@ def format_energy_rollup(r: EnergyRollup, fmt: str) -> str:
     head = (f"GPU energy by {r.by}, {p['start']} to {p['end']} ({p['hours']:.2f} h); total {r.total_energy_kwh:,.3f} kWh; "
             f"coverage {r.coverage:.1%}\nCost at each factory's price; CO2e from {r.carbon_source}.\n"
             + (f"Attribution: {r.notes['attribution']}; counter resets {r.notes['counter_resets']}, wraps {r.notes['counter_wraps']}, "
-               f"duplicate samples {r.notes['duplicate_samples']}; estimated {r.notes['estimated_energy_kwh']:,.3f} kWh.\n" if r.notes else ""))
+               f"duplicate samples {r.notes['duplicate_samples']}; estimated {r.notes['estimated_energy_kwh']:,.3f} kWh.\n" if r.notes else "")
+            + (f"Sources: {r.notes['hours_from_hourly_rollups']} settled hour(s) from the hourly rollups, "
+               f"{r.notes['hours_from_samples']:.2f} h from samples (resets, wraps and duplicates counted over the samples).\n"
+               if r.notes.get("hours_from_hourly_rollups") else ""))
     return head + text_table(keys + [h for _, h, _ in columns], rows)

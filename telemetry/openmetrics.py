@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from telemetry.exposition import ExpositionError, format_value, label_text
 from telemetry.parser import parse_exposition
@@ -52,10 +52,19 @@ def export_openmetrics(store: Store, out: TextIO, start_ms: int, end_ms: int,
     return written
 
 
-def import_openmetrics(store: Store, path: str | Path, progress: Callable[[int], None] = lambda n: None) -> int:
-    """Load an OpenMetrics file (every sample with a timestamp) into `store`; returns the number of samples."""
+class Imported(NamedTuple):
+    """What an import loaded: the number of samples, and the first and last sample times (ms; None if none)."""
+
+    samples: int
+    first_ms: int | None
+    last_ms: int | None
+
+
+def import_openmetrics(store: Store, path: str | Path, progress: Callable[[int], None] = lambda n: None) -> Imported:
+    """Load an OpenMetrics file (every sample with a timestamp) into `store`."""
     index = SeriesIndex(store)
     stored = 0
+    first = last = None
     line_offset = 0
     for chunk in _chunks(Path(path)):
         try:
@@ -65,10 +74,13 @@ def import_openmetrics(store: Store, path: str | Path, progress: Callable[[int],
         if (samples.t_ms < 0).any():
             raise ExpositionError(f"{path}: every sample of an import needs a timestamp (OpenMetrics seconds)")
         store.append(index.ids(samples), samples.t_ms, samples.values)
+        if len(samples):
+            lo, hi = int(samples.t_ms.min()), int(samples.t_ms.max())
+            first, last = (lo, hi) if first is None else (min(first, lo), max(last, hi))
         stored += len(samples)
         line_offset += chunk.count(b"\n")
         progress(len(chunk))
-    return stored
+    return Imported(stored, first, last)
 
 
 def _chunks(path: Path) -> Iterator[bytes]:

@@ -59,7 +59,7 @@ def test_export_round_trips_into_a_new_embedded_store(history, tmp_path):
     assert text.endswith("# EOF\n") and "# TYPE aif_gpu_energy_joules counter" in text
     assert exported == store.sample_count()
     copy = DuckDBStore(tmp_path / "copy.duckdb")
-    assert import_openmetrics(copy, path) == exported
+    assert import_openmetrics(copy, path).samples == exported
     assert copy.sample_count() == exported
     assert copy.metric_names() == store.metric_names()
 
@@ -82,7 +82,7 @@ def test_same_rollup_on_duckdb_prometheus_and_victoriametrics(history, small_inv
 
     with victoria_metrics(work) as vm:
         vms = open_store(vm.url.replace("http://", "victoriametrics+http://"))
-        assert import_openmetrics(vms, path) == exported
+        assert import_openmetrics(vms, path).samples == exported
         vm.force_flush()
         _same(truth, _rollups(vms, inv, start_ms, end_ms))
         latest = vms.latest("aif_gpu_power_watts", at_ms=end_ms, lookback_s=60)

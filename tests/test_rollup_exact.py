@@ -277,6 +277,30 @@ def test_late_samples_for_a_rolled_up_hour_are_read_until_it_settles_and_after_i
     _same_rows(fresh, energy_rollup(midnight, small_inventory, START, END, by="factory", from_hourly=False), ["factory"])
 
 
+def test_history_imported_after_its_hours_were_rolled_up_recomputes_them(midnight, small_inventory, tmp_path):
+    """What `aifmon store import` does: the hours the imported samples can change are rolled up again."""
+    from rollups.hourly import reroll_stored_hours
+    from telemetry.openmetrics import import_openmetrics
+
+    for hour in range(START, END, H):
+        rollup_hour(midnight, hour, small_inventory)
+    late = np.arange(D, D + H, 60_000)
+    history = tmp_path / "beta.om"
+    history.write_text("# TYPE aif_gpu_energy_joules counter\n" + "".join(
+        f'aif_gpu_energy_joules_total{{factory="beta",system="beta-gpu",node="betan0001",gpu="0"}} {250.0 * (t - D) / 1000} {t / 1000}\n'
+        for t in late) + "# EOF\n")
+    imported = import_openmetrics(midnight, history)
+    assert (imported.samples, imported.first_ms, imported.last_ms) == (60, D, D + H - 60_000)
+    assert "beta" not in set(energy_rollup(midnight, small_inventory, START, END, by="factory", now_ms=SETTLED).rows["factory"])
+    # the hour itself and its neighbours (an interval is split across the hours it spans)
+    assert reroll_stored_hours(midnight, imported.first_ms, imported.last_ms, small_inventory) == 3
+    fresh = energy_rollup(midnight, small_inventory, START, END, by="factory", now_ms=SETTLED)
+    assert fresh.notes["hours_from_hourly_rollups"] == 4
+    assert fresh.rows.set_index("factory").loc["beta", "energy_kwh"] == pytest.approx(250.0 * (3600 - 60) / 3.6e6, rel=1e-12)
+    from rollups.report_format import format_energy_rollup
+    assert "Sources: 4 settled hour(s) from the hourly rollups, 0.00 h from samples" in format_energy_rollup(fresh, "table")
+
+
 def test_sacct_attribution_and_another_gap_limit_are_computed_from_samples(midnight, small_inventory):
     for hour in range(START, END, H):
         rollup_hour(midnight, hour, small_inventory)
