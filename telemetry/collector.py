@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from telemetry.exposition import ExpositionError
-from telemetry.parser import parse_exposition
+from telemetry.parser import parse_exposition, warm_up
 from telemetry.inventory import Inventory
 from telemetry.series_index import SeriesIndex
 from telemetry.store import Store, series_key
@@ -92,6 +92,7 @@ class Collector:
         self.targets = targets
         self.interval_s = interval_s
         self.timeout_s = timeout_s if timeout_s is not None else max(0.5, interval_s * 0.8)
+        warm_up()  # the first cycle is on time, not late by the parser's compilation
         self._indexes = {t.address: SeriesIndex(store, t.labels) for t in targets}
         self._live = {t.address: np.zeros(0, dtype=np.int64) for t in targets}  # series of each target's last scrape
         self._pool = ThreadPoolExecutor(max_workers=min(32, max(1, len(targets))), thread_name_prefix="scrape")

@@ -110,6 +110,14 @@ def parse_exposition(body: bytes, timestamp_unit: str = "ms") -> Samples:
     return Samples(body, start, series_end, value, t_ms)
 
 
+def warm_up() -> None:
+    """Compile the parser's scan, string views and series comparison now: Numba compiles on first use, which
+    takes about 1.5 s, and a collector's first scrape would be that late."""
+    samples = parse_exposition(b'm{a="1"} 0.5 1790000000000\n')
+    samples.same_series(samples)
+    samples.series_of(np.zeros(1, np.int64))
+
+
 _PARALLEL_FROM_BYTES = 8 * 1024 * 1024
 _CORES = os.cpu_count() or 1
 _POOL = ThreadPoolExecutor(max_workers=_CORES, thread_name_prefix="parse")
@@ -200,7 +208,7 @@ def _scan_lines(buf, lo, hi, lines_before, pow10):  # pragma: no cover - compile
     return n, -1, start, series_end, value_end, end, line_no, value, ts
 
 
-@numba.njit(nogil=True, cache=False, inline="always")
+@numba.njit(nogil=True, cache=False)
 def _decimal(buf, a, b, pow10):  # pragma: no cover - compiled
     """The decimal number in buf[a:b] when it converts exactly (see module docstring), else NaN."""
     i = a
