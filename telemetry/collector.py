@@ -117,7 +117,10 @@ class Collector:
         n = sum(len(v) for v in values)
         self.store.append(np.concatenate(ids), np.concatenate(t_ms), np.concatenate(values))
         for r in results:
-            gone = np.setdiff1d(self._live[r.target.address], r.series_ids)
+            live = self._live[r.target.address]
+            if r.series_ids is live:  # the series index hands back the last scrape's ids when nothing changed
+                continue
+            gone = np.setdiff1d(live, r.series_ids)
             self.store.mark_stale(gone, int(r.started * 1000))  # a target that went down, or a job that ended
             self._live[r.target.address] = r.series_ids
         self.cycles += 1
