@@ -130,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--sacct", help="attribute GPU energy from Slurm accounting records (sacct --parsable2 output) instead of job info")
     c.add_argument("--sacct-timezone", default="UTC", help="time zone of the records' Start and End (default UTC)")
     c.add_argument("--sacct-factory", help="factory the records are from, where node names repeat across factories")
+    c.add_argument("--from-samples", action="store_true",
+                   help="compute every hour from samples, not settled hours from the hourly rollups (a cross-check)")
     c = command(roll, "hourly", _rollup_hourly, "compute every finished hour missing from the hourly rollup table")
     c.add_argument("--from", dest="reopen_from", help="also recompute every hour from this time on (history loaded late)")
     c = command(roll, "schedule", _rollup_schedule, "keep the hourly rollups up to date, checking every --every s, until stopped; "
@@ -371,7 +373,7 @@ def _rollup_energy(args: argparse.Namespace) -> None:
     store = open_store(args.store, read_only=True)
     try:
         result = energy_rollup(store, inventory, start_ms, end_ms, by=args.by, accounting=accounting,
-                               accounting_factory=args.sacct_factory)
+                               accounting_factory=args.sacct_factory, from_hourly=not args.from_samples)
     finally:
         store.close()
     print(format_energy_rollup(result, args.format))

@@ -138,7 +138,9 @@ class HourlyRollups:
             return 0
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         first = bounds[0] // HOUR_MS * HOUR_MS
-        last = (now_ms - SETTLE_MS) // HOUR_MS * HOUR_MS  # hours starting before this one are finished
+        # hours starting before this one are finished and may hold samples (none after the store's newest: a
+        # store of old history would otherwise have every empty hour up to now computed)
+        last = min((now_ms - SETTLE_MS) // HOUR_MS, bounds[1] // HOUR_MS + 1) * HOUR_MS
         if not self._loaded:
             existing = self.store.read_rows(SITE_TABLE, first, last)
             if existing.empty:  # a store rolled up before the site table existed: its GPU table says what is done

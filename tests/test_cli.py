@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,6 +78,20 @@ def test_rollup_energy_formats(filled_store):
     assert sum(r["energy_kwh"] for r in js["rows"]) == pytest.approx(js["total_energy_kwh"])
     rows = list(csv.DictReader(io.StringIO(aifmon(*common, "--by", "job", "--format", "csv").stdout)))
     assert rows and {"job", "project", "energy_kwh", "coverage", "carbon_intensity_source"} <= set(rows[0])
+
+
+def test_rollup_energy_reads_settled_hours_from_the_hourly_rollups_unless_told_from_samples(filled_store, tmp_path):
+    path, inv_path, epoch = filled_store
+    copy = tmp_path / "copy.duckdb"
+    shutil.copy(path, copy)
+    store = ["--store", f"duckdb:///{copy}", "--inventory", str(inv_path)]
+    assert aifmon("rollup", "hourly", *store).returncode == 0
+    common = ["rollup", "energy", *store, "--start", str(int(epoch)), "--end", str(int(epoch + 7200)), "--format", "json"]
+    reused, raw = json.loads(aifmon(*common).stdout), json.loads(aifmon(*common, "--from-samples").stdout)
+    # 1,790,000,000 s is 13 min 20 s past an hour: one whole hour in the range, and one hour around it
+    assert (reused["hours_from_hourly_rollups"], reused["hours_from_samples"]) == (1, pytest.approx(1.0))
+    assert (raw["hours_from_hourly_rollups"], raw["hours_from_samples"]) == (0, pytest.approx(2.0))
+    assert reused["total_energy_kwh"] == pytest.approx(raw["total_energy_kwh"], rel=1e-9) and raw["total_energy_kwh"] > 0
 
 
 def test_exporter_sim_serves_and_stops_on_sigterm(tmp_path):
