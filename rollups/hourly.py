@@ -16,10 +16,9 @@ re-opened explicitly: `reopen(start, end)`, or `aifmon rollup hourly --from T`.
 ended at least `LATE_WINDOW_S` ago, past the late window in which the rollups still recheck it, and whose
 site row is stored (the site table is written last, so its row says the hour's three tables are complete).
 As VictoriaMetrics trusts its rollup result cache for data older than its `-search.cacheTimestampOffset`,
-such rows are not compared with the samples again: counting a day's samples per hour in DuckDB, to compare
-with the rows' sample counts, takes 0.06-0.14 s for 1,000 GPUs, about what VictoriaMetrics takes for the
-whole query and 2-5x what reading and grouping the rows does. Samples that arrive later still for a settled
-hour count once the hour is re-opened. The inventory enters the rows only for GPUs without an energy
+such rows are not compared with the samples again: comparing their sample counts would read every sample
+of the range, the cost the rows are there to save. Samples that arrive later still for a settled hour count
+once the hour is re-opened (`aifmon store import` re-opens the hours it loads samples into). The inventory enters the rows only for GPUs without an energy
 counter (their power is integrated where the inventory counts more GPUs than counters): aifmon's processes
 give the rollups the inventory they load; re-open the hours after changing a factory's GPU count there.
 """
@@ -77,21 +76,27 @@ def hour_rows(store: Store, hour_start_ms: int, inventory: Inventory | None = No
     return jobs.reset_index(drop=True), nodes.reset_index(drop=True), sites.reset_index(drop=True)
 
 
+def _stored_hours(store: Store, start_ms: int, end_ms: int) -> tuple[list[int], pd.DataFrame]:
+    """The hours starting in [start_ms, end_ms) that have their `site_energy_hourly` row (written last, so the hour's
+    three tables are complete), and those rows; none on a store that keeps no rollup tables (Prometheus,
+    VictoriaMetrics)."""
+    try:
+        site = store.read_rows(SITE_TABLE, start_ms, end_ms)
+    except StoreError:
+        return [], pd.DataFrame()
+    return (sorted(set(site["window_start_ms"].astype(np.int64).tolist())) if len(site) else []), site
+
+
 def settled_hours(store: Store, start_ms: int, end_ms: int, now_ms: int) -> tuple[list[int], pd.DataFrame, pd.DataFrame]:
     """The settled hours (module docstring) that lie wholly in [start_ms, end_ms), and their stored rows: (hour
     starts, ms; job rows: `JOB_KEYS`, `energy_j`, `gpu_seconds`, `node_other_j`; site rows: `factory` and
     `SITE_COLUMNS`). No hours on a store that keeps no rollup tables (Prometheus, VictoriaMetrics)."""
     first = -(-start_ms // HOUR_MS) * HOUR_MS
     last = min(end_ms, now_ms - int(LATE_WINDOW_S * 1000)) // HOUR_MS * HOUR_MS
-    site = gpu = node = pd.DataFrame()
-    try:
-        if first < last:
-            site = store.read_rows(SITE_TABLE, first, last)
-        if len(site):
-            gpu, node = store.read_rows(TABLE, first, last), store.read_rows(NODE_TABLE, first, last)
-    except StoreError:  # a PromQL server keeps no rollup tables
-        site = pd.DataFrame()
-    hours = sorted(set(site["window_start_ms"].astype(np.int64).tolist())) if len(site) else []
+    hours, site = _stored_hours(store, first, last) if first < last else ([], pd.DataFrame())
+    gpu = node = pd.DataFrame()
+    if hours:  # a store with site rows keeps the other two tables as well
+        gpu, node = store.read_rows(TABLE, first, last), store.read_rows(NODE_TABLE, first, last)
     values = ["energy_j", "gpu_seconds", "node_other_j"]
     parts = [f[f["window_start_ms"].isin(hours)] for f in (gpu, node) if len(f)]
     jobs = (pd.concat(parts, ignore_index=True).reindex(columns=JOB_KEYS + values).fillna({v: 0.0 for v in values}) if parts
@@ -104,11 +109,7 @@ def reroll_stored_hours(store: Store, first_ms: int, last_ms: int, inventory: In
     """Recompute the stored hours that samples in [first_ms, last_ms] can change (history loaded after they were
     rolled up), so that `energy_rollup` does not read them stale; returns how many. An interval is split between
     the hours it spans and a ledger looks 15 min past its hour, so the neighbouring hours are included."""
-    try:
-        site = store.read_rows(SITE_TABLE, (first_ms - HOUR_MS) // HOUR_MS * HOUR_MS, last_ms + HOUR_MS + 1)
-    except StoreError:  # a PromQL server keeps no rollup tables
-        return 0
-    hours = sorted(set(site["window_start_ms"].astype(np.int64).tolist())) if len(site) else []
+    hours, _ = _stored_hours(store, (first_ms - HOUR_MS) // HOUR_MS * HOUR_MS, last_ms + HOUR_MS + 1)
     for hour in hours:
         rollup_hour(store, hour, inventory)
     return len(hours)
