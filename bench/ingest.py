@@ -82,22 +82,38 @@ def peak_rss_mb(pid: int | None = None) -> float:
     return float("nan")
 
 
-def bench_aifmon(body: bytes, scrapes: int, work: Path) -> tuple[float, float, int]:
-    """(samples/s, seconds, samples) of the embedded path, after a first scrape that registers the series."""
+def bench_aifmon(body: bytes, scrapes: int, work: Path) -> tuple[float, float, float, float, float]:
+    """(samples/s, seconds, and the seconds of those spent parsing, finding series ids and committing) of the
+    embedded path, after the scrapes that register the series and compile the parser."""
     store = DuckDBStore(work / "bench.duckdb")
     index = SeriesIndex(store, {"instance": "bench"})
     for _ in range(2):  # the first scrape registers the series, the second compiles the series comparison
         index.ids(parse_exposition(body))  # (Numba compiles on first use): steady state is what we time
     n = 0
-    started = time.perf_counter()
+    phases = np.zeros(3)
     for k in range(scrapes):
+        t0 = time.perf_counter()
         s = parse_exposition(body)
+        t1 = time.perf_counter()
         ids = index.ids(s)
+        t2 = time.perf_counter()
         store.append(ids, np.full(len(ids), 1_790_000_000_000 + k * 15_000), s.values)
+        phases += (t1 - t0, t2 - t1, time.perf_counter() - t2)
         n += len(ids)
-    elapsed = time.perf_counter() - started
     store.close()
-    return n / elapsed, elapsed, n
+    elapsed = float(phases.sum())
+    return n / elapsed, elapsed, *phases.tolist()
+
+
+def small_body_parse_us(body: bytes, calls: int = 2000) -> tuple[int, float]:
+    """(lines, µs per parse) of one 4-GPU node's share of the exposition: what a node exporter target sends."""
+    node = body[body.index(b'node="'):].split(b'"')[1]
+    small = b"".join(line + b"\n" for line in body.split(b"\n") if b'node="%s"' % node in line)
+    parse_exposition(small)
+    started = time.perf_counter()
+    for _ in range(calls):
+        parse_exposition(small)
+    return small.count(b"\n"), (time.perf_counter() - started) / calls * 1e6
 
 
 def bench_vm(body: bytes, scrapes: int, work: Path) -> tuple[float, float, float]:
@@ -163,10 +179,11 @@ def bench_reads(work: Path, gpus_page: int = 25_000, gpus_latest: int = 100_000)
 
 
 def child_ingest(body_path: Path, scrapes: int) -> None:
-    """Run in a child process, so its peak memory is the ingest path's alone: prints rate, seconds, peak RSS."""
+    """Run in a child process, so its peak memory is the ingest path's alone: prints rate, seconds, peak RSS and
+    the seconds spent parsing, finding ids and committing."""
     with tempfile.TemporaryDirectory() as tmp:
-        rate, seconds, _ = bench_aifmon(body_path.read_bytes(), scrapes, Path(tmp))
-    print(rate, seconds, peak_rss_mb())
+        rate, seconds, parse_s, ids_s, commit_s = bench_aifmon(body_path.read_bytes(), scrapes, Path(tmp))
+    print(rate, seconds, peak_rss_mb(), parse_s, ids_s, commit_s)
 
 
 def main() -> None:
@@ -196,13 +213,17 @@ def main() -> None:
                                  capture_output=True, text=True, check=True).stdout.split()
             ours.append(tuple(float(x) for x in out))
         range_s, arrays_s, latest_s, page_rows, latest_rows = bench_reads(work)
-    ours_rate, ours_s, ours_rss = max(ours)
+    ours_rate, ours_s, ours_rss, parse_s, ids_s, commit_s = max(ours)
+    lines, small_us = small_body_parse_us(body)
     vm_rate, vm_s, vm_rss = max(vms)
     print(f"{'path':<44}{'samples/s':>12}{'time s':>9}{'peak RSS MB':>13}")
     print(f"{'aifmon parse + DuckDB commit (durable)':<44}{ours_rate:>12,.0f}{ours_s:>9.2f}{ours_rss:>13.0f}")
     print(f"{'VictoriaMetrics import + force_flush':<44}{vm_rate:>12,.0f}{vm_s:>9.2f}{vm_rss:>13.0f}")
     print(f"ratio aifmon / VictoriaMetrics: {ours_rate / vm_rate:.2f}x (rounds: "
           + ", ".join(f"{o[0] / v[0]:.2f}x" for o, v in zip(ours, vms)) + ")")
+    per_scrape = 1000 / args.scrapes
+    print(f"aifmon per scrape (best round): parse {parse_s * per_scrape:.0f} ms, series ids {ids_s * per_scrape:.0f} ms, "
+          f"DuckDB commit {commit_s * per_scrape:.0f} ms; one node's {lines}-line body parses in {small_us:.0f} µs")
     print(f"factory page read, 25,000 GPUs x 1 h at 15 s ({page_rows:,} rows): {range_s:.2f} s sorted with labels on every row "
           f"(`range`), {arrays_s:.2f} s unsorted with labels once per series (`range_arrays`)")
     print(f"latest value per series, 100,000 GPUs ({latest_rows:,} rows): {latest_s:.3f} s")
