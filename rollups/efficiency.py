@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from rollups.counters import counter_increments, power_integral
-from telemetry.store import Store, open_store
+from telemetry.store import Store, StoreError, open_store
 
 HPL_TABLE = "hpl_efficiency"
 TOP500_TABLE = "top500-2024-11-eurohpc.csv"
@@ -315,6 +315,16 @@ def record_efficiency(store: Store, e: Efficiency, factory: str, system: str) ->
                          "rmax_gflops": d["rmax_gflops"], "gflops_per_watt": d["gflops_per_watt"], "system_power_kw": d["system_power_kw"],
                          "eehpc_level": d["eehpc_level"], "why_not_next_level": "; ".join(d["why_not_next_level"])}])
     store.replace_rows(HPL_TABLE, e.measurement.core_start_ms, row)
+
+
+def measured_runs(store: Store, start_ms: int, end_ms: int) -> list[dict]:
+    """The runs `record_efficiency` kept whose core phase started in [start_ms, end_ms) (the league's measured rows);
+    none on a store that keeps no derived tables (Prometheus, VictoriaMetrics)."""
+    try:
+        runs = store.read_rows(HPL_TABLE, start_ms, end_ms)
+    except StoreError:
+        return []
+    return runs.to_dict(orient="records") if len(runs) else []
 
 
 def format_efficiency(e: Efficiency, fmt: str) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from rollups.efficiency import HPL_TABLE, TOP500_SOURCE, league_table
+from rollups.efficiency import TOP500_SOURCE, league_table, measured_runs
 from rollups.energy import JOB_KEYS, EnergyRollup, carbon_source, summarise
 from rollups.hourly import HOUR_MS, NODE_TABLE, SETTLE_MS, SITE_COLUMNS, SITE_TABLE, TABLE, hour_rows
 from telemetry.inventory import Inventory
@@ -101,7 +101,7 @@ def build_monthly_report(store: Store, inventory: Inventory, month: str, now_ms:
           for key in ("total", "factory", "access_mode", "sector", "project")}
     progress("energy grouped")
     daily = _daily_power(site, gpu, inventory)
-    league = league_table(_measured_runs(store, start_ms, end_ms))
+    league = league_table(measured_runs(store, start_ms, end_ms))
     progress("daily power and league")
     total = by["total"]
     provenance = {
@@ -173,14 +173,6 @@ def _daily_power(site: pd.DataFrame, gpu: pd.DataFrame, inventory: Inventory) ->
     daily["cap_mw"] = daily["factory"].map(caps)
     daily["peak_share_of_cap"] = daily["peak_hour_mw"] / daily["cap_mw"]
     return daily
-
-
-def _measured_runs(store: Store, start_ms: int, end_ms: int) -> list[dict]:
-    try:
-        runs = store.read_rows(HPL_TABLE, start_ms, end_ms)
-    except StoreError:
-        return []
-    return runs.to_dict(orient="records") if len(runs) else []
 
 
 # -- output --------------------------------------------------------------------------------------

@@ -14,11 +14,9 @@ from dash import Input, Output, dcc, html
 from dashboard.accounting import MonthEnergy, month_energy, months_with_data
 from dashboard.pages import EVERYONE, GRAPH_CONFIG, PageContext, query_string, timed, utc
 from dashboard.panels import factory_status
-from rollups.efficiency import TOP500_SOURCE, league_table
+from rollups.efficiency import TOP500_SOURCE, league_table, measured_runs
 from rollups.energy import UNALLOCATED
-from rollups.monthly_report import HPL_TABLE
 from telemetry.inventory import Inventory
-from telemetry.store import Store, StoreError
 
 PATH = "/efficiency"
 TITLE = "Efficiency"
@@ -60,21 +58,12 @@ def register(app: dash.Dash, ctx: PageContext) -> None:
     def refresh(_n: int | None, month: str):
         with timed(ctx, PREFIX, "refresh"):
             now_ms = int(time.time() * 1000)
-            league = league_table(measured_runs(ctx.store, now_ms))
+            league = league_table(measured_runs(ctx.store, 0, now_ms + 1))  # every run so far
             energy = month_energy(ctx.store, ctx.inventory, month, now_ms)
             per_factory = factory_efficiency(energy, ctx.inventory, factory_status(ctx.store, ctx.inventory, now_ms))
             out = (league_figure(league), _pue_figure(per_factory, month), _per_gpu_hour_figure(per_factory, month),
                    _table(per_factory, month), f"Updated {utc(now_ms)}. League: {TOP500_SOURCE}.")
         return (*out, ctx.timings.interval_ms(PREFIX, max(ctx.refresh_s, REFRESH_S)))
-
-
-def measured_runs(store: Store, now_ms: int) -> list[dict]:
-    """HPL runs recorded in the store (every one so far); none on a store that keeps no derived tables."""
-    try:
-        runs = store.read_rows(HPL_TABLE, 0, now_ms + 1)
-    except StoreError:
-        return []
-    return runs.to_dict(orient="records") if len(runs) else []
 
 
 def factory_efficiency(energy: MonthEnergy, inventory: Inventory, status: pd.DataFrame) -> pd.DataFrame:
