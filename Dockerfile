@@ -2,15 +2,20 @@
 FROM python:3.11-slim
 RUN useradd --system --create-home --home-dir /var/lib/aifmon aifmon
 WORKDIR /opt/aifmon
-COPY pyproject.toml README.md aifmon.py ./
+COPY pyproject.toml README.md ./
+# aifmon/ links the part folders in as aifmon.exporters, aifmon.ingest, …: copy both
+COPY aifmon ./aifmon
 COPY telemetry ./telemetry
 COPY exporters ./exporters
+COPY ingest ./ingest
+COPY stores ./stores
 COPY rollups ./rollups
 COPY alerts ./alerts
 COPY dashboard ./dashboard
+COPY deploy ./deploy
 # The data and generated-configuration folders belong to aifmon, so the named volumes compose mounts on
 # them start owned by aifmon (Docker copies the image folder's owner into a new volume).
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir '.[site]' \
     && mkdir -p /var/lib/aifmon/data /etc/aifmon/generated \
     && chown aifmon /var/lib/aifmon/data /etc/aifmon/generated
 USER aifmon

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from telemetry.inventory import Inventory, format_problem, validate_yaml
+from aifmon.telemetry.inventory import Inventory, format_problem, validate_yaml
 
 SCOPES = ("factory", "system", "node", "gpu", "project")
 _DURATION = re.compile(r"^(-?)(\d+(?:\.\d+)?)(ms|s|m|h|d)$")

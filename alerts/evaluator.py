@@ -1,7 +1,7 @@
 """The embedded evaluator: every `evaluation_interval` it measures every rule over the store, moves each
 alert through pending → firing → resolved, saves that state, and notifies.
 
-Semantics (the same as the exported Prometheus rules, see `alerts.prometheus`):
+Semantics (the same as the exported Prometheus rules, see `aifmon.alerts.prometheus`):
 - A rule is *met* when its share reaches the threshold (breached: exceeds it). An alert is pending
   from the first evaluation where it is met and fires at the first evaluation at least `for` later; a
   pending alert that stops being met is dropped silently.
@@ -32,20 +32,20 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from alerts.config import AlertConfig, AlertRulesError, format_duration, load_alert_config
-from alerts.notify import Notice, Notifier, NotifierStats, build_notifiers, deliver, fingerprint
-from alerts.rules import Rule, build_rules
-from rollups.energy import energy_rollup
-from rollups.hourly import TABLE as HOURLY_TABLE
-from telemetry.inventory import Inventory
-from telemetry.power import facility_power, sum_by_factory
-from telemetry.store import Store, StoreError
+from aifmon.alerts.config import AlertConfig, AlertRulesError, format_duration, load_alert_config
+from aifmon.alerts.notify import Notice, Notifier, NotifierStats, build_notifiers, deliver, fingerprint
+from aifmon.alerts.rules import Rule, build_rules
+from aifmon.rollups.energy import energy_rollup
+from aifmon.rollups.hourly import TABLE as HOURLY_TABLE
+from aifmon.stores.store import Store, StoreError
+from aifmon.telemetry.inventory import Inventory
+from aifmon.telemetry.power import facility_power, sum_by_factory
 
 _COUNTER_BUDGET_REFRESH_S = 900.0
 
@@ -335,8 +335,8 @@ class AlertEvaluator:
         refresh_s = self.budget_refresh_s if self._budget_from_rollups else max(self.budget_refresh_s, _COUNTER_BUDGET_REFRESH_S)
         if self._budget_cache and now_ms - self._budget_cache[0] < refresh_s * 1000:
             return self._budget_cache[1]
-        now = datetime.fromtimestamp(now_ms / 1000, timezone.utc)
-        month_start = int(datetime(now.year, now.month, 1, tzinfo=timezone.utc).timestamp() * 1000)
+        now = datetime.fromtimestamp(now_ms / 1000, UTC)
+        month_start = int(datetime(now.year, now.month, 1, tzinfo=UTC).timestamp() * 1000)
         try:
             rows = self.store.read_rows(HOURLY_TABLE, month_start, now_ms + 1)
             energy = rows.groupby("project")["energy_j"].sum() if not rows.empty else pd.Series(dtype=float)

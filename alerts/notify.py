@@ -19,12 +19,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
 
-from alerts.config import NotifierConfig
+from aifmon.alerts.config import NotifierConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def fingerprint(labels: dict[str, str]) -> str:
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Notifier(Protocol):

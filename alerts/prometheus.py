@@ -19,9 +19,9 @@ from collections import defaultdict
 
 import yaml
 
-from alerts.config import AlertConfig, format_duration
-from alerts.rules import Rule, build_rules
-from telemetry.inventory import Inventory
+from aifmon.alerts.config import AlertConfig, format_duration
+from aifmon.alerts.rules import Rule, build_rules
+from aifmon.telemetry.inventory import Inventory
 
 _MONTH = '(count_values("year", year()) * on() group_left(month) count_values("month", month()))'
 _PROJECT_ENERGY = "aif:project_gpu_energy_joules:increase1m"

@@ -1,7 +1,7 @@
 """The concrete alert rules of one site: every factory, system, node group, GPU partition and project of
 the inventory, with the thresholds the alert rules file gives each.
 
-The embedded evaluator (`alerts.evaluator`) and the Prometheus rule file (`alerts.prometheus`) are both
+The embedded evaluator (`aifmon.alerts.evaluator`) and the Prometheus rule file (`aifmon.alerts.prometheus`) are both
 built from this one list, so the two judge the same numbers against the same thresholds.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from alerts.config import AlertConfig, format_duration
-from telemetry.inventory import Factory, Inventory, NodeGroup
+from aifmon.alerts.config import AlertConfig, format_duration
+from aifmon.telemetry.inventory import Factory, Inventory, NodeGroup
 
 POWER_LEVELS = (
     # level, alert name, severity, strictly above the threshold

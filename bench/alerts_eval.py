@@ -25,13 +25,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alerts.evaluator import AlertEvaluator  # noqa: E402
-from alerts.rules import build_rules  # noqa: E402
-from rollups.hourly import TABLE as HOURLY  # noqa: E402
-from telemetry.duckdb_store import DuckDBStore  # noqa: E402
-from telemetry.inventory import Inventory, Project, load_inventory, nodes_of  # noqa: E402
-from telemetry.schema import THROTTLE_REASONS  # noqa: E402
-from telemetry.store import series_key  # noqa: E402
+from aifmon.alerts.evaluator import AlertEvaluator
+from aifmon.alerts.rules import build_rules
+from aifmon.rollups.hourly import TABLE as HOURLY
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import series_key
+from aifmon.telemetry.inventory import Inventory, Project, load_inventory, nodes_of
+from aifmon.telemetry.schema import THROTTLE_REASONS
 
 SCRAPE_S, SCRAPES = 5, 12
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from telemetry.inventory import load_inventory  # noqa: E402
+from aifmon.telemetry.inventory import load_inventory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 AI_FACTORY_GPUS, AI_FACTORY_GPUS_PER_NODE = 25_000, 4

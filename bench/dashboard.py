@@ -35,12 +35,12 @@ import plotly.io as pio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dashboard.app import create_app  # noqa: E402
-from dashboard.panels import factory_power_history, factory_status  # noqa: E402
-from telemetry.duckdb_store import DuckDBStore  # noqa: E402
-from telemetry.inventory import Inventory, nodes_of, parse_inventory  # noqa: E402
-from telemetry.schema import THROTTLE_REASONS  # noqa: E402
-from telemetry.store import series_key  # noqa: E402
+from aifmon.dashboard.app import create_app
+from aifmon.dashboard.panels import factory_power_history, factory_status
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import series_key
+from aifmon.telemetry.inventory import Inventory, nodes_of, parse_inventory
+from aifmon.telemetry.schema import THROTTLE_REASONS
 
 SCRAPE_S, SCRAPES = 5, 3
 SITES = [("gf-north", "North Gigafactory", "FI", 64.2, 27.7), ("gf-west", "West Gigafactory", "FR", 48.7, 2.2),

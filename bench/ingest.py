@@ -32,14 +32,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporters.sim import SimExporter  # noqa: E402
-from exporters.simulation import FactorySimulation  # noqa: E402
-from telemetry.duckdb_store import DuckDBStore  # noqa: E402
-from telemetry.parser import parse_exposition  # noqa: E402
-from telemetry.inventory import parse_inventory  # noqa: E402
-from telemetry.series_index import SeriesIndex  # noqa: E402
-from telemetry.store import series_key  # noqa: E402
-
+from aifmon.exporters.sim import SimExporter
+from aifmon.exporters.simulation import FactorySimulation
+from aifmon.ingest.parser import parse_exposition
+from aifmon.ingest.series_index import SeriesIndex
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import series_key
+from aifmon.telemetry.inventory import parse_inventory
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ingest.json"
 

@@ -30,12 +30,12 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from exporters.http import serve_exposition  # noqa: E402
-from exporters.node import NodeExporter  # noqa: E402
-from exporters.nvml_source import NvmlSource  # noqa: E402
-from exporters.rapl import RaplSource  # noqa: E402
-from exporters.slurm_jobs import JobMappings  # noqa: E402
-from telemetry.schema import BY_NAME  # noqa: E402
+from aifmon.exporters.http import serve_exposition  # noqa: E402
+from aifmon.exporters.node import NodeExporter  # noqa: E402
+from aifmon.exporters.nvml_source import NvmlSource  # noqa: E402
+from aifmon.exporters.rapl import RaplSource  # noqa: E402
+from aifmon.exporters.slurm_jobs import JobMappings  # noqa: E402
+from aifmon.telemetry.schema import BY_NAME  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.fake_nvml import h100_node  # noqa: E402
 from tests.node_fixtures import Powercap  # noqa: E402
@@ -47,7 +47,7 @@ class SameMetricsCollector:
     def __init__(self, families: list) -> None:
         self.families = families  # (name, type, help, [(labels dict, value)]) parsed from our own output
 
-    def collect(self):  # noqa: ANN201 (prometheus-client's protocol)
+    def collect(self):
         for name, mtype, help_text, series in self.families:
             base = name[: -len("_total")] if mtype == "counter" else name
             labels = list(series[0][0])

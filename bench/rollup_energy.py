@@ -51,15 +51,15 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rollups.energy import UNALLOCATED, energy_rollup  # noqa: E402
-from rollups.hourly import NODE_TABLE, SITE_COLUMNS, SITE_TABLE, TABLE, rollup_hour  # noqa: E402
-from rollups.monthly_report import build_monthly_report, write_monthly_report  # noqa: E402
-from telemetry.duckdb_store import DuckDBStore  # noqa: E402
-from telemetry.inventory import ACCESS_MODES, SECTORS, parse_inventory  # noqa: E402
-from telemetry.openmetrics import export_openmetrics, import_openmetrics  # noqa: E402
-from telemetry.store import SeriesSamples, open_store, series_key  # noqa: E402
-from tests.conftest import require_binary  # noqa: E402
-from tests.servers import prometheus, victoria_metrics  # noqa: E402
+from aifmon.ingest.openmetrics import export_openmetrics, import_openmetrics
+from aifmon.rollups.energy import UNALLOCATED, energy_rollup
+from aifmon.rollups.hourly import NODE_TABLE, SITE_COLUMNS, SITE_TABLE, TABLE, rollup_hour
+from aifmon.rollups.monthly_report import build_monthly_report, write_monthly_report
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import SeriesSamples, open_store, series_key
+from aifmon.telemetry.inventory import ACCESS_MODES, SECTORS, parse_inventory
+from tests.conftest import require_binary
+from tests.servers import prometheus, victoria_metrics
 
 H = 3_600_000
 STEP_MS = 15_000

@@ -39,12 +39,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.ingest import free_port  # noqa: E402
-from dashboard.panels import factory_status  # noqa: E402
-from rollups.energy import energy_rollup  # noqa: E402
-from telemetry.inventory import parse_inventory  # noqa: E402
-from telemetry.prometheus_config import write_prometheus_config  # noqa: E402
-from telemetry.store import open_store  # noqa: E402
+from aifmon.dashboard.panels import factory_status
+from aifmon.deploy.prometheus_config import write_prometheus_config
+from aifmon.rollups.energy import energy_rollup
+from aifmon.stores.store import open_store
+from aifmon.telemetry.inventory import parse_inventory
+from bench.ingest import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale_test.json"
 SIMS = 4  # simulator processes per step: Prometheus scrapes 4 targets in parallel, as it would many nodes

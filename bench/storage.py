@@ -1,7 +1,7 @@
 """Storage benchmark: bytes on disk per sample, per backend, for aifmon's series at 1 s and 15 s.
 
 One simulated factory's history (`--gpus` GPUs; `--minutes` of it at each interval) is written by
-`exporters.backfill` into aifmon's embedded DuckDB store, exported from it as OpenMetrics
+`aifmon.exporters.backfill` into aifmon's embedded DuckDB store, exported from it as OpenMetrics
 (`aifmon store export`'s code), and loaded from that file into
   - Prometheus TSDB blocks: `promtool tsdb create-blocks-from openmetrics` (compacted blocks, as
     Prometheus keeps data older than 2 h; its WAL for the last 2 h is not counted);
@@ -30,12 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.ingest import factory_inventory, free_port  # noqa: E402
-from exporters.backfill import backfill  # noqa: E402
-from exporters.simulation import FactorySimulation  # noqa: E402
-from telemetry.duckdb_store import DuckDBStore  # noqa: E402
-from telemetry.openmetrics import export_openmetrics, import_openmetrics  # noqa: E402
-from telemetry.store import open_store  # noqa: E402
+from aifmon.exporters.backfill import backfill
+from aifmon.exporters.simulation import FactorySimulation
+from aifmon.ingest.openmetrics import export_openmetrics, import_openmetrics
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import open_store
+from bench.ingest import factory_inventory, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "storage.json"
 VM_SETTLE_S = 20.0  # VictoriaMetrics merges freshly flushed parts in the background; sizes settle within seconds

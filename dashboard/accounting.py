@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
-from rollups.energy import JOB_KEYS, EnergyRollup, compute_ledger, summarise
-from rollups.hourly import HOUR_MS, NODE_TABLE, SITE_COLUMNS, SITE_TABLE, TABLE
-from telemetry.inventory import Inventory
-from telemetry.store import Store, StoreError
+from aifmon.rollups.energy import JOB_KEYS, EnergyRollup, compute_ledger, summarise
+from aifmon.rollups.hourly import HOUR_MS, NODE_TABLE, SITE_COLUMNS, SITE_TABLE, TABLE
+from aifmon.stores.store import Store, StoreError
+from aifmon.telemetry.inventory import Inventory
 
 MAX_COMPUTED_HOURS = 3
 """Hours without a rollup computed per read (each reads that hour's raw samples of every GPU)."""
@@ -38,14 +38,14 @@ class MonthEnergy:
     hours_missing: int
 
     def by(self, inventory: Inventory, key: str) -> EnergyRollup:
-        """Group by `key` (project, access_mode, sector, factory, ...) with `rollups.energy.summarise`."""
+        """Group by `key` (project, access_mode, sector, factory, ...) with `aifmon.rollups.energy.summarise`."""
         return summarise(self.jobs, self.sites, inventory, key, self.start_ms, self.end_ms)
 
 
 def month_bounds(month: str) -> tuple[int, int]:
     """[start, end) of calendar month `YYYY-MM` in UTC, ms since the epoch."""
     try:
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=timezone.utc)
+        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
     except ValueError:
         raise ValueError(f"month {month!r}: expected YYYY-MM") from None
     end = start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)

@@ -10,13 +10,13 @@ from types import ModuleType
 import dash
 from dash import Input, Output, State, dcc, html
 
-from alerts.evaluator import state_path_for
-from dashboard.auth import Users, install
-from dashboard.pages import PageContext, budgets, efficiency, factories, factory, parse_query, projects, reports
-from dashboard.pages import alerts as alerts_page
-from telemetry.config import is_loopback, parse_listen
-from telemetry.inventory import Inventory
-from telemetry.store import Store
+from aifmon.alerts.evaluator import state_path_for
+from aifmon.dashboard.auth import Users, install
+from aifmon.dashboard.pages import PageContext, budgets, efficiency, factories, factory, parse_query, projects, reports
+from aifmon.dashboard.pages import alerts as alerts_page
+from aifmon.stores.store import Store
+from aifmon.telemetry.config import is_loopback, parse_listen
+from aifmon.telemetry.inventory import Inventory
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def create_app(store: Store, inventory: Inventory, refresh_s: float = 5.0, users
                reports_dir: Path = DEFAULT_REPORTS_DIR) -> dash.Dash:
     """A Dash app reading `store`; `refresh_s` is the live pages' refresh period in seconds.
 
-    With `users`, every request needs a signed-in user whose role may open the page (see `dashboard.auth`);
+    With `users`, every request needs a signed-in user whose role may open the page (see `aifmon.dashboard.auth`);
     `reports_dir` holds the monthly reports, one folder per month (`aifmon report monthly --out DIR/YYYY-MM`).
     """
     app = dash.Dash(
@@ -76,7 +76,7 @@ def create_app(store: Store, inventory: Inventory, refresh_s: float = 5.0, users
     @app.callback(Output("page", "children"), Input("url", "pathname"), State("url", "search"))
     def route(pathname: str | None, search: str | None):
         # Only the path re-renders a page; a page's own controls rewrite the query string without a reload.
-        page = next((p for p in PAGES if p.PATH == (pathname or "/")), None)
+        page = next((p for p in PAGES if (pathname or "/") == p.PATH), None)
         if page is None:
             return html.Div([html.H1("No such page"), html.P(f"{pathname} is not a page of this dashboard."), dcc.Link("Overview", href="/")])
         if role() not in page.ROLES:

@@ -9,7 +9,7 @@ variable `AIFMON_DASHBOARD_USERS`; passwords are stored only as bcrypt hashes:
 
     AIFMON_DASHBOARD_USERS='alice:operator:$2b$12$...,board-chair:board:$2b$12$...'
 
-Make a hash with `python -m dashboard.auth` (asks for the password twice, prints the hash).
+Make a hash with `python -m aifmon.dashboard.auth` (asks for the password twice, prints the hash).
 Roles: `operator` opens every page; `board` the overview, projects, efficiency and reports.
 
 Sign-in is a form that sets a signed session cookie (Flask's), so every page, callback and download
@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from telemetry.passwords import BcryptChecker
+from aifmon.telemetry.passwords import BcryptChecker
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _entry(source: str, user: str, role: object, hashed: object) -> tuple[str, t
         raise UsersError(f"{source}: user {user!r}: role {role!r}; expected one of {', '.join(ROLES)}")
     if not isinstance(hashed, str) or not hashed.startswith(_HASH_PREFIXES):
         raise UsersError(f"{source}: user {user!r}: expected a bcrypt hash ($2b$...), never a plain password; "
-                         "make one with `python -m dashboard.auth`")
+                         "make one with `python -m aifmon.dashboard.auth`")
     return user, (str(role), hashed.encode())
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from telemetry.inventory import Factory, nodes_of
-from telemetry.power import facility_power
-from telemetry.store import Store
+from aifmon.stores.store import Store
+from aifmon.telemetry.inventory import Factory, nodes_of
+from aifmon.telemetry.power import facility_power
 
 LIVE_LOOKBACK_S = 60.0
 """How old a sample may be and still count as live, s (a few scrape intervals)."""
@@ -84,7 +84,7 @@ def gpu_grid(factory: Factory, aspect: float = 2.0) -> GpuGrid:
     Walks every node of the inventory: callers keep the result (`factory_live` takes it)."""
     nodes = [n for n in nodes_of(factory) if n.gpus > 0]
     width = max((n.gpus for n in nodes), default=1)
-    per_row = max(1, int(round(np.sqrt(aspect * len(nodes) / width)))) if nodes else 1
+    per_row = max(1, round(np.sqrt(aspect * len(nodes) / width))) if nodes else 1
     per_row = min(per_row, max(1, len(nodes)))
     rows = max(1, -(-len(nodes) // per_row))
     names = tuple(n.name for n in nodes)

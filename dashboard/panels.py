@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pandas as pd
 
-from telemetry.inventory import Inventory
-from telemetry.power import BREACHED, CRITICAL, WARNING, facility_power
-from telemetry.power import sum_by_factory as _sum_by_factory
-from telemetry.store import Store
+from aifmon.stores.store import Store
+from aifmon.telemetry.inventory import Inventory
+from aifmon.telemetry.power import BREACHED, CRITICAL, WARNING, facility_power
+from aifmon.telemetry.power import sum_by_factory as _sum_by_factory
 
 __all__ = ["BREACHED", "CRITICAL", "WARNING", "facility_energy", "factory_power_history", "factory_status", "format_energy",
            "format_watts", "level_of"]

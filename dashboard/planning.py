@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from telemetry.gpu_models import GPU_MODELS
-from telemetry.inventory import Factory, Inventory
+from aifmon.telemetry.gpu_models import GPU_MODELS
+from aifmon.telemetry.inventory import Factory, Inventory
 
 GIGAFACTORY_BUDGETS_MW = (100.0, 150.0)
 """The seed's AI Gigafactory power envelope: 100-150 MW per site."""

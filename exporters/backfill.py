@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from exporters.sim import JOB_INFO, SimFamilies
-from exporters.simulation import FactorySimulation, Job
-from telemetry.collector import target_labels
-from telemetry.store import Store, series_key
+from aifmon.exporters.sim import JOB_INFO, SimFamilies
+from aifmon.exporters.simulation import FactorySimulation, Job
+from aifmon.ingest.collector import target_labels
+from aifmon.stores.store import Store, series_key
 
 _WRITE_EVERY = 30  # snapshots per transaction: few commits, bounded memory
 

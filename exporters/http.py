@@ -10,9 +10,9 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from exporters.web_config import WebConfig
-from telemetry.config import parse_listen
-from telemetry.exposition import CONTENT_TYPE
+from aifmon.exporters.web_config import WebConfig
+from aifmon.telemetry.config import parse_listen
+from aifmon.telemetry.exposition import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def serve_exposition(listen: str, body: Callable[[], bytes], title: str, web: We
             if isinstance(self.request, ssl.SSLSocket):
                 self.request.do_handshake()  # here, in the connection's thread, not in the accept loop
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             if users and not self._authorised():
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="aifmon"')
@@ -74,7 +74,7 @@ def serve_exposition(listen: str, body: Callable[[], bytes], title: str, web: We
     class Server(ThreadingHTTPServer):
         daemon_threads = True
 
-        def handle_error(self, request, client_address) -> None:  # noqa: ANN001 (socketserver's signature)
+        def handle_error(self, request, client_address) -> None:
             # a failed TLS handshake or a client gone mid-reply: not worth a traceback on stderr
             log.debug("connection from %s failed", client_address[0], exc_info=True)
 

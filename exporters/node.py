@@ -24,13 +24,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from exporters.hwmon import HwmonSource
-from exporters.nvml_source import THROTTLE_BITS, Gpu, NvmlSource
-from exporters.rapl import RaplSource
-from exporters.redfish import RedfishError, RedfishPower
-from exporters.slurm_jobs import JobMappings
-from telemetry.exposition import label_text, render_family
-from telemetry.schema import BY_NAME, Metric
+from aifmon.exporters.hwmon import HwmonSource
+from aifmon.exporters.nvml_source import THROTTLE_BITS, Gpu, NvmlSource
+from aifmon.exporters.rapl import RaplSource
+from aifmon.exporters.redfish import RedfishError, RedfishPower
+from aifmon.exporters.slurm_jobs import JobMappings
+from aifmon.telemetry.exposition import label_text, render_family
+from aifmon.telemetry.schema import BY_NAME, Metric
 
 log = logging.getLogger(__name__)
 

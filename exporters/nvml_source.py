@@ -16,6 +16,7 @@ MIG instance UUIDs are resolved to their parent GPU for Slurm job attribution on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -26,8 +27,8 @@ from typing import Any
 
 import pynvml
 
-from exporters.timebox import CallTimeout, TimeBox
-from telemetry.schema import THROTTLE_REASONS
+from aifmon.exporters.timebox import CallTimeout, TimeBox
+from aifmon.telemetry.schema import THROTTLE_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -231,10 +232,8 @@ class NvmlSource:
     def _init(self, now: float) -> None:
         self._last_init_attempt = now
         if self._gpus:  # a re-initialisation (after a driver reload, say): drop the old session first
-            try:
+            with contextlib.suppress(pynvml.NVMLError, CallTimeout):  # the old session may be gone: nothing to release
                 self.box.call(self.lib.nvmlShutdown)
-            except (pynvml.NVMLError, CallTimeout):
-                pass  # the old session is already gone; nothing to release
         try:
             self.box.call(self.lib.nvmlInit)
             found = self.box.call(self._enumerate)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporters.sysfs_energy import EnergyCounter
+from aifmon.exporters.sysfs_energy import EnergyCounter
 
 log = logging.getLogger(__name__)
 

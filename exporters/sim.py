@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 
-from exporters.simulation import FactorySimulation, Job, Snapshot
-from telemetry.exposition import label_text, render_family
-from telemetry.schema import BY_NAME, THROTTLE_REASONS, Metric
+from aifmon.exporters.simulation import FactorySimulation, Job, Snapshot
+from aifmon.telemetry.exposition import label_text, render_family
+from aifmon.telemetry.schema import BY_NAME, THROTTLE_REASONS, Metric
 
 log = logging.getLogger(__name__)
 

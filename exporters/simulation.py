@@ -12,6 +12,7 @@ exactly: the backfill and the live simulator of `make up` produce one continuous
 
 from __future__ import annotations
 
+import itertools
 import math
 import uuid
 import zlib
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from telemetry.inventory import Factory, Project, nodes_of
+from aifmon.telemetry.inventory import Factory, Project, nodes_of
 
 # Job profiles: how a job loads its GPUs.
 IDLE, TRAIN, INFERENCE, HPL, DEVELOP = 0, 1, 2, 3, 4
@@ -180,7 +181,7 @@ class FactorySimulation:
         project, nodes, gpus, duration = self._draw_job_shape(self._rng)
         weights = np.array(_MODE_PROFILES[project.access_mode])
         profile = 1 + int(self._rng.choice(4, p=weights / weights.sum()))
-        start = int(math.ceil((t_arrival - self.epoch) / self.step_s))
+        start = math.ceil((t_arrival - self.epoch) / self.step_s)
         end = start + max(1, int(duration / self.step_s))
         free = self._gpu_free_tick <= start
         chosen = self._place(free, nodes, gpus)
@@ -280,7 +281,7 @@ class FactorySimulation:
 
     # -- time ------------------------------------------------------------------------------------
     def tick_of(self, t: float) -> int:
-        return int(math.floor((t - self.epoch) / self.step_s + 1e-9))
+        return math.floor((t - self.epoch) / self.step_s + 1e-9)
 
     def snapshot(self, t: float) -> Snapshot:
         """Every reading at time t (unix seconds; not before the tick of the previous snapshot)."""
@@ -289,7 +290,7 @@ class FactorySimulation:
     def snapshots(self, times: Sequence[float]) -> Iterator[Snapshot]:
         """Snapshots at non-decreasing times, evaluating every tick once, in blocks (fast backfill)."""
         ticks = [self.tick_of(t) for t in times]
-        if ticks and (ticks[0] < self._tick or any(b < a for a, b in zip(ticks, ticks[1:]))):
+        if ticks and (ticks[0] < self._tick or any(b < a for a, b in itertools.pairwise(ticks))):
             raise ValueError(f"times must not decrease nor go before the simulation's state (tick {self._tick})")
         i = 0
         block = max(1, _BLOCK_CELLS // max(1, self.gpu_count))

@@ -32,7 +32,7 @@ class _Worker:
             fn, args, done, box, on_late = job
             try:
                 box.append((True, fn(*args)))
-            except BaseException as e:  # noqa: BLE001 (handed to the caller, who decides)
+            except BaseException as e:
                 box.append((False, e))
             done.set()
             if getattr(done, "abandoned", False):  # set, under the box's lock, only before done was set

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from telemetry.passwords import BcryptChecker
+from aifmon.telemetry.passwords import BcryptChecker
 
 _TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"}
 _CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
@@ -83,7 +83,7 @@ def _ssl_context(path: str, tls: object) -> ssl.SSLContext:
         if not tls.get(key):
             raise ValueError(f"web config {path}: tls_server_config.{key} is required")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = _VERSIONS.get(tls.get("min_version", "TLS12"), None) or _bad(path, "min_version", _VERSIONS)
+    ctx.minimum_version = _VERSIONS.get(tls.get("min_version", "TLS12")) or _bad(path, "min_version", _VERSIONS)
     try:
         ctx.load_cert_chain(tls["cert_file"], tls["key_file"])
     except (OSError, ssl.SSLError) as e:

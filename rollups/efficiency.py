@@ -34,8 +34,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from rollups.counters import counter_increments, power_integral
-from telemetry.store import Store, StoreError, open_store
+from aifmon.rollups.counters import counter_increments, power_integral
+from aifmon.stores.store import Store, StoreError, open_store
 
 HPL_TABLE = "hpl_efficiency"
 TOP500_TABLE = "top500-2024-11-eurohpc.csv"
@@ -240,7 +240,7 @@ def league_table(measured: list[dict] | None = None) -> pd.DataFrame:
     """The EuroHPC systems of the TOP500 November 2024 list by GFlops/W of their TOP500 entry, with
     `measured` rows (system, gflops_per_watt, eehpc_level) placed among them. Systems that submitted
     no power figure are listed last, without one."""
-    with (resources.files("telemetry") / "data" / TOP500_TABLE).open(encoding="utf-8") as fh:
+    with (resources.files("aifmon.telemetry") / "data" / TOP500_TABLE).open(encoding="utf-8") as fh:
         rows = [{"system": f"{r['system']} {r['partition']}".strip(), "country": r["country"], "accelerator": r["accelerator"],
                  "top500_rank": int(r["top500_rank"]), "rmax_pflops": float(r["rmax_pflops"]),
                  "power_kw": float(r["power_kw"]) if r["power_kw"] else math.nan,
@@ -296,8 +296,8 @@ def trace_store(trace_file: str | None, store_url: str, read_only: bool = True) 
         finally:
             store.close()
         return
-    from telemetry.duckdb_store import DuckDBStore
-    from telemetry.openmetrics import import_openmetrics
+    from aifmon.ingest.openmetrics import import_openmetrics
+    from aifmon.stores.duckdb_store import DuckDBStore
 
     with tempfile.TemporaryDirectory(prefix="aifmon-trace-") as tmp:
         store = DuckDBStore(Path(tmp) / "trace.duckdb")

@@ -1,6 +1,6 @@
 """Exact energy per job, project, access mode, sector, system, factory, country and EuroHPC total.
 
-Rules (so that every figure can be traced; the counter rules themselves are in `rollups.counters`):
+Rules (so that every figure can be traced; the counter rules themselves are in `aifmon.rollups.counters`):
 - **GPU energy** comes from `aif_gpu_energy_joules_total` increments. A GPU is one stream whatever the
   series it arrives in (HA scrapers, backfill then live: its `factory`, `node`, `gpu` labels), so
   duplicates count once and out-of-order samples are put in order. Counter resets are detected; gaps
@@ -10,7 +10,7 @@ Rules (so that every figure can be traced; the counter rules themselves are in `
   whose `aif_gpu_job_info` sample for that GPU carries the same timestamp as the interval's end (the
   collector stamps one scrape's samples alike). If two jobs ever show on one GPU at once, one is kept (the
   one whose info series the store registered first) so energy is not counted twice.
-- **Attribution, from Slurm accounting** (`sacct` records, see `rollups.slurm_accounting`): an interval
+- **Attribution, from Slurm accounting** (`sacct` records, see `aifmon.rollups.slurm_accounting`): an interval
   belongs to the jobs running on the GPU's node at the interval's end; a job holding k of a node's N
   GPUs gets k/N of each of the node's GPU intervals (sacct does not say which GPUs it held).
 - **Node energy apart from the GPUs** (CPUs, memory, NICs, fans): per node, node energy is the
@@ -31,7 +31,7 @@ Rules (so that every figure can be traced; the counter rules themselves are in `
   price; CO2e = the same kWh x the country's intensity from the shipped table, whose source and year
   travel with every result.
 - **Sources**: `energy_rollup` reads each whole clock hour of its range whose hourly rollup rows have
-  settled (`rollups.hourly`: the hour ended more than the 3 h late window ago) from those rows, and computes
+  settled (`aifmon.rollups.hourly`: the hour ended more than the 3 h late window ago) from those rows, and computes
   the rest (partial first and last hours, hours not rolled up or still open to late data) from samples;
   with job-info attribution and the rollups' `max_gap_s` only, since sacct records or another gap limit ask
   a different question. The figures are the raw path's, to float rounding, because a range's figures are
@@ -52,10 +52,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from rollups.counters import Intervals, counter_increments, power_integral
-from rollups.slurm_accounting import JobAllocation
-from telemetry.inventory import Inventory, carbon_intensity_table
-from telemetry.store import SeriesSamples, Store
+from aifmon.rollups.counters import Intervals, counter_increments, power_integral
+from aifmon.rollups.slurm_accounting import JobAllocation
+from aifmon.stores.store import SeriesSamples, Store
+from aifmon.telemetry.inventory import Inventory, carbon_intensity_table
 
 ENERGY_METRIC = "aif_gpu_energy_joules_total"
 GPU_POWER_METRIC = "aif_gpu_power_watts"
@@ -511,7 +511,7 @@ def energy_rollup(store: Store, inventory: Inventory, start_ms: int, end_ms: int
     """Energy, GPU-hours, average power, cost and CO2e per group over [start_ms, end_ms] (rules: module docstring).
 
     With `from_hourly`, the whole clock hours of the range whose hourly rollup rows are settled
-    (`rollups.hourly.settled_hours`, as of `now_ms`, default now) are read from those rows, and only the rest
+    (`aifmon.rollups.hourly.settled_hours`, as of `now_ms`, default now) are read from those rows, and only the rest
     (the range's partial first and last hours, hours not rolled up or still open to late data) is computed
     from samples: the same figures, to float rounding, at a fraction of the cost. Only where the rows answer
     the same question: attribution from job info, and `max_gap_s` the rollups'. `notes` say how many hours
@@ -524,7 +524,7 @@ def energy_rollup(store: Store, inventory: Inventory, start_ms: int, end_ms: int
     hours: list[int] = []
     stored: list[tuple[pd.DataFrame, pd.DataFrame]] = []
     if from_hourly and accounting is None and max_gap_s == DEFAULT_MAX_GAP_S:
-        from rollups.hourly import settled_hours  # rollups.hourly imports this module
+        from aifmon.rollups.hourly import settled_hours  # aifmon.rollups.hourly imports this module
 
         hours, jobs, sites = settled_hours(store, start_ms, end_ms, int(time.time() * 1000) if now_ms is None else now_ms)
         stored = [(jobs, sites)] if hours else []

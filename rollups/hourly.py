@@ -1,6 +1,6 @@
 """Incremental hourly rollups: attributed energy per hour, so that month-long reports read aggregates.
 
-Each hour is computed from the samples with the rules of `rollups.energy` and written with
+Each hour is computed from the samples with the rules of `aifmon.rollups.energy` and written with
 `replace_rows` into three derived tables, so running an hour twice leaves the same rows:
 - `gpu_energy_hourly`: (factory, system, job, project, access_mode) -> `energy_j` (GPU, J), `gpu_seconds` (s);
 - `node_energy_hourly`: the same keys -> `node_other_j`, each job's share of its nodes' non-GPU energy (J);
@@ -32,9 +32,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from rollups.energy import DEFAULT_MAX_GAP_S, JOB_KEYS, compute_ledger
-from telemetry.inventory import Inventory
-from telemetry.store import Store, StoreError
+from aifmon.rollups.energy import DEFAULT_MAX_GAP_S, JOB_KEYS, compute_ledger
+from aifmon.stores.store import Store, StoreError
+from aifmon.telemetry.inventory import Inventory
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ SITE_COLUMNS = ["gpu_energy_j", "it_energy_j", "facility_energy_j", "estimated_j
 def rollup_hour(store: Store, hour_start_ms: int, inventory: Inventory | None = None) -> pd.DataFrame:
     """Compute and store one hour; returns its `gpu_energy_hourly` rows (energy_j in J, gpu_seconds in s).
 
-    `inventory` lets GPUs without an energy counter fall back to integrated power (see `rollups.energy`).
+    `inventory` lets GPUs without an energy counter fall back to integrated power (see `aifmon.rollups.energy`).
     """
     jobs, nodes, sites = hour_rows(store, hour_start_ms, inventory)
     store.replace_rows(TABLE, hour_start_ms, jobs)

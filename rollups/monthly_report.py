@@ -1,6 +1,6 @@
 """The governance board's monthly report: report.html, report.pdf, summary.csv and summary.json.
 
-Figures come from the hourly rollup tables (`rollups.hourly`), not raw samples; an hour of the month
+Figures come from the hourly rollup tables (`aifmon.rollups.hourly`), not raw samples; an hour of the month
 that the store has samples for but no rollup yet is computed from the samples in memory (the report
 never writes to the store) and counted in the provenance. Per factory and EuroHPC-wide: GPU and node
 energy, GPU-hours, average power, cost, CO2e, PUE where a facility meter exists, coverage; energy by
@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from rollups.efficiency import TOP500_SOURCE, league_table, measured_runs
-from rollups.energy import JOB_KEYS, EnergyRollup, carbon_source, summarise
-from rollups.hourly import HOUR_MS, NODE_TABLE, SETTLE_MS, SITE_COLUMNS, SITE_TABLE, TABLE, hour_rows
-from telemetry.inventory import Inventory
-from telemetry.store import Store, StoreError
+from aifmon.rollups.efficiency import TOP500_SOURCE, league_table, measured_runs
+from aifmon.rollups.energy import JOB_KEYS, EnergyRollup, carbon_source, summarise
+from aifmon.rollups.hourly import HOUR_MS, NODE_TABLE, SETTLE_MS, SITE_COLUMNS, SITE_TABLE, TABLE, hour_rows
+from aifmon.stores.store import Store, StoreError
+from aifmon.telemetry.inventory import Inventory
 
 SECTIONS = ("EuroHPC summary", "Energy by factory", "Energy by access mode", "Energy by sector", "Top projects",
             "Daily power against cap", "Efficiency league", "Provenance and method")
@@ -52,13 +52,13 @@ class MonthlyReport:
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def month_range(month: str) -> tuple[int, int]:
     """[start, end) of a calendar month `YYYY-MM` in UTC, ms."""
     try:
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=timezone.utc)
+        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
     except ValueError:
         raise ValueError(f"month {month!r}: expected YYYY-MM, e.g. 2025-03") from None
     end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
@@ -84,7 +84,7 @@ def build_monthly_report(store: Store, inventory: Inventory, month: str, now_ms:
                          progress: Callable[[str], None] = lambda step: None) -> MonthlyReport:
     """Gather every figure of the report (no files written). `progress` is called once per step done."""
     start_ms, end_ms = month_range(month)
-    now_ms = int(datetime.now(timezone.utc).timestamp() * 1000) if now_ms is None else now_ms
+    now_ms = int(datetime.now(UTC).timestamp() * 1000) if now_ms is None else now_ms
     gpu, node, site, computed, source = _hourly(store, inventory, start_ms, end_ms, now_ms, progress)
     progress("hourly rollups read")
     jobs = gpu.groupby(JOB_KEYS, as_index=False)[["energy_j", "gpu_seconds"]].sum()
@@ -259,7 +259,7 @@ def _bar(frame: pd.DataFrame, key: str, title: str, first: bool) -> str:
 
 def _plot(fig: go.Figure, first: bool) -> str:
     # plotly.js goes inline once, with the first figure: the file opens offline and in print
-    return fig.to_html(full_html=False, include_plotlyjs=True if first else False, config={"staticPlot": True})
+    return fig.to_html(full_html=False, include_plotlyjs=bool(first), config={"staticPlot": True})
 
 
 def _daily_figure(daily: pd.DataFrame) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from rollups.energy import EnergyRollup
+from aifmon.rollups.energy import EnergyRollup
 
 _COLUMNS = [  # (column, heading with unit, format); columns a rollup lacks (pue outside factory/country/total) are left out
     ("energy_kwh", "GPU energy kWh", "{:,.3f}"),
@@ -34,7 +34,7 @@ def text_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def provenance(r: EnergyRollup) -> dict:

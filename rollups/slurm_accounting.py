@@ -14,7 +14,7 @@ AllocTRES, as written by e.g.
 - GPUs per node = the `gres/gpu` count of AllocTRES / the number of nodes (Slurm allocates GPUs evenly
   across a job's nodes for `--gpus-per-node`, which AI Factories use). sacct does not say which GPUs of a
   shared node a job held, so on a node with N GPUs a job holding k of them is attributed k/N of the
-  energy of each of the node's GPUs while it runs (see `rollups.energy`).
+  energy of each of the node's GPUs while it runs (see `aifmon.rollups.energy`).
 """
 
 from __future__ import annotations

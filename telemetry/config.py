@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 DEFAULT_STORE_URL = "duckdb:///data/aifmon.duckdb"
 DEFAULT_DASHBOARD_LISTEN = "127.0.0.1:8050"
@@ -54,5 +54,5 @@ def parse_time(text: str, now: float | None = None) -> int:
     except ValueError:
         raise ValueError(f"time {text!r} is not understood; use ISO 8601 (2026-11-23T06:00Z), now, -24h or Unix seconds") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)

@@ -1,7 +1,7 @@
 """Prometheus text exposition (format 0.0.4): rendering for the exporters, and label parsing.
 
 Rendering works on whole label and value columns so an exporter renders a factory once per poll.
-Parsing whole bodies is in `telemetry.parser` (it needs Arrow, which an exporter on a node does not).
+Parsing whole bodies is in `aifmon.ingest.parser` (it needs Arrow, which an exporter on a node does not).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from telemetry.schema import Metric
+from aifmon.telemetry.schema import Metric
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

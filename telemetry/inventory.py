@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from telemetry.gpu_models import GPU_MODELS, GpuModel
+from aifmon.telemetry.gpu_models import GPU_MODELS, GpuModel
 
 ACCESS_MODES = (
     "Playground",
@@ -216,7 +216,7 @@ DEMO_INVENTORY = "demo-inventory.yaml"
 
 
 def demo_inventory_path() -> Path:
-    return Path(str(resources.files("telemetry") / "data" / DEMO_INVENTORY))
+    return Path(str(resources.files("aifmon.telemetry") / "data" / DEMO_INVENTORY))
 
 
 def load_inventory(path: str | Path | None = None) -> Inventory:
@@ -371,7 +371,7 @@ class CarbonIntensity:
 
 def carbon_intensity_table() -> dict[str, CarbonIntensity]:
     """The shipped per-country carbon intensity table (see telemetry/data/README.md)."""
-    with (resources.files("telemetry") / "data" / CARBON_TABLE).open(encoding="utf-8") as fh:
+    with (resources.files("aifmon.telemetry") / "data" / CARBON_TABLE).open(encoding="utf-8") as fh:
         return {
             r["country"]: CarbonIntensity(r["country"], float(r["gco2e_per_kwh"]), r["source"], int(r["year"]))
             for r in csv.DictReader(fh)

@@ -1,6 +1,6 @@
 """Power against caps, as the dashboard shows it and the alerts judge it: levels and facility power.
 
-Shared by `dashboard.panels` (the live bars) and `alerts` (the rules), so a factory that is red on the
+Shared by `aifmon.dashboard.panels` (the live bars) and `alerts` (the rules), so a factory that is red on the
 page is the factory that pages, by the same figure.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from telemetry.inventory import Factory
+from aifmon.telemetry.inventory import Factory
 
 WARNING, CRITICAL, BREACHED = 0.85, 0.95, 1.00
 """Share of a power cap at which power turns amber (>=), red (>=), and is over its cap (>)."""

@@ -46,7 +46,7 @@ def serving(app, ready_path: str = "/") -> Iterator[str]:
     """Serve a Dash app on a free loopback port in a thread until the block ends; yields its base URL."""
     import threading
 
-    from dashboard.app import make_server
+    from aifmon.dashboard.app import make_server
     from tests.conftest import free_port, wait_for_http
 
     port = free_port()

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from exporters.http import serve_exposition
-from exporters.sim import SimExporter
-from exporters.simulation import FactorySimulation
-from telemetry.inventory import Inventory, parse_inventory
+from aifmon.exporters.http import serve_exposition
+from aifmon.exporters.sim import SimExporter
+from aifmon.exporters.simulation import FactorySimulation
+from aifmon.telemetry.inventory import Inventory, parse_inventory
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 

@@ -69,10 +69,10 @@ class _Memory:
 @dataclass
 class _Event:
     device: _Handle
-    eventType: int  # noqa: N815 (pynvml's field names)
-    eventData: int  # noqa: N815
-    gpuInstanceId: int = 0xFFFFFFFF  # noqa: N815
-    computeInstanceId: int = 0xFFFFFFFF  # noqa: N815
+    eventType: int
+    eventData: int
+    gpuInstanceId: int = 0xFFFFFFFF
+    computeInstanceId: int = 0xFFFFFFFF
 
 
 class _EventSet:
@@ -172,103 +172,103 @@ class FakeNVML:
                 return g
         raise pynvml.NVMLError_NotFound()
 
-    def nvmlInit(self) -> None:  # noqa: N802 (pynvml's names)
+    def nvmlInit(self) -> None:
         if not self.library_present:
             raise pynvml.NVMLError_LibraryNotFound()
         if not self.driver_loaded:
             raise pynvml.NVMLError_DriverNotLoaded()
         self.initialised = True
 
-    def nvmlShutdown(self) -> None:  # noqa: N802
+    def nvmlShutdown(self) -> None:
         self._enter()
         self.initialised = False
 
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+    def nvmlDeviceGetCount(self) -> int:
         self._enter()
         return len(self.gpus)
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:  # noqa: N802
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
         self._enter()
         if not 0 <= index < len(self.gpus):
             raise pynvml.NVMLError_InvalidArgument()
         return _Handle(self.gpus[index], self.generation)
 
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> _Handle:  # noqa: N802
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> _Handle:
         self._enter()
         g = self._by_uuid(uuid)
         if g.lost:
             raise pynvml.NVMLError_GpuIsLost()
         return _Handle(g, self.generation)
 
-    def nvmlDeviceGetIndex(self, handle: _Handle) -> int:  # noqa: N802
+    def nvmlDeviceGetIndex(self, handle: _Handle) -> int:
         return self.gpus.index(self._gpu(handle))
 
-    def nvmlDeviceGetUUID(self, handle: _Handle | _MigHandle) -> str:  # noqa: N802
+    def nvmlDeviceGetUUID(self, handle: _Handle | _MigHandle) -> str:
         if isinstance(handle, _MigHandle):
             self._enter()
             return handle.uuid
         return self._gpu(handle).uuid
 
-    def nvmlDeviceGetName(self, handle: _Handle) -> str:  # noqa: N802
+    def nvmlDeviceGetName(self, handle: _Handle) -> str:
         return self._gpu(handle).name
 
-    def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:  # noqa: N802
+    def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
         return self._check(self._gpu(handle), "nvmlDeviceGetPowerUsage").power_mw
 
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:  # noqa: N802
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:
         return self._check(self._gpu(handle), "nvmlDeviceGetTotalEnergyConsumption").energy_mj
 
-    def nvmlDeviceGetEnforcedPowerLimit(self, handle: _Handle) -> int:  # noqa: N802
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: _Handle) -> int:
         return self._check(self._gpu(handle), "nvmlDeviceGetEnforcedPowerLimit").limit_mw
 
-    def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> _Util:  # noqa: N802
+    def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> _Util:
         g = self._check(self._gpu(handle), "nvmlDeviceGetUtilizationRates")
         if g.mig_uuids:
             raise pynvml.NVMLError_NotSupported()  # as on real GPUs in MIG mode
         return _Util(g.utilization_pct, 20)
 
-    def nvmlDeviceGetMemoryInfo(self, handle: _Handle) -> _Memory:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(self, handle: _Handle) -> _Memory:
         g = self._check(self._gpu(handle), "nvmlDeviceGetMemoryInfo")
         return _Memory(80 * 2**30, 80 * 2**30 - g.memory_used, g.memory_used)
 
-    def nvmlDeviceGetTemperature(self, handle: _Handle, sensor: int) -> int:  # noqa: N802
+    def nvmlDeviceGetTemperature(self, handle: _Handle, sensor: int) -> int:
         assert sensor == pynvml.NVML_TEMPERATURE_GPU
         return self._check(self._gpu(handle), "nvmlDeviceGetTemperature").temperature_c
 
-    def nvmlDeviceGetClockInfo(self, handle: _Handle, clock: int) -> int:  # noqa: N802
+    def nvmlDeviceGetClockInfo(self, handle: _Handle, clock: int) -> int:
         assert clock == pynvml.NVML_CLOCK_SM
         return self._check(self._gpu(handle), "nvmlDeviceGetClockInfo").sm_mhz
 
-    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:  # noqa: N802
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:
         return self._check(self._gpu(handle), "nvmlDeviceGetCurrentClocksEventReasons").throttle
 
-    def nvmlDeviceGetMigMode(self, handle: _Handle) -> tuple[int, int]:  # noqa: N802
+    def nvmlDeviceGetMigMode(self, handle: _Handle) -> tuple[int, int]:
         g = self._check(self._gpu(handle), "nvmlDeviceGetMigMode")
         mode = pynvml.NVML_DEVICE_MIG_ENABLE if g.mig_uuids else pynvml.NVML_DEVICE_MIG_DISABLE
         return mode, mode
 
-    def nvmlDeviceGetMaxMigDeviceCount(self, handle: _Handle) -> int:  # noqa: N802
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: _Handle) -> int:
         self._gpu(handle)
         return 7
 
-    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: _Handle, index: int) -> _MigHandle:  # noqa: N802
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: _Handle, index: int) -> _MigHandle:
         g = self._gpu(handle)
         if index >= len(g.mig_uuids):
             raise pynvml.NVMLError_NotFound()
         return _MigHandle(g, g.mig_uuids[index])
 
-    def nvmlEventSetCreate(self) -> _EventSet:  # noqa: N802
+    def nvmlEventSetCreate(self) -> _EventSet:
         self._enter()
         es = _EventSet()
         self._event_sets.append(es)
         return es
 
-    def nvmlDeviceRegisterEvents(self, handle: _Handle, event_types: int, es: _EventSet) -> None:  # noqa: N802
+    def nvmlDeviceRegisterEvents(self, handle: _Handle, event_types: int, es: _EventSet) -> None:
         g = self._check(self._gpu(handle), "nvmlDeviceRegisterEvents")
         assert event_types == pynvml.nvmlEventTypeXidCriticalError
         es.uuids.add(g.uuid)
 
-    def nvmlEventSetWait_v2(self, es: _EventSet, timeout_ms: int) -> _Event:  # noqa: N802
+    def nvmlEventSetWait_v2(self, es: _EventSet, timeout_ms: int) -> _Event:
         with es.cond:
             if not es.pending:
                 es.cond.wait(timeout_ms / 1000)

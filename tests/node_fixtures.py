@@ -87,7 +87,7 @@ class _RedfishHandler(BaseHTTPRequestHandler):
     auth: str | None
     delay_s: float
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.auth is not None and self.headers.get("Authorization") != self.auth:

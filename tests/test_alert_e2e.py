@@ -6,10 +6,10 @@ import sys
 import threading
 from pathlib import Path
 
-from alerts.evaluator import AlertEvaluator
-from telemetry.collector import Collector, targets_of
-from telemetry.duckdb_store import DuckDBStore
-from telemetry.inventory import load_inventory
+from aifmon.alerts.evaluator import AlertEvaluator
+from aifmon.ingest.collector import Collector, targets_of
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.telemetry.inventory import load_inventory
 from tests.alert_receivers import WebhookReceiver
 from tests.conftest import free_port, inventory_text
 from tests.servers import alertmanager, prometheus

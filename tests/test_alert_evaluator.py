@@ -3,18 +3,19 @@ energy budgets, state that survives a restart, rules reloaded (or kept), and not
 
 import json
 import math
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from alerts.evaluator import AlertEvaluator
-from alerts.notify import AlertmanagerNotifier, EmailNotifier, WebhookNotifier
-from rollups.hourly import TABLE as HOURLY
-from telemetry.duckdb_store import DuckDBStore
-from telemetry.inventory import parse_inventory
-from telemetry.store import series_key
+from aifmon.alerts.evaluator import AlertEvaluator
+from aifmon.alerts.notify import AlertmanagerNotifier, EmailNotifier, WebhookNotifier
+from aifmon.rollups.hourly import TABLE as HOURLY
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import series_key
+from aifmon.telemetry.inventory import parse_inventory
 from tests.alert_receivers import SmtpSink, WebhookReceiver
 from tests.conftest import free_port, inventory_text
 
@@ -327,16 +328,16 @@ def test_state_file_is_valid_json_with_nan_free_values(world, tmp_path):
 
 def test_energy_budget_over_victoriametrics_counts_the_month_from_counters(world, tmp_path):
     """A PromQL store keeps no rollup tables: the month's energy comes from the counters themselves."""
-    from telemetry.store import open_store
+    import time
+    from datetime import datetime
+
+    from aifmon.stores.store import open_store
     from tests.servers import victoria_metrics
 
-    import time
-    from datetime import datetime, timezone
-
     _, inventory, rules = world
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # Recent samples (VictoriaMetrics keeps a month by default), inside this calendar month.
-    hour = max(int(time.time()) // 3600 * 3600 - 7200, int(datetime(now.year, now.month, 1, tzinfo=timezone.utc).timestamp())) * 1000
+    hour = max(int(time.time()) // 3600 * 3600 - 7200, int(datetime(now.year, now.month, 1, tzinfo=UTC).timestamp())) * 1000
     gpu = {"factory": "alpha", "system": "alpha-gpu", "node": "alphn0001", "gpu": "0"}
     with victoria_metrics(tmp_path) as vm:
         store = open_store(vm.url.replace("http://", "victoriametrics+http://"))

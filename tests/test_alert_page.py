@@ -4,11 +4,11 @@ import time
 
 import numpy as np
 
-from alerts.evaluator import AlertEvaluator
-from dashboard.app import create_app
-from telemetry.duckdb_store import DuckDBStore
-from telemetry.inventory import parse_inventory
-from telemetry.store import series_key
+from aifmon.alerts.evaluator import AlertEvaluator
+from aifmon.dashboard.app import create_app
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import series_key
+from aifmon.telemetry.inventory import parse_inventory
 from tests.browser import chromium, console_errors, save_screenshot, serving
 from tests.conftest import inventory_text
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from alerts.config import AlertRulesError, load_alert_config, parse_alert_config, parse_duration
-from alerts.prometheus import render_rules
-from alerts.rules import ALERT_NAMES, build_rules, node_limit_watts
-from telemetry.inventory import load_inventory, parse_inventory
+from aifmon.alerts.config import AlertRulesError, load_alert_config, parse_alert_config, parse_duration
+from aifmon.alerts.prometheus import render_rules
+from aifmon.alerts.rules import ALERT_NAMES, build_rules, node_limit_watts
+from aifmon.telemetry.inventory import load_inventory, parse_inventory
 from tests.conftest import inventory_text, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,12 +5,12 @@ import time
 
 import pytest
 
-from exporters.backfill import backfill
-from exporters.simulation import FactorySimulation
-from rollups.energy import energy_rollup
-from telemetry.duckdb_store import DuckDBStore
-from telemetry.openmetrics import export_openmetrics, import_openmetrics
-from telemetry.store import StoreError, open_store
+from aifmon.exporters.backfill import backfill
+from aifmon.exporters.simulation import FactorySimulation
+from aifmon.ingest.openmetrics import export_openmetrics, import_openmetrics
+from aifmon.rollups.energy import energy_rollup
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import StoreError, open_store
 from tests.conftest import require_binary
 from tests.servers import prometheus, victoria_metrics
 
@@ -34,7 +34,7 @@ def history(tmp_path_factory, small_inventory_module):
 
 @pytest.fixture(scope="module")
 def small_inventory_module():
-    from telemetry.inventory import parse_inventory
+    from aifmon.telemetry.inventory import parse_inventory
     from tests.conftest import inventory_text
 
     return parse_inventory(inventory_text(), "small-inventory.yaml")

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from exporters.backfill import backfill
-from exporters.simulation import FactorySimulation
-from telemetry.duckdb_store import DuckDBStore
+from aifmon.exporters.backfill import backfill
+from aifmon.exporters.simulation import FactorySimulation
+from aifmon.stores.duckdb_store import DuckDBStore
 from tests.conftest import free_port, inventory_text, wait_for_http
 
 
@@ -54,7 +54,7 @@ def filled_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "cli.duckdb"
     inv_path = path.parent / "inv.yaml"
     inv_path.write_text(inventory_text())
-    from telemetry.inventory import load_inventory
+    from aifmon.telemetry.inventory import load_inventory
 
     inv = load_inventory(inv_path)
     store = DuckDBStore(path)
@@ -111,7 +111,7 @@ def test_collect_once(tmp_path, sim_server):
     a = f"127.0.0.1:{free_port()}"
     inv_path = tmp_path / "inv.yaml"
     inv_path.write_text(inventory_text({"alpha": a}))
-    from telemetry.inventory import load_inventory
+    from aifmon.telemetry.inventory import load_inventory
 
     sim_server(load_inventory(inv_path), "alpha", address=a)
     out = aifmon("collect", "--once", "--inventory", str(inv_path), "--store", f"duckdb:///{tmp_path}/c.duckdb")

@@ -5,9 +5,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from telemetry.collector import Collector, Target, targets_of
-from telemetry.duckdb_store import DuckDBStore
-from telemetry.inventory import parse_inventory
+from aifmon.ingest.collector import Collector, Target, targets_of
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.telemetry.inventory import parse_inventory
 from tests.conftest import free_port, inventory_text
 
 PER_GPU = 9 + 5  # nine per-GPU metrics plus five throttle reasons
@@ -83,8 +83,8 @@ def test_scrape_interval_must_be_positive(tmp_path):
 
 
 def test_series_index_reuses_ids_and_forgets_series_that_left(tmp_path):
-    from telemetry.parser import parse_exposition
-    from telemetry.series_index import SeriesIndex
+    from aifmon.ingest.parser import parse_exposition
+    from aifmon.ingest.series_index import SeriesIndex
 
     def scrape(*series: str):
         return parse_exposition("".join(f"{s} {k}.5\n" for k, s in enumerate(series)).encode())
@@ -107,7 +107,7 @@ def test_series_index_reuses_ids_and_forgets_series_that_left(tmp_path):
 
 
 def test_series_of_a_target_that_went_down_are_stale_at_once(tmp_path, sim_server):
-    from exporters.http import serve_exposition
+    from aifmon.exporters.http import serve_exposition
 
     a, b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     inv = parse_inventory(inventory_text({"alpha": a, "beta": b}), "t.yaml")

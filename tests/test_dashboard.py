@@ -5,13 +5,13 @@ import time
 import numpy as np
 import pytest
 
-from dashboard.app import create_app
-from dashboard.panels import factory_power_history, factory_status, format_watts, level_of
-from exporters.backfill import backfill
-from exporters.simulation import FactorySimulation
-from telemetry.duckdb_store import DuckDBStore
-from telemetry.inventory import load_inventory
-from telemetry.store import series_key
+from aifmon.dashboard.app import create_app
+from aifmon.dashboard.panels import factory_power_history, factory_status, format_watts, level_of
+from aifmon.exporters.backfill import backfill
+from aifmon.exporters.simulation import FactorySimulation
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import series_key
+from aifmon.telemetry.inventory import load_inventory
 from tests.browser import chromium, console_errors, save_screenshot, serving
 
 
@@ -63,26 +63,25 @@ def test_power_history_averages_buckets(demo_store):
 
 def test_factories_page_in_headless_chromium(tmp_path, demo_store):
     inventory, store = demo_store
-    with serving(create_app(store, inventory, refresh_s=2.0), "/") as base:
-        with chromium(tmp_path) as driver:
-            from selenium.webdriver.common.by import By
-            from selenium.webdriver.support.ui import WebDriverWait
+    with serving(create_app(store, inventory, refresh_s=2.0), "/") as base, chromium(tmp_path) as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
 
-            driver.get(f"{base}/")
-            WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.factory-row")) == 13)
-            WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#factories-bars .bars path")) >= 13)
-            # read in one script: the live refresh may replace the rows between two WebDriver calls
-            text = driver.execute_script(
-                "return Array.from(document.querySelectorAll('tr.factory-row')).map(r => r.innerText).join(' ')")
-            for f in inventory.live_factories():
-                assert f.name in text, f.name
-            assert "kW" in text and "%" in text, "figures carry their units"
-            assert driver.execute_script("return document.getElementById('factories-reporting').innerText") == "13 / 13"
-            assert not driver.find_elements(By.CSS_SELECTOR, ".dash-fe-error__title, .dash-debug-menu__error")
-            # every script and style came from this server: no CDN
-            sources = driver.execute_script(
-                "return Array.from(document.querySelectorAll('script[src], link[href]')).map(e => e.src || e.href)")
-            assert sources and all(s.startswith(f"{base}/") for s in sources), sources
-            time.sleep(2.5)  # one live refresh
-            save_screenshot(driver, "factories-page")
-            assert console_errors(driver) == []
+        driver.get(f"{base}/")
+        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.factory-row")) == 13)
+        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#factories-bars .bars path")) >= 13)
+        # read in one script: the live refresh may replace the rows between two WebDriver calls
+        text = driver.execute_script(
+            "return Array.from(document.querySelectorAll('tr.factory-row')).map(r => r.innerText).join(' ')")
+        for f in inventory.live_factories():
+            assert f.name in text, f.name
+        assert "kW" in text and "%" in text, "figures carry their units"
+        assert driver.execute_script("return document.getElementById('factories-reporting').innerText") == "13 / 13"
+        assert not driver.find_elements(By.CSS_SELECTOR, ".dash-fe-error__title, .dash-debug-menu__error")
+        # every script and style came from this server: no CDN
+        sources = driver.execute_script(
+            "return Array.from(document.querySelectorAll('script[src], link[href]')).map(e => e.src || e.href)")
+        assert sources and all(s.startswith(f"{base}/") for s in sources), sources
+        time.sleep(2.5)  # one live refresh
+        save_screenshot(driver, "factories-page")
+        assert console_errors(driver) == []

@@ -14,15 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboard.accounting import month_energy, months_with_data
-from dashboard.app import create_app, make_server
-from dashboard.auth import USERS_ENV, UsersError, load_users
-from dashboard.live import factory_live, gpu_grid, grid_values
-from dashboard.planning import budget_tree, plan_power, planned_peak_it_w
-from exporters.backfill import backfill
-from exporters.simulation import FactorySimulation
-from telemetry.duckdb_store import DuckDBStore
-from telemetry.inventory import load_inventory, parse_inventory
+from aifmon.dashboard.accounting import month_energy, months_with_data
+from aifmon.dashboard.app import create_app, make_server
+from aifmon.dashboard.auth import USERS_ENV, UsersError, load_users
+from aifmon.dashboard.live import factory_live, gpu_grid, grid_values
+from aifmon.dashboard.planning import budget_tree, plan_power, planned_peak_it_w
+from aifmon.exporters.backfill import backfill
+from aifmon.exporters.simulation import FactorySimulation
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.telemetry.inventory import load_inventory, parse_inventory
 from tests.browser import chromium, console_errors, save_screenshot, serving
 from tests.conftest import inventory_text
 

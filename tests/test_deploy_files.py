@@ -33,7 +33,7 @@ def test_compose_file_is_valid_for_docker_compose_in_both_profiles():
         result = _run([compose, "-f", str(COMPOSE), *profile, "config", "-q"])
         assert result.returncode == 0, result.stderr
     listed = _run([compose, "-f", str(COMPOSE), "config", "--services"]).stdout.split()
-    assert SITE_SERVICES <= set(listed) and any(s.startswith("sim-") for s in listed)
+    assert set(listed) >= SITE_SERVICES and any(s.startswith("sim-") for s in listed)
     # docker-compose 1.29 lists every service whatever the profile: the profile is checked in the file
     assert {name for name, s in _services().items() if "profiles" in s} == {"embedded"}
 
@@ -76,7 +76,7 @@ def test_every_aifmon_service_runs_a_command_aifmon_accepts():
     """Each command is parsed by aifmon's own argument parser (an unknown option or command exits 2)."""
     for name, s in _services().items():
         if s.get("image", "").startswith("aifmon:") and name != "config":
-            probe = "import sys, aifmon; aifmon._parser().parse_args(sys.argv[1:])"
+            probe = "import sys; from aifmon.cli import _parser; _parser().parse_args(sys.argv[1:])"
             result = _run([sys.executable, "-c", probe, *s["command"]], cwd=ROOT)
             assert result.returncode == 0, f"{name}: {result.stderr}"
 
@@ -113,9 +113,9 @@ def test_compose_config_service_generates_files_promtool_amtool_and_vmalert_acce
 
 
 def test_alertmanager_config_routes_to_the_rules_files_receivers_with_secrets_from_files(tmp_path):
-    from alerts.config import parse_alert_config
-    from telemetry.alertmanager_config import secret_files, write_alertmanager_config
-    from telemetry.inventory import parse_inventory
+    from aifmon.alerts.config import parse_alert_config
+    from aifmon.deploy.alertmanager_config import secret_files, write_alertmanager_config
+    from aifmon.telemetry.inventory import parse_inventory
     from tests.conftest import inventory_text
     from tests.servers import alertmanager
 
@@ -157,8 +157,8 @@ notifiers:
 
 
 def test_vmagent_config_passes_vmagent_dry_run_and_shards_targets(tmp_path):
-    from telemetry.inventory import parse_inventory
-    from telemetry.vmagent_config import vmagent_command, write_vmagent_config
+    from aifmon.deploy.vmagent_config import vmagent_command, write_vmagent_config
+    from aifmon.telemetry.inventory import parse_inventory
     from tests.conftest import inventory_text
 
     inv = parse_inventory(inventory_text({"alpha": "10.0.0.1:9401", "beta": "10.0.0.2:9401"}), "inv.yaml")
@@ -190,14 +190,14 @@ def test_node_exporter_unit_passes_systemd_analyze_verify(tmp_path):
     assert exposure and float(exposure.group(1)) <= 2.5, security.stdout[-500:]
     # the node exporter's options in the env file are ones `aifmon exporter node` accepts
     args = re.search(r"^AIFMON_NODE_EXPORTER_ARGS=(.*)$", env.read_text(), re.M).group(1).split()
-    probe = "import sys, aifmon; aifmon._parser().parse_args(sys.argv[1:])"
+    probe = "import sys; from aifmon.cli import _parser; _parser().parse_args(sys.argv[1:])"
     assert _run([sys.executable, "-c", probe, "exporter", "node", *args], cwd=ROOT).returncode == 0
 
 
 def test_generated_prometheus_config_scrapes_with_factory_labels_and_remote_writes_to_victoriametrics(tmp_path, sim_server):
-    from telemetry.inventory import parse_inventory
-    from telemetry.prometheus_config import write_prometheus_config
-    from telemetry.store import open_store
+    from aifmon.deploy.prometheus_config import write_prometheus_config
+    from aifmon.stores.store import open_store
+    from aifmon.telemetry.inventory import parse_inventory
     from tests.conftest import free_port, inventory_text
     from tests.servers import prometheus, promql, victoria_metrics
 
@@ -240,11 +240,11 @@ def test_rollup_schedule_reads_victoriametrics_and_writes_hourly_rows_to_a_rows_
     """What the compose `rollups` service runs: samples from VictoriaMetrics, hourly rows to another store."""
     import signal
 
-    from exporters.backfill import backfill
-    from exporters.simulation import FactorySimulation
-    from telemetry.duckdb_store import DuckDBStore
-    from telemetry.inventory import parse_inventory
-    from telemetry.store import open_store
+    from aifmon.exporters.backfill import backfill
+    from aifmon.exporters.simulation import FactorySimulation
+    from aifmon.stores.duckdb_store import DuckDBStore
+    from aifmon.stores.store import open_store
+    from aifmon.telemetry.inventory import parse_inventory
     from tests.conftest import inventory_text
     from tests.servers import victoria_metrics
 

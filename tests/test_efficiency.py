@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from rollups.efficiency import HplError, league_table, measure_hpl, parse_hpl_output
-from telemetry.duckdb_store import DuckDBStore
-from telemetry.store import series_key
+from aifmon.rollups.efficiency import HplError, league_table, measure_hpl, parse_hpl_output
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import series_key
 
 T0 = 1_741_000_000_000  # ms
 HPL_OUT = """================================================================================
@@ -93,7 +93,7 @@ def test_efficiency_command_reads_an_hpl_file_and_an_openmetrics_trace(tmp_path,
     import json
 
     from aifmon import main
-    from telemetry.openmetrics import export_openmetrics
+    from aifmon.ingest.openmetrics import export_openmetrics
 
     store = _trace(tmp_path, nodes=16, readings_every_s=5.0, core_kw=48.0, other_kw=20.0)
     trace = tmp_path / "trace.om"

@@ -6,11 +6,11 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporters.sim import SimExporter
-from exporters.simulation import FactorySimulation
-from telemetry.exposition import ExpositionError, label_text, parse_series, render_family
-from telemetry.parser import parse_exposition
-from telemetry.schema import BY_NAME
+from aifmon.exporters.sim import SimExporter
+from aifmon.exporters.simulation import FactorySimulation
+from aifmon.ingest.parser import parse_exposition
+from aifmon.telemetry.exposition import ExpositionError, label_text, parse_series, render_family
+from aifmon.telemetry.schema import BY_NAME
 
 
 def test_simulator_output_parses_the_same_with_prometheus_client(small_inventory):
@@ -61,7 +61,7 @@ def test_malformed_labels_are_refused():
 
 
 def test_a_large_body_parsed_in_pieces_equals_one_parse(monkeypatch):
-    import telemetry.parser as exposition
+    import aifmon.ingest.parser as exposition
 
     lines = [f'm{{n="{i}"}} {i}.5' for i in range(20_000)]
     body = ("\n".join(lines) + "\n").encode()

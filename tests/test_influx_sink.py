@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from telemetry import influx_sink
-from telemetry.influx_sink import InfluxSink, open_influx_sink
-from telemetry.store import StoreError, series_key
+from aifmon.stores import influx_sink
+from aifmon.stores.influx_sink import InfluxSink, open_influx_sink
+from aifmon.stores.store import StoreError, series_key
 from tests.conftest import free_port
 from tests.servers import VictoriaMetrics, victoria_metrics
 
@@ -181,8 +181,8 @@ def test_lost_acknowledgement_replays_and_the_server_overwrites(tmp_path):
 CHILD = textwrap.dedent("""
     import logging, sys, time
     import numpy as np
-    from telemetry.influx_sink import open_influx_sink
-    from telemetry.store import series_key
+    from aifmon.stores.influx_sink import open_influx_sink
+    from aifmon.stores.store import series_key
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)  # everything the process logs, the client's too
     sink = open_influx_sink(sys.argv[1])
     ids = sink.series_ids([series_key("aif_gpu_power_watts", {"node": "n1", "gpu": str(g)}) for g in range(25)])
@@ -249,7 +249,7 @@ def test_rollup_rows_and_nan_samples(tmp_path):
     assert {dict(k)["job"]: sorted(v for _, v in tvs) for k, tvs in energy.items()} == {"17": [3.6e6, 4.0e6], "(unallocated)": [1.5, 2.5]}
     assert sorted(v for tvs in seconds.values() for _, v in tvs) == [0, 0, 7200, 7200]
     # a label value with a space, comma and '=' survives escaping; the NaN sample is not sent
-    assert list(up) == [(("gpu", "0"), ("node", "n 1,x=y"))] and up[list(up)[0]] == [(BASE_MS, 1.0), (BASE_MS + 2000, 0.0)]
+    assert list(up) == [(("gpu", "0"), ("node", "n 1,x=y"))] and up[next(iter(up))] == [(BASE_MS, 1.0), (BASE_MS + 2000, 0.0)]
 
 
 def test_full_disk_while_server_down_is_a_clear_error_and_nothing_half_spooled(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from telemetry.inventory import ACCESS_MODES, InventoryError, load_inventory, nodes_of, parse_inventory
+from aifmon.telemetry.inventory import ACCESS_MODES, InventoryError, load_inventory, nodes_of, parse_inventory
 from tests.conftest import inventory_text
 
 
@@ -84,5 +84,5 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(InventoryError, match="nope.yaml: cannot read"):
+    with pytest.raises(InventoryError, match=r"nope\.yaml: cannot read"):
         load_inventory(tmp_path / "nope.yaml")

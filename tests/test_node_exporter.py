@@ -18,15 +18,15 @@ import pynvml
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporters.http import serve_exposition
-from exporters.hwmon import HwmonSource
-from exporters.node import NodeExporter
-from exporters.nvml_source import NvmlSource
-from exporters.rapl import RaplSource
-from exporters.redfish import RedfishClient, RedfishPower
-from exporters.slurm_jobs import JobMappings
-from exporters.web_config import load_web_config
-from telemetry.schema import BY_NAME, THROTTLE_REASONS
+from aifmon.exporters.http import serve_exposition
+from aifmon.exporters.hwmon import HwmonSource
+from aifmon.exporters.node import NodeExporter
+from aifmon.exporters.nvml_source import NvmlSource
+from aifmon.exporters.rapl import RaplSource
+from aifmon.exporters.redfish import RedfishClient, RedfishPower
+from aifmon.exporters.slurm_jobs import JobMappings
+from aifmon.exporters.web_config import load_web_config
+from aifmon.telemetry.schema import BY_NAME, THROTTLE_REASONS
 from tests.conftest import free_port, require_binary, wait_for_http
 from tests.fake_nvml import h100_node
 from tests.node_fixtures import Powercap, build_hwmon, redfish_bmc, self_signed_cert

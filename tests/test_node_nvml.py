@@ -9,7 +9,7 @@ import time
 import pynvml
 import pytest
 
-from exporters.nvml_source import NvmlSource
+from aifmon.exporters.nvml_source import NvmlSource
 from tests.fake_nvml import FakeGpu, FakeNVML, h100_node
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from exporters.hwmon import HwmonSource
-from exporters.rapl import RaplSource, discover_zones
-from exporters.sysfs_energy import EnergyCounter
+from aifmon.exporters.hwmon import HwmonSource
+from aifmon.exporters.rapl import RaplSource, discover_zones
+from aifmon.exporters.sysfs_energy import EnergyCounter
 from tests.node_fixtures import RAPL_MAX_RANGE_UJ, Powercap, build_hwmon
 
 

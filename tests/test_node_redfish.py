@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from exporters.redfish import Credentials, RedfishClient, RedfishError, RedfishPower, load_credentials
+from aifmon.exporters.redfish import Credentials, RedfishClient, RedfishError, RedfishPower, load_credentials
 from tests.node_fixtures import redfish_bmc, self_signed_cert
 
 # mockup → (chassis, where the reading is, watts); the figures are in tests/fixtures/redfish/README.md
@@ -38,7 +38,7 @@ def test_a_blade_with_two_nodes_needs_the_chassis_named():
             RedfishPower(client).discover()
         node1 = RedfishPower(client, chassis="Node1")
         assert node1.discover() is not None and node1.read() == 534.0  # not the enclosure's 121 W
-        with pytest.raises(RedfishError, match="chassis 'Node7' not found.*Node0"):
+        with pytest.raises(RedfishError, match=r"chassis 'Node7' not found.*Node0"):
             RedfishPower(client, chassis="Node7").discover()
 
 
@@ -75,7 +75,7 @@ def test_tls_is_verified_by_default(tmp_path):
     cert, key = self_signed_cert(tmp_path)
     with redfish_bmc("dmtf-public-rackmount1", tls=(cert, key)) as url:
         assert url.startswith("https://")
-        with pytest.raises(RedfishError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        with pytest.raises(RedfishError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
             RedfishPower(RedfishClient(url, timeout_s=5)).discover()
         trusted = RedfishPower(RedfishClient(url, ca_file=str(cert), timeout_s=5))
         assert trusted.discover() is not None and trusted.read() == 374.0

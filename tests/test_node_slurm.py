@@ -6,10 +6,11 @@ import os
 import subprocess
 from pathlib import Path
 
-from exporters.node import NodeExporter
-from exporters.nvml_source import NvmlSource
-from exporters.slurm_jobs import JobMappings, load_qos_access_modes
 from prometheus_client.parser import text_string_to_metric_families
+
+from aifmon.exporters.node import NodeExporter
+from aifmon.exporters.nvml_source import NvmlSource
+from aifmon.exporters.slurm_jobs import JobMappings, load_qos_access_modes
 from tests.fake_nvml import h100_node
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "exporters" / "slurm"

@@ -6,27 +6,27 @@ import re
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
 
-from exporters.backfill import backfill
-from exporters.simulation import FactorySimulation
-from rollups.efficiency import Measurement, Trace, evaluate, record_efficiency
-from rollups.energy import energy_rollup
-from rollups.hourly import HourlyRollups
-from rollups.monthly_report import SECTIONS, build_monthly_report, month_range, write_monthly_report
-from telemetry.duckdb_store import DuckDBStore
+from aifmon.exporters.backfill import backfill
+from aifmon.exporters.simulation import FactorySimulation
+from aifmon.rollups.efficiency import Measurement, Trace, evaluate, record_efficiency
+from aifmon.rollups.energy import energy_rollup
+from aifmon.rollups.hourly import HourlyRollups
+from aifmon.rollups.monthly_report import SECTIONS, build_monthly_report, month_range, write_monthly_report
+from aifmon.stores.duckdb_store import DuckDBStore
 from tests.conftest import require_binary
 
-T = int(datetime(2025, 3, 10, tzinfo=timezone.utc).timestamp())  # s
+T = int(datetime(2025, 3, 10, tzinfo=UTC).timestamp())  # s
 H = 3_600_000
 
 
 @pytest.fixture(scope="module")
 def month_store(tmp_path_factory):
-    from telemetry.inventory import parse_inventory
+    from aifmon.telemetry.inventory import parse_inventory
     from tests.conftest import inventory_text
 
     inv = parse_inventory(inventory_text(), "small-inventory.yaml")
@@ -44,8 +44,8 @@ def month_store(tmp_path_factory):
 
 
 def test_month_range():
-    assert month_range("2025-12") == (int(datetime(2025, 12, 1, tzinfo=timezone.utc).timestamp() * 1000),
-                                       int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp() * 1000))
+    assert month_range("2025-12") == (int(datetime(2025, 12, 1, tzinfo=UTC).timestamp() * 1000),
+                                       int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000))
     with pytest.raises(ValueError, match="YYYY-MM"):
         month_range("March")
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from rollups.energy import energy_rollup
-from telemetry.duckdb_store import DuckDBStore, Retention
-from telemetry.store import StoreError, open_store, series_key
+from aifmon.rollups.energy import energy_rollup
+from aifmon.stores.duckdb_store import DuckDBStore, Retention
+from aifmon.stores.store import StoreError, open_store, series_key
 
 T0 = 497_222 * 3_600_000  # a whole hour, ms
 STEP = 15_000

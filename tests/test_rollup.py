@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from exporters.backfill import backfill
-from exporters.simulation import FactorySimulation
-from rollups.energy import UNALLOCATED, energy_rollup
-from rollups.hourly import TABLE, HourlyRollups, rollup_hour
-from telemetry.duckdb_store import DuckDBStore
-from telemetry.store import series_key
+from aifmon.exporters.backfill import backfill
+from aifmon.exporters.simulation import FactorySimulation
+from aifmon.rollups.energy import UNALLOCATED, energy_rollup
+from aifmon.rollups.hourly import TABLE, HourlyRollups, rollup_hour
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import series_key
 
 T0 = 497_222 * 3_600_000  # a whole hour, in ms
 GPUS = {  # (factory, node, gpu) -> counter function of seconds since T0, sample times, job by sample time

@@ -7,16 +7,18 @@ reset), an idle hour, a facility meter; attribution from job info and from sacct
 same figures when `energy_rollup` reads settled hours from the hourly rollups, late data included.
 """
 
+from datetime import UTC
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from rollups.counters import counter_increments, power_integral
-from rollups.energy import UNALLOCATED, compute_ledger, energy_rollup
-from rollups.hourly import LATE_WINDOW_S, NODE_TABLE, SITE_TABLE, TABLE, HourlyRollups, rollup_hour
-from rollups.slurm_accounting import AccountingError, expand_nodelist, gpus_in_tres, parse_sacct
-from telemetry.duckdb_store import DuckDBStore
-from telemetry.store import series_key
+from aifmon.rollups.counters import counter_increments, power_integral
+from aifmon.rollups.energy import UNALLOCATED, compute_ledger, energy_rollup
+from aifmon.rollups.hourly import LATE_WINDOW_S, NODE_TABLE, SITE_TABLE, TABLE, HourlyRollups, rollup_hour
+from aifmon.rollups.slurm_accounting import AccountingError, expand_nodelist, gpus_in_tres, parse_sacct
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import series_key
 
 H = 3_600_000
 
@@ -92,7 +94,7 @@ def _gpu_power(node: str, gpu: int, t_ms: int) -> tuple[float, str | None, str |
     """(W over the interval ending at t_ms, job, project) of the scenario."""
     if node in ("alphn0001", "alphn0002") and D - H < t_ms <= D + H:
         return 400.0, "501", "alpha-train"  # across midnight and across two nodes
-    if node == "alphn0003" and gpu in (0, 1) and D - H < t_ms:
+    if node == "alphn0003" and gpu in (0, 1) and t_ms > D - H:
         return 300.0, "601", "alpha-play"  # the shared node
     if node == "alphn0003" and gpu in (2, 3) and D - H < t_ms <= D:
         return 300.0, "602", "alpha-train"
@@ -279,8 +281,8 @@ def test_late_samples_for_a_rolled_up_hour_are_read_until_it_settles_and_after_i
 
 def test_history_imported_after_its_hours_were_rolled_up_recomputes_them(midnight, small_inventory, tmp_path):
     """What `aifmon store import` does: the hours the imported samples can change are rolled up again."""
-    from rollups.hourly import reroll_stored_hours
-    from telemetry.openmetrics import import_openmetrics
+    from aifmon.ingest.openmetrics import import_openmetrics
+    from aifmon.rollups.hourly import reroll_stored_hours
 
     for hour in range(START, END, H):
         rollup_hour(midnight, hour, small_inventory)
@@ -297,7 +299,7 @@ def test_history_imported_after_its_hours_were_rolled_up_recomputes_them(midnigh
     fresh = energy_rollup(midnight, small_inventory, START, END, by="factory", now_ms=SETTLED)
     assert fresh.notes["hours_from_hourly_rollups"] == 4
     assert fresh.rows.set_index("factory").loc["beta", "energy_kwh"] == pytest.approx(250.0 * (3600 - 60) / 3.6e6, rel=1e-12)
-    from rollups.report_format import format_energy_rollup
+    from aifmon.rollups.report_format import format_energy_rollup
     assert "Sources: 4 settled hour(s) from the hourly rollups, 0.00 h from samples" in format_energy_rollup(fresh, "table")
 
 
@@ -322,9 +324,9 @@ SACCT = """JobID|Account|Partition|QOS|Start|End|NodeList|AllocTRES
 
 
 def _iso(ms: int) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def test_attribution_from_sacct_records(midnight, small_inventory):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from exporters.simulation import HPL, FactorySimulation
+from aifmon.exporters.simulation import HPL, FactorySimulation
 
 EPOCH = 1_790_000_000.0
 

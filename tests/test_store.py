@@ -9,8 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from telemetry.duckdb_store import DuckDBStore
-from telemetry.store import StoreError, open_store, series_key
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import StoreError, open_store, series_key
 
 
 def _fill(store):
@@ -90,7 +90,7 @@ def test_second_writer_gets_a_clear_error(tmp_path):
     path = tmp_path / "locked.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from telemetry.duckdb_store import DuckDBStore
+        from aifmon.stores.duckdb_store import DuckDBStore
         s = DuckDBStore({str(path)!r}); print("open", flush=True); time.sleep(30)
     """)], stdout=subprocess.PIPE, text=True)
     try:
@@ -107,8 +107,8 @@ def test_sigkill_mid_run_loses_no_acknowledged_sample(tmp_path, small_inventory,
     address, _ = sim_server(small_inventory, "alpha")
     path = tmp_path / "kill.duckdb"
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        from telemetry.collector import Collector, Target
-        from telemetry.duckdb_store import DuckDBStore
+        from aifmon.ingest.collector import Collector, Target
+        from aifmon.stores.duckdb_store import DuckDBStore
         c = Collector(DuckDBStore({str(path)!r}), [Target({address!r}, {{"factory": "alpha", "instance": {address!r}}})])
         total = 0
         while True:
@@ -139,8 +139,8 @@ def test_a_full_disk_is_a_clear_error_and_harms_nothing_stored(tmp_path):
     path = tmp_path / "full.duckdb"
     child = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import os, resource, signal, numpy as np
-        from telemetry.duckdb_store import DuckDBStore
-        from telemetry.store import StoreError, series_key
+        from aifmon.stores.duckdb_store import DuckDBStore
+        from aifmon.stores.store import StoreError, series_key
         store = DuckDBStore({str(path)!r})
         ids = store.series_ids([series_key("m", {{"i": str(i)}}) for i in range(1000)])
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write gets EFBIG instead of the process dying

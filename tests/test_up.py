@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from telemetry.duckdb_store import DuckDBStore
+from aifmon.stores.duckdb_store import DuckDBStore
 from tests.conftest import free_port, inventory_text, wait_for_http
 
 

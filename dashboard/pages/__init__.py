@@ -17,8 +17,8 @@ from urllib.parse import parse_qs, urlencode
 
 from dash import html
 
-from telemetry.inventory import Inventory
-from telemetry.store import Store
+from aifmon.stores.store import Store
+from aifmon.telemetry.inventory import Inventory
 
 GRAPH_CONFIG = {"displaylogo": False, "displayModeBar": "hover", "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 EVERYONE = frozenset({"operator", "board"})

@@ -11,11 +11,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Input, Output, dcc, html
 
-from dashboard.live import LIVE_LOOKBACK_S
-from dashboard.pages import GRAPH_CONFIG, OPERATOR, PageContext, kpi, query_string, timed, utc
-from dashboard.panels import factory_status, format_watts, level_of
-from dashboard.planning import GIGAFACTORY_BUDGETS_MW, Plan, budget_tree, plan_power
-from telemetry.gpu_models import GPU_MODELS
+from aifmon.dashboard.live import LIVE_LOOKBACK_S
+from aifmon.dashboard.pages import GRAPH_CONFIG, OPERATOR, PageContext, kpi, query_string, timed, utc
+from aifmon.dashboard.panels import factory_status, format_watts, level_of
+from aifmon.dashboard.planning import GIGAFACTORY_BUDGETS_MW, Plan, budget_tree, plan_power
+from aifmon.telemetry.gpu_models import GPU_MODELS
 
 PATH = "/budgets"
 TITLE = "Gigafactory budgets"

@@ -11,12 +11,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Input, Output, dcc, html
 
-from dashboard.accounting import MonthEnergy, month_energy, months_with_data
-from dashboard.pages import EVERYONE, GRAPH_CONFIG, PageContext, query_string, timed, utc
-from dashboard.panels import factory_status
-from rollups.efficiency import TOP500_SOURCE, league_table, measured_runs
-from rollups.energy import UNALLOCATED
-from telemetry.inventory import Inventory
+from aifmon.dashboard.accounting import MonthEnergy, month_energy, months_with_data
+from aifmon.dashboard.pages import EVERYONE, GRAPH_CONFIG, PageContext, query_string, timed, utc
+from aifmon.dashboard.panels import factory_status
+from aifmon.rollups.efficiency import TOP500_SOURCE, league_table, measured_runs
+from aifmon.rollups.energy import UNALLOCATED
+from aifmon.telemetry.inventory import Inventory
 
 PATH = "/efficiency"
 TITLE = "Efficiency"

@@ -11,11 +11,20 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Input, Output, dcc, html
 
-from alerts.evaluator import load_state
-from dashboard.pages import EVERYONE, GRAPH_CONFIG, PageContext, kpi, timed, utc
-from dashboard.panels import (BREACHED, CRITICAL, WARNING, facility_energy, factory_power_history, factory_status, format_energy,
-                              format_watts, level_of)
-from telemetry.inventory import Inventory
+from aifmon.alerts.evaluator import load_state
+from aifmon.dashboard.pages import EVERYONE, GRAPH_CONFIG, PageContext, kpi, timed, utc
+from aifmon.dashboard.panels import (
+    BREACHED,
+    CRITICAL,
+    WARNING,
+    facility_energy,
+    factory_power_history,
+    factory_status,
+    format_energy,
+    format_watts,
+    level_of,
+)
+from aifmon.telemetry.inventory import Inventory
 
 PATH = "/"
 TITLE = "Overview"

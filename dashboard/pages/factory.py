@@ -17,10 +17,10 @@ import plotly.graph_objects as go
 from _plotly_utils.utils import to_typed_array_spec
 from dash import Input, Output, Patch, State, dcc, html, no_update
 
-from dashboard.live import GRID_METRICS, LIVE_LOOKBACK_S, RANGES, FactoryLive, GpuGrid, factory_live, gpu_grid, power_history
-from dashboard.pages import GRAPH_CONFIG, OPERATOR, PageContext, kpi, query_string, timed, utc
-from dashboard.panels import CRITICAL, WARNING, format_watts, level_of
-from telemetry.inventory import Factory
+from aifmon.dashboard.live import GRID_METRICS, LIVE_LOOKBACK_S, RANGES, FactoryLive, GpuGrid, factory_live, gpu_grid, power_history
+from aifmon.dashboard.pages import GRAPH_CONFIG, OPERATOR, PageContext, kpi, query_string, timed, utc
+from aifmon.dashboard.panels import CRITICAL, WARNING, format_watts, level_of
+from aifmon.telemetry.inventory import Factory
 
 PATH = "/factory"
 TITLE = "Factory live"

@@ -1,5 +1,5 @@
 """Projects: energy, GPU-hours, cost and CO2e per project, with its access mode and sector, for a chosen month;
-a sortable table and its CSV. Figures come from the hourly rollups (`dashboard.accounting`)."""
+a sortable table and its CSV. Figures come from the hourly rollups (`aifmon.dashboard.accounting`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Input, Output, State, dcc, html
 
-from dashboard.accounting import MonthEnergy, month_energy, months_with_data
-from dashboard.pages import EVERYONE, GRAPH_CONFIG, PageContext, kpi, query_string, timed, utc
-from rollups.energy import UNALLOCATED
-from telemetry.inventory import Inventory
+from aifmon.dashboard.accounting import MonthEnergy, month_energy, months_with_data
+from aifmon.dashboard.pages import EVERYONE, GRAPH_CONFIG, PageContext, kpi, query_string, timed, utc
+from aifmon.rollups.energy import UNALLOCATED
+from aifmon.telemetry.inventory import Inventory
 
 PATH = "/projects"
 TITLE = "Projects"

@@ -14,7 +14,7 @@ from pathlib import Path
 import dash
 from dash import Input, Output, dcc, html
 
-from dashboard.pages import EVERYONE, PageContext, timed
+from aifmon.dashboard.pages import EVERYONE, PageContext, timed
 
 PATH = "/reports"
 TITLE = "Reports"

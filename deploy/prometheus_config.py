@@ -7,7 +7,7 @@ Slurm job of `aif_gpu_job_info`, and the simulator's own `factory`/`system` labe
 
 Optionally the same file names the Alertmanagers the exported rules fire to and a remote-write
 target (VictoriaMetrics' `/api/v1/write`), so Prometheus scrapes and evaluates while the long-term
-store is elsewhere. `scrape_job()` is shared with the vmagent configuration (`telemetry.vmagent_config`).
+store is elsewhere. `scrape_job()` is shared with the vmagent configuration (`aifmon.deploy.vmagent_config`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from telemetry.inventory import Inventory
+from aifmon.telemetry.inventory import Inventory
 
 TARGETS_FILE = "targets/aifmon.json"
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")

@@ -74,7 +74,7 @@ from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
-from telemetry.store import SeriesKey, SeriesSamples, StoreError
+from aifmon.stores.store import SeriesKey, SeriesSamples, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -419,6 +419,12 @@ class InfluxSink:
             else:
                 self.points_skipped += 1
         self._write_lines(lines)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Replay the spool for up to `timeout_s` s, then release it and the client. Points the server

@@ -38,7 +38,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from telemetry.store import SeriesKey, SeriesSamples, StoreError
+from aifmon.stores.store import SeriesKey, SeriesSamples, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +329,12 @@ class DuckDBStore:
     def sample_count(self) -> int:
         with self._cursor() as cur:
             return int(cur.execute("SELECT count(*) FROM samples").fetchone()[0])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Checkpoint (fold the write-ahead log into the file) and close every connection."""

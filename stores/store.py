@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the interface's types; importing them here would load panda
     import numpy as np
     import pandas as pd
 
-from telemetry.config import DEFAULT_STORE_URL
+from aifmon.telemetry.config import DEFAULT_STORE_URL
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 """(metric name, sorted (label, value) pairs)."""
@@ -114,7 +114,7 @@ def open_store(url: str = DEFAULT_STORE_URL, read_only: bool = False) -> Store:
     if parts.scheme == "duckdb":
         if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2:
             raise StoreError(f"store URL {url!r}: expected duckdb:///relative/path.duckdb or duckdb:////absolute/path.duckdb")
-        from telemetry.duckdb_store import DuckDBStore, Retention
+        from aifmon.stores.duckdb_store import DuckDBStore, Retention
 
         options = dict(parse_qsl(parts.query))
         unknown = set(options) - {"raw_days", "minute_days"}
@@ -128,14 +128,14 @@ def open_store(url: str = DEFAULT_STORE_URL, read_only: bool = False) -> Store:
     if parts.scheme in _PROMQL:
         if not parts.hostname or parts.query:
             raise StoreError(f"store URL {url!r}: expected {parts.scheme}://host:port[/path prefix]")
-        from telemetry.promql_store import PromQLStore
+        from aifmon.stores.promql_store import PromQLStore
 
         base = f"{parts.scheme.split('+')[1]}://{parts.netloc}{parts.path}"
         return PromQLStore(base, _PROMQL[parts.scheme], url)
     if parts.scheme in ("influxdb+http", "influxdb+https"):
         if read_only:
             raise StoreError(f"store URL {url!r}: the InfluxDB sink is write-only; read through the PromQL backend")
-        from telemetry.influx_sink import open_influx_sink
+        from aifmon.stores.influx_sink import open_influx_sink
 
         return open_influx_sink(url)
     raise StoreError(

@@ -21,8 +21,8 @@ import urllib.request
 import numpy as np
 import pandas as pd
 
-from telemetry.exposition import escape_label_value, format_value, label_text
-from telemetry.store import SeriesKey, SeriesSamples, StoreError, series_samples
+from aifmon.stores.store import SeriesKey, SeriesSamples, StoreError, series_samples
+from aifmon.telemetry.exposition import escape_label_value, format_value, label_text
 
 _WINDOW_S = 3600  # one query per hour of data: bounds the server's and our memory per answer
 _IMPORT_BATCH = 200_000  # lines per import request
@@ -133,6 +133,12 @@ class PromQLStore:
 
     def mark_stale(self, series_ids: np.ndarray, t_ms: int) -> None:
         pass  # Prometheus writes its own stale markers when it scrapes; imported history has none to add
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         pass

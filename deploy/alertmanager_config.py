@@ -1,6 +1,6 @@
 """`aifmon deploy alertmanager-config`: an Alertmanager configuration from the alert rules file.
 
-The receivers are the rules file's own `notifiers` (`alerts.config.NotifierConfig`), so alerts from
+The receivers are the rules file's own `notifiers` (`aifmon.alerts.config.NotifierConfig`), so alerts from
 Prometheus (the exported rule file) reach the same people as the embedded evaluator's:
 - `webhook` → `webhook_configs` (Alertmanager posts the same webhook JSON, version 4, as aifmon does);
 - `email` → `email_configs` (STARTTLS as `starttls` says);
@@ -19,9 +19,9 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from alerts.config import AlertConfig, NotifierConfig, format_duration
-from telemetry.inventory import Inventory
-from telemetry.prometheus_config import generated_header
+from aifmon.alerts.config import AlertConfig, NotifierConfig, format_duration
+from aifmon.deploy.prometheus_config import generated_header
+from aifmon.telemetry.inventory import Inventory
 
 RECEIVER = "aifmon"
 DEFAULT_SECRETS_DIR = "/run/secrets"

@@ -12,10 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from telemetry.exposition import parse_series
-from telemetry.parser import Samples
-from telemetry.store import Store, series_key
-
+from aifmon.ingest.parser import Samples
+from aifmon.stores.store import Store, series_key
+from aifmon.telemetry.exposition import parse_series
 
 _SLICE = 20_000
 

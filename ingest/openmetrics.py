@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from telemetry.exposition import ExpositionError, format_value, label_text
-from telemetry.parser import parse_exposition
-from telemetry.schema import BY_NAME
-from telemetry.series_index import SeriesIndex
-from telemetry.store import Store
+from aifmon.ingest.parser import parse_exposition
+from aifmon.ingest.series_index import SeriesIndex
+from aifmon.stores.store import Store
+from aifmon.telemetry.exposition import ExpositionError, format_value, label_text
+from aifmon.telemetry.schema import BY_NAME
 
 _CHUNK_BYTES = 32 * 1024 * 1024  # read imports in pieces: bounded memory whatever the file size
 _META = ("series_id", "t_ms", "value")

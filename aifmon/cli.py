@@ -14,9 +14,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from telemetry.config import DEFAULT_DASHBOARD_LISTEN, DEFAULT_SCRAPE_INTERVAL_S, DEFAULT_STORE_URL, parse_time
-from telemetry.inventory import InventoryError, load_inventory
-from telemetry.store import StoreError, open_store
+from aifmon.stores.store import StoreError, open_store
+from aifmon.telemetry.config import DEFAULT_DASHBOARD_LISTEN, DEFAULT_SCRAPE_INTERVAL_S, DEFAULT_STORE_URL, parse_time
+from aifmon.telemetry.inventory import InventoryError, load_inventory
 
 log = logging.getLogger("aifmon")
 
@@ -205,7 +205,7 @@ def _inventory_show(args: argparse.Namespace) -> None:
             "projects": [p.model_dump() for p in inventory.projects],
         }, indent=2))
         return
-    from rollups.report_format import text_table
+    from aifmon.rollups.report_format import text_table
 
     rows = [[f.id, f.name, f.country, f.kind + (" (planning)" if f.planning_only else ""), f"{f.node_count:,}", f"{f.gpu_count:,}",
              f"{f.power_cap_mw:g}", f"{f.design_pue:.2f}", f"{f.energy_price_eur_per_kwh:.3f}", ", ".join(f.targets) or "-"]
@@ -219,9 +219,9 @@ def _inventory_show(args: argparse.Namespace) -> None:
 
 
 def _exporter_sim(args: argparse.Namespace) -> None:
-    from exporters.http import serve_exposition
-    from exporters.sim import SimExporter
-    from exporters.simulation import FactorySimulation
+    from aifmon.exporters.http import serve_exposition
+    from aifmon.exporters.sim import SimExporter
+    from aifmon.exporters.simulation import FactorySimulation
 
     inventory = load_inventory(args.inventory)
     factory = inventory.factory(args.factory)
@@ -243,15 +243,15 @@ def _exporter_node(args: argparse.Namespace) -> None:
     import importlib
     import socket
 
-    from exporters.http import serve_exposition
-    from exporters.hwmon import HwmonSource
-    from exporters.node import NodeExporter
-    from exporters.nvml_source import NvmlSource
-    from exporters.rapl import RaplSource
-    from exporters.redfish import RedfishClient, RedfishPower, load_credentials
-    from exporters.slurm_jobs import JobMappings, load_qos_access_modes
-    from exporters.web_config import load_web_config
-    from telemetry.config import is_loopback, parse_listen
+    from aifmon.exporters.http import serve_exposition
+    from aifmon.exporters.hwmon import HwmonSource
+    from aifmon.exporters.node import NodeExporter
+    from aifmon.exporters.nvml_source import NvmlSource
+    from aifmon.exporters.rapl import RaplSource
+    from aifmon.exporters.redfish import RedfishClient, RedfishPower, load_credentials
+    from aifmon.exporters.slurm_jobs import JobMappings, load_qos_access_modes
+    from aifmon.exporters.web_config import load_web_config
+    from aifmon.telemetry.config import is_loopback, parse_listen
 
     web = load_web_config(args.web_config) if args.web_config else None
     host, _ = parse_listen(args.listen)
@@ -283,8 +283,8 @@ def _exporter_node(args: argparse.Namespace) -> None:
 
 
 def _collect(args: argparse.Namespace) -> None:
-    from telemetry.collector import Collector, targets_of
-    from telemetry.duckdb_store import Compactor, DuckDBStore
+    from aifmon.ingest.collector import Collector, targets_of
+    from aifmon.stores.duckdb_store import Compactor, DuckDBStore
 
     inventory = load_inventory(args.inventory)
     store = open_store(args.store)
@@ -300,9 +300,10 @@ def _collect(args: argparse.Namespace) -> None:
 
 
 def _store_import(args: argparse.Namespace) -> None:
-    from rollups.hourly import reroll_stored_hours
-    from telemetry.openmetrics import import_openmetrics
     from tqdm import tqdm
+
+    from aifmon.ingest.openmetrics import import_openmetrics
+    from aifmon.rollups.hourly import reroll_stored_hours
 
     store = open_store(args.store)
     try:
@@ -318,7 +319,7 @@ def _store_import(args: argparse.Namespace) -> None:
 
 
 def _store_export(args: argparse.Namespace) -> None:
-    from telemetry.openmetrics import export_openmetrics
+    from aifmon.ingest.openmetrics import export_openmetrics
 
     start_ms, end_ms = parse_time(args.start), parse_time(args.end)
     store = open_store(args.store, read_only=True)
@@ -333,7 +334,7 @@ def _store_export(args: argparse.Namespace) -> None:
 
 
 def _deploy_prometheus_config(args: argparse.Namespace) -> None:
-    from telemetry.prometheus_config import write_prometheus_config
+    from aifmon.deploy.prometheus_config import write_prometheus_config
 
     for path in write_prometheus_config(load_inventory(args.inventory), Path(args.out), args.interval,
                                         alertmanagers=args.alertmanager, remote_write_url=args.remote_write):
@@ -341,8 +342,8 @@ def _deploy_prometheus_config(args: argparse.Namespace) -> None:
 
 
 def _deploy_alertmanager_config(args: argparse.Namespace) -> None:
-    from alerts.config import load_alert_config
-    from telemetry.alertmanager_config import secret_files, write_alertmanager_config
+    from aifmon.alerts.config import load_alert_config
+    from aifmon.deploy.alertmanager_config import secret_files, write_alertmanager_config
 
     inventory = load_inventory(args.inventory)
     config = load_alert_config(args.rules, inventory)
@@ -353,21 +354,21 @@ def _deploy_alertmanager_config(args: argparse.Namespace) -> None:
 
 
 def _deploy_vmagent_config(args: argparse.Namespace) -> None:
-    from telemetry.vmagent_config import write_vmagent_config
+    from aifmon.deploy.vmagent_config import write_vmagent_config
 
     for path in write_vmagent_config(load_inventory(args.inventory), Path(args.out), args.interval, args.remote_write, args.members):
         print(f"wrote {path}")
 
 
 def _rollup_energy(args: argparse.Namespace) -> None:
-    from rollups.energy import energy_rollup
-    from rollups.report_format import format_energy_rollup
+    from aifmon.rollups.energy import energy_rollup
+    from aifmon.rollups.report_format import format_energy_rollup
 
     inventory = load_inventory(args.inventory)
     start_ms, end_ms = parse_time(args.start), parse_time(args.end)
     accounting = None
     if args.sacct:
-        from rollups.slurm_accounting import load_sacct
+        from aifmon.rollups.slurm_accounting import load_sacct
 
         accounting = load_sacct(args.sacct, args.sacct_timezone)
     store = open_store(args.store, read_only=True)
@@ -380,7 +381,7 @@ def _rollup_energy(args: argparse.Namespace) -> None:
 
 
 def _rollup_hourly(args: argparse.Namespace) -> None:
-    from rollups.hourly import HourlyRollups
+    from aifmon.rollups.hourly import HourlyRollups
 
     inventory = load_inventory(args.inventory)
     store = open_store(args.store)
@@ -394,8 +395,8 @@ def _rollup_hourly(args: argparse.Namespace) -> None:
 
 
 def _rollup_schedule(args: argparse.Namespace) -> None:
-    from rollups.hourly import HourlyRollups
-    from telemetry.split_store import SplitStore
+    from aifmon.rollups.hourly import HourlyRollups
+    from aifmon.stores.split_store import SplitStore
 
     inventory = load_inventory(args.inventory)
     store = open_store(args.store)
@@ -409,8 +410,8 @@ def _rollup_schedule(args: argparse.Namespace) -> None:
 
 
 def _efficiency_hpl(args: argparse.Namespace) -> None:
-    from rollups.efficiency import format_efficiency, measure_hpl, read_hpl_file, record_efficiency, trace_store
-    from rollups.slurm_accounting import expand_nodelist
+    from aifmon.rollups.efficiency import format_efficiency, measure_hpl, read_hpl_file, record_efficiency, trace_store
+    from aifmon.rollups.slurm_accounting import expand_nodelist
 
     inventory = load_inventory(args.inventory)
     run = read_hpl_file(args.hpl_output, args.hpl_timezone) if args.hpl_output else None
@@ -438,8 +439,9 @@ def _efficiency_hpl(args: argparse.Namespace) -> None:
 
 
 def _report_monthly(args: argparse.Namespace) -> None:
-    from rollups.monthly_report import build_monthly_report, write_monthly_report
     from tqdm import tqdm
+
+    from aifmon.rollups.monthly_report import build_monthly_report, write_monthly_report
 
     inventory = load_inventory(args.inventory)
     store = open_store(args.store, read_only=True)
@@ -458,8 +460,8 @@ def _report_monthly(args: argparse.Namespace) -> None:
 
 
 def _alerts_export_rules(args: argparse.Namespace) -> None:
-    from alerts.config import load_alert_config
-    from alerts.prometheus import render_rules
+    from aifmon.alerts.config import load_alert_config
+    from aifmon.alerts.prometheus import render_rules
 
     inventory = load_inventory(args.inventory)
     text = render_rules(inventory, load_alert_config(args.rules, inventory))
@@ -470,7 +472,7 @@ def _alerts_export_rules(args: argparse.Namespace) -> None:
 
 
 def _alerts_evaluate(args: argparse.Namespace) -> None:
-    from alerts.evaluator import AlertEvaluator
+    from aifmon.alerts.evaluator import AlertEvaluator
 
     inventory = load_inventory(args.inventory)
     store = open_store(args.store, read_only=args.once)
@@ -484,7 +486,7 @@ def _alerts_evaluate(args: argparse.Namespace) -> None:
         if args.format == "json":
             print(json.dumps([a.to_json() for a in active], indent=2))
             return
-        from rollups.report_format import text_table
+        from aifmon.rollups.report_format import text_table
 
         rows = [[a.state, a.labels["alertname"], a.labels.get("severity", ""),
                  " ".join(f"{k}={v}" for k, v in a.labels.items() if k not in ("alertname", "severity")),
@@ -502,14 +504,14 @@ def _dashboard_options(c: argparse.ArgumentParser) -> None:
 
 def _dashboard_app(store, inventory, args: argparse.Namespace, **kwargs):
     """The dashboard of `aifmon dashboard` and `aifmon up`: users from --users or the environment, reports from --reports-dir."""
-    from dashboard.app import create_app
-    from dashboard.auth import load_users
+    from aifmon.dashboard.app import create_app
+    from aifmon.dashboard.auth import load_users
 
     return create_app(store, inventory, users=load_users(args.users), reports_dir=Path(args.reports_dir), **kwargs)
 
 
 def _dashboard(args: argparse.Namespace) -> None:
-    from dashboard.app import make_server
+    from aifmon.dashboard.app import make_server
 
     inventory = load_inventory(args.inventory)
     store = open_store(args.store, read_only=True)
@@ -525,14 +527,15 @@ def _dashboard(args: argparse.Namespace) -> None:
 
 def _up(args: argparse.Namespace) -> None:
     """Simulators (child processes), backfill, collector, hourly rollups and dashboard, until Ctrl-C."""
-    from alerts.evaluator import AlertEvaluator
-    from dashboard.app import make_server
-    from exporters.backfill import backfill
-    from exporters.simulation import FactorySimulation
-    from rollups.hourly import HourlyRollups
-    from telemetry.collector import Collector, targets_of
-    from telemetry.duckdb_store import Compactor
     from tqdm import tqdm
+
+    from aifmon.alerts.evaluator import AlertEvaluator
+    from aifmon.dashboard.app import make_server
+    from aifmon.exporters.backfill import backfill
+    from aifmon.exporters.simulation import FactorySimulation
+    from aifmon.ingest.collector import Collector, targets_of
+    from aifmon.rollups.hourly import HourlyRollups
+    from aifmon.stores.duckdb_store import Compactor
 
     inventory = load_inventory(args.inventory)
     if not args.store.startswith("duckdb:"):

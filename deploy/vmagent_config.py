@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from telemetry.inventory import Inventory
-from telemetry.prometheus_config import duration, generated_header, scrape_job, scrape_timeout_s, write_targets
+from aifmon.deploy.prometheus_config import duration, generated_header, scrape_job, scrape_timeout_s, write_targets
+from aifmon.telemetry.inventory import Inventory
 
 CONFIG_FILE = "vmagent.yml"
 

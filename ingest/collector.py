@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from telemetry.exposition import ExpositionError
-from telemetry.parser import parse_exposition, warm_up
-from telemetry.inventory import Inventory
-from telemetry.series_index import SeriesIndex
-from telemetry.store import Store, series_key
+from aifmon.ingest.parser import parse_exposition, warm_up
+from aifmon.ingest.series_index import SeriesIndex
+from aifmon.stores.store import Store, series_key
+from aifmon.telemetry.exposition import ExpositionError
+from aifmon.telemetry.inventory import Inventory
 
 log = logging.getLogger(__name__)
 

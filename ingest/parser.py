@@ -1,7 +1,7 @@
 """Parsing whole expositions (Prometheus text and OpenMetrics) into columns, compiled.
 
 Each sample's series text (`name{labels}`) is kept as its key, so the collector resolves labels only
-for series it has not seen before (`telemetry.series_index`).
+for series it has not seen before (`aifmon.ingest.series_index`).
 
 The byte scanning is compiled by Numba: each line is found with libc's memchr and read backwards
 from its end, so only the short value and timestamp fields are looked at byte by byte, and their
@@ -15,6 +15,7 @@ array through a string-view array over the body, without per-line Python.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 
-from telemetry.exposition import ExpositionError
+from aifmon.telemetry.exposition import ExpositionError
 
 _NL, _HASH, _SPACE, _CLOSE = 10, 35, 32, 125
 _POW10 = np.array([10.0 ** k for k in range(23)])  # exactly representable in float64
@@ -135,7 +136,7 @@ def _pieces(body: bytes) -> list[tuple[int, int, int]]:
         if cut > cuts[-1]:
             cuts.append(cut)
     cuts.append(len(body))
-    return [(a, b, body.count(b"\n", 0, a)) for a, b in zip(cuts, cuts[1:]) if b > a]
+    return [(a, b, body.count(b"\n", 0, a)) for a, b in itertools.pairwise(cuts) if b > a]
 
 
 class _Lines(NamedTuple):

@@ -10,7 +10,7 @@ import time
 
 import pandas as pd
 
-from telemetry.store import Store, StoreError
+from aifmon.stores.store import Store, StoreError
 
 
 class SplitStore:
@@ -38,6 +38,12 @@ class SplitStore:
 
     def replace_rows(self, table: str, window_start_ms: int, rows: pd.DataFrame) -> None:
         self.rows.replace_rows(table, window_start_ms, rows)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self.rows.close()
