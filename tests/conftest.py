@@ -7,7 +7,9 @@ import shutil
 import socket
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -16,6 +18,7 @@ from aifmon.exporters.sim import SimExporter
 from aifmon.exporters.simulation import FactorySimulation
 from aifmon.telemetry.inventory import Inventory, parse_inventory
 
+T = TypeVar("T")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
@@ -48,6 +51,21 @@ def wait_for_http(url: str, timeout_s: float = 30.0) -> bytes:
             last = e
             time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout_s} s: {last}")
+
+
+def wait_until(condition: Callable[[], T | None], timeout_s: float, what: str, poll_s: float = 0.1) -> T:
+    """Call `condition` until it returns something truthy, and return that; fail naming `what` at the deadline.
+
+    The way tests wait for a process or a page: on the condition itself, never for a fixed time.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s:g} s")
+        time.sleep(poll_s)
 
 
 def inventory_text(targets: dict[str, str] | None = None, gpus_per_node: int = 4, nodes: int = 4) -> str:
