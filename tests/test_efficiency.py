@@ -92,7 +92,7 @@ def test_league_table_places_a_measured_system_among_the_top500_entries():
 def test_efficiency_command_reads_an_hpl_file_and_an_openmetrics_trace(tmp_path, capsys):
     import json
 
-    from aifmon import main
+    from aifmon.cli import main
     from aifmon.ingest.openmetrics import export_openmetrics
 
     store = _trace(tmp_path, nodes=16, readings_every_s=5.0, core_kw=48.0, other_kw=20.0)
