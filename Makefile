@@ -1,4 +1,4 @@
-# The two commands of the README: `make up` and `make test`. Each sets itself up on first use.
+# The two commands of the README: `make up` and `make test` (linter, type checker, then the suite). Each sets itself up on first use.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
@@ -19,6 +19,8 @@ system-packages:
 	@.ci/install-system-packages
 
 test: $(STAMP) system-packages
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
 clean:
