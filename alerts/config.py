@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -230,6 +230,17 @@ class AlertConfig:
         return Settings(**merged)
 
 
+_T = TypeVar("_T")
+
+
+def required(value: _T | None) -> _T:
+    """A value loading guarantees: a setting that applies to its scope (`DEFAULTS` sets each one, see
+    `AlertConfig.settings`) or a notifier key its type requires (`_notifier_problems`). None here is a bug."""
+    if value is None:
+        raise AssertionError("a value the alert rules loader guarantees is unset")
+    return value
+
+
 def default_config() -> AlertConfig:
     """The built-in rules (`DEFAULTS`, no overrides, no notifiers)."""
     f = _RulesFile()
@@ -298,10 +309,10 @@ def _cross_check(f: _RulesFile, inventory: Inventory) -> Iterator[tuple[tuple, s
                 yield at + ("system",), f"unknown system {o.system!r} in factory {o.factory}; expected one of {_some(known)}"
             if o.scope == "system" and o.system is None:
                 yield at + ("system",), "required for scope system"
-        key = (o.scope, o.factory, o.system, o.project)
-        if key in seen:
-            yield at, f"a second override for the same {o.scope} (first at overrides[{seen[key]}])"
-        seen.setdefault(key, i)
+        target = (o.scope, o.factory, o.system, o.project)
+        if target in seen:
+            yield at, f"a second override for the same {o.scope} (first at overrides[{seen[target]}])"
+        seen.setdefault(target, i)
     for i, n in enumerate(f.notifiers):
         yield from _notifier_problems(("notifiers", i), n)
     if f.evaluation_interval_s > f.stale_after_s:
@@ -324,11 +335,12 @@ def _level_order(config: AlertConfig, inventory: Inventory, f: _RulesFile) -> It
                 for i, o in enumerate(f.overrides) if o.scope in ("factory", "system", "node")]
     for at, scope, ids in targets:
         s = config.settings(scope, **ids)
-        w, c, b = s.warning.percent, s.critical.percent, s.breached.percent
+        w, c, b = (required(required(level).percent) for level in (s.warning, s.critical, s.breached))
         if not w < c <= b:
             yield at, f"levels out of order: warning {w:g} % < critical {c:g} % <= breached {b:g} % is required"
-        if s.hysteresis_percent >= w:
-            yield at + ("hysteresis_percent",), f"{s.hysteresis_percent:g} points is not below the warning level ({w:g} %)"
+        hysteresis = required(s.hysteresis_percent)
+        if hysteresis >= w:
+            yield at + ("hysteresis_percent",), f"{hysteresis:g} points is not below the warning level ({w:g} %)"
 
 
 def _notifier_problems(at: tuple, n: NotifierConfig) -> Iterator[tuple[tuple, str]]:

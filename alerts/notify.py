@@ -24,7 +24,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
 
-from aifmon.alerts.config import NotifierConfig
+from aifmon.alerts.config import NotifierConfig, required
 
 log = logging.getLogger(__name__)
 
@@ -208,14 +208,14 @@ def build_notifiers(configs: tuple[NotifierConfig, ...] | list[NotifierConfig], 
         name = c.name or f"{c.type}-{i}"
         token = lambda c=c, name=name: _secret(c.bearer_token_env, c.bearer_token_file, f"notifier {name} bearer token")
         if c.type == "webhook":
-            out.append(WebhookNotifier(name, c.url, c.repeat_interval_s or repeat_interval_s, c.retries, c.timeout_s, token))
+            out.append(WebhookNotifier(name, required(c.url), c.repeat_interval_s or repeat_interval_s, c.retries, c.timeout_s, token))
         elif c.type == "alertmanager":
-            out.append(AlertmanagerNotifier(name, c.url, c.repeat_interval_s or ALERTMANAGER_RESEND_S, c.retries, c.timeout_s,
+            out.append(AlertmanagerNotifier(name, required(c.url), c.repeat_interval_s or ALERTMANAGER_RESEND_S, c.retries, c.timeout_s,
                                             token, evaluation_interval_s))
         else:
-            host, _, port = c.smtp.rpartition(":")
+            host, _, port = required(c.smtp).rpartition(":")
             password = lambda c=c, name=name: _secret(c.password_env, c.password_file, f"notifier {name} SMTP password")
-            out.append(EmailNotifier(name, host.strip("[]"), int(port), c.from_addr, list(c.to), c.repeat_interval_s or repeat_interval_s,
+            out.append(EmailNotifier(name, host.strip("[]"), int(port), required(c.from_addr), list(required(c.to)), c.repeat_interval_s or repeat_interval_s,
                                      c.retries, c.timeout_s, c.username, password, c.starttls))
     return out
 

@@ -8,9 +8,9 @@ built from this one list, so the two judge the same numbers against the same thr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict
 
-from aifmon.alerts.config import AlertConfig, format_duration
+from aifmon.alerts.config import AlertConfig, format_duration, required
 from aifmon.telemetry.inventory import Factory, Inventory, NodeGroup
 
 POWER_LEVELS = (
@@ -107,26 +107,35 @@ def build_rules(inventory: Inventory, config: AlertConfig) -> list[Rule]:
                     lv = getattr(node, level)
                     rules.append(Rule(
                         name, "power", "node", {"alertname": name, "scope": "node", "factory": f.id, "system": s.id, "severity": severity},
-                        lv.percent / 100, lv.for_s, strict, node.hysteresis_percent / 100, limit, f.id, s.id, group.prefix,
+                        lv.percent / 100, lv.for_s, strict, required(node.hysteresis_percent) / 100, limit, f.id, s.id, group.prefix,
                     ))
             if s.gpu_count:
                 gpu = config.settings("gpu", f.id, s.id)
                 name = POWER_LEVELS[0][1]
                 rules.append(Rule(
                     name, "throttle", "gpu", {"alertname": name, "scope": "gpu", "factory": f.id, "system": s.id, "severity": "warning"},
-                    1.0, gpu.throttled_for_s, factory=f.id, system=s.id,
+                    1.0, required(gpu.throttled_for_s), factory=f.id, system=s.id,
                 ))
     live = {f.id for f in inventory.live_factories()}
     for p in inventory.projects:
         if p.allocation_mwh is None or p.factory not in live:
             continue
         budget = config.settings("project", project=p.id)
-        for pct in sorted(budget.budget_percent):
+        for pct in sorted(required(budget.budget_percent)):
             labels = {"alertname": BUDGET, "scope": "project", "factory": p.factory, "project": p.id,
                       "budget_percent": f"{pct:g}", "severity": "critical" if pct >= 95 else "warning"}
             rules.append(Rule(BUDGET, "budget", "project", labels, pct / 100, 0.0, factory=p.factory, project=p.id,
                               allocation_joules=p.allocation_mwh * 3.6e9))
     return rules
+
+
+class _Site(TypedDict):
+    """The `Rule` fields every rule of one factory or system shares."""
+
+    factory: str
+    system: str | None
+    design_pue: float
+    facility_meter: bool
 
 
 def _scope_rules(f: Factory, system: str | None, config: AlertConfig) -> list[Rule]:
@@ -139,18 +148,19 @@ def _scope_rules(f: Factory, system: str | None, config: AlertConfig) -> list[Ru
         cap, gpus, nodes = (sys_.power_cap_kw or 0.0) * 1e3, sys_.gpu_count, sys_.node_count
     else:
         cap, gpus, nodes = f.power_cap_mw * 1e6, f.gpu_count, f.node_count
-    common = dict(factory=f.id, system=system, design_pue=f.design_pue, facility_meter=f.facility_meter)
-    hyst = s.hysteresis_percent / 100
+    common = _Site(factory=f.id, system=system, design_pue=f.design_pue, facility_meter=f.facility_meter)
+    hyst = required(s.hysteresis_percent) / 100
     rules = []
     if cap:  # a system without power_cap_kw has no cap to judge
         for level, name, severity, strict in POWER_LEVELS:
             lv = getattr(s, level)
             rules.append(Rule(name, "power", scope, {"alertname": name, "scope": scope, **ids, "severity": severity},
                               lv.percent / 100, lv.for_s, strict, hyst, cap, **common))
-        fc = s.forecast
+        fc = required(s.forecast)
         rules.append(Rule(FORECAST, "forecast", scope, {"alertname": FORECAST, "scope": scope, **ids, "severity": "warning"},
-                          fc.percent / 100, fc.for_s, False, hyst, cap, window_s=fc.window_s, horizon_s=fc.horizon_s, **common))
-    m = s.missing
+                          required(fc.percent) / 100, required(fc.for_s), False, hyst, cap,
+                          window_s=required(fc.window_s), horizon_s=required(fc.horizon_s), **common))
+    m = required(s.missing)
     rules.append(Rule(MISSING, "missing", scope, {"alertname": MISSING, "scope": scope, **ids, "severity": "critical"},
-                      m.percent / 100, m.for_s, False, hyst, expected_gpus=gpus, expected_nodes=nodes, **common))
+                      required(m.percent) / 100, required(m.for_s), False, hyst, expected_gpus=gpus, expected_nodes=nodes, **common))
     return rules
