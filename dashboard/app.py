@@ -38,7 +38,7 @@ def create_app(store: Store, inventory: Inventory, refresh_s: float = 5.0, users
         title="aifmon",
         serve_locally=True,  # air-gapped sites: every script and style comes from this server
         suppress_callback_exceptions=True,
-        update_title=None,
+        update_title="",  # no "Updating..." title while callbacks run (Dash's renderer treats "" as off)
     )
     ctx = PageContext(store, inventory, refresh_s, Path(reports_dir), state_path_for(store))
     app.server.config["AIFMON_USERS"] = users
@@ -71,7 +71,9 @@ def create_app(store: Store, inventory: Inventory, refresh_s: float = 5.0, users
     for page in PAGES:
         page.register(app, ctx)
     # Every page's components, so Dash can check the callbacks of pages not shown yet.
-    app.validation_layout = html.Div([dcc.Location(id="url"), html.Main(id="page"), *(p.layout(ctx, {}) for p in PAGES)])
+    # Dash initialises validation_layout to a bare None, so mypy infers the attribute's type as None.
+    app.validation_layout = html.Div(  # type: ignore[assignment]
+        [dcc.Location(id="url"), html.Main(id="page"), *(p.layout(ctx, {}) for p in PAGES)])
 
     @app.callback(Output("page", "children"), Input("url", "pathname"), State("url", "search"))
     def route(pathname: str | None, search: str | None):

@@ -23,7 +23,7 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -72,9 +72,9 @@ def _entry(source: str, user: str, role: object, hashed: object) -> tuple[str, t
     return user, (str(role), hashed.encode())
 
 
-def load_users(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Users | None:
+def load_users(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Users | None:
     """Users from the file at `path`, else from `AIFMON_DASHBOARD_USERS`; None when neither is given."""
-    environ = os.environ if environ is None else environ
+    env = os.environ if environ is None else environ
     if path is not None:
         try:
             doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -90,7 +90,7 @@ def load_users(path: str | Path | None = None, environ: dict[str, str] | None = 
             name, entry = _entry(f"users file {path}", str(user), spec["role"], spec["password_hash"])
             entries[name] = entry
         return Users(entries, str(path))
-    text = environ.get(USERS_ENV, "").strip()
+    text = env.get(USERS_ENV, "").strip()
     if not text:
         return None
     entries = {}

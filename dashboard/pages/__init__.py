@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
-from dash import html
+from dash import dcc, html
 
 from aifmon.stores.store import Store
 from aifmon.telemetry.inventory import Inventory
 
-GRAPH_CONFIG = {"displaylogo": False, "displayModeBar": "hover", "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+GRAPH_CONFIG: dcc.Graph.Config = {"displaylogo": False, "displayModeBar": "hover", "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 EVERYONE = frozenset({"operator", "board"})
 OPERATOR = frozenset({"operator"})
 

@@ -21,16 +21,18 @@ PATH = "/budgets"
 TITLE = "Gigafactory budgets"
 PREFIX = "budgets-"
 ROLES = OPERATOR
-_DEFAULTS = {"gpus": 100_000, "model": "B200-SXM-180GB", "util": 80, "pue": 1.12, "overhead": 187.5, "budget": 120}
+_DEFAULT_MODEL = "B200-SXM-180GB"
+_DEFAULTS: dict[str, float] = {"gpus": 100_000, "util": 80, "pue": 1.12, "overhead": 187.5, "budget": 120}
 """Planner start: the seed's 100,000 AI processors; 1,500 W of host power per 8-GPU node = 187.5 W per GPU."""
 
 
 def _number(query: dict[str, list[str]], key: str, lo: float, hi: float) -> float:
+    default = float(_DEFAULTS[key])
     try:
-        value = float(query.get(key, [_DEFAULTS[key]])[0])
+        value = float(query[key][0]) if key in query else default
     except ValueError:
-        return float(_DEFAULTS[key])
-    return value if lo <= value <= hi else float(_DEFAULTS[key])
+        return default
+    return value if lo <= value <= hi else default
 
 
 def _default_site(ctx: PageContext) -> str:
@@ -39,8 +41,8 @@ def _default_site(ctx: PageContext) -> str:
 
 
 def layout(ctx: PageContext, query: dict[str, list[str]]) -> html.Div:
-    model = query.get("model", [_DEFAULTS["model"]])[0]
-    model = model if model in GPU_MODELS else _DEFAULTS["model"]
+    model = query.get("model", [_DEFAULT_MODEL])[0]
+    model = model if model in GPU_MODELS else _DEFAULT_MODEL
     site = query.get("site", [""])[0]
     site = site if site in {f.id for f in ctx.inventory.factories} else _default_site(ctx)
     return html.Div([

@@ -30,7 +30,7 @@ PATH = "/"
 TITLE = "Overview"
 PREFIX = "factories-"
 ROLES = EVERYONE
-MAP_CONFIG = {**GRAPH_CONFIG, "topojsonURL": "/assets/topojson/"}
+MAP_CONFIG: dcc.Graph.Config = {**GRAPH_CONFIG, "topojsonURL": "/assets/topojson/"}
 """Plotly fetches its base map (europe_50m.json) from here, this server, instead of its CDN."""
 _COLOURS = {"ok": "#2e7d32", "warning": "#f9a825", "critical": "#e65100", "breached": "#b71c1c", "no-data": "#9e9e9e"}
 _HISTORY_H = 24
@@ -136,7 +136,7 @@ def map_figure(status: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def _alerts(active: list[dict]) -> html.Table | html.P:
+def _alerts(active: list[dict]) -> html.Div | html.P:
     if not active:
         return html.P("No alert is pending or firing.", className="empty", id=PREFIX + "alerts-none")
     order = {"firing": 0, "pending": 1}

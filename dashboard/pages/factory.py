@@ -14,7 +14,7 @@ import dash
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from _plotly_utils.utils import to_typed_array_spec
+from _plotly_utils.utils import to_typed_array_spec  # type: ignore[import-untyped]  # plotly's helper package ships no types
 from dash import Input, Output, Patch, State, dcc, html, no_update
 
 from aifmon.dashboard.live import GRID_METRICS, LIVE_LOOKBACK_S, RANGES, FactoryLive, GpuGrid, factory_live, gpu_grid, power_history
@@ -248,7 +248,7 @@ def _top(frame: pd.DataFrame, key: str) -> html.Table | html.P:
     return html.Table([html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(rows)], className="table")
 
 
-def _throttled(live: FactoryLive) -> html.Div:
+def _throttled(live: FactoryLive) -> html.Div | html.P:
     if live.throttled.empty:
         return html.P("No GPU is throttled.", className="empty")
     return html.Div([
