@@ -34,6 +34,37 @@ def console_errors(driver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
+# Dash's renderer keeps its callbacks in its redux store (`window.store`, as dash.testing reads it): the queues of
+# callbacks requested and in flight, and a count of those completed since the page loaded. `stored` holds results
+# already applied to the page (dash.testing leaves it out of its pending list too).
+_CALLBACKS = """
+const c = window.store ? window.store.getState().callbacks : null;
+if (!c) return null;
+const pending = Object.keys(c).filter(k => k !== 'stored' && Array.isArray(c[k])).reduce((n, k) => n + c[k].length, 0);
+return [pending, c.completed];
+"""
+
+
+def callbacks_completed(driver) -> int:
+    """How many Dash callbacks the page has completed since it loaded."""
+    state = driver.execute_script(_CALLBACKS)
+    return state[1] if state else 0
+
+
+def wait_for_callbacks(driver, timeout_s: float = 30.0, after: int = 0) -> int:
+    """Wait until more than `after` callbacks have completed and none is requested or running; returns the count.
+
+    `after=callbacks_completed(driver)` waits for the next live refresh (a tick of the page's interval) to land.
+    """
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def settled(d) -> int:  # 0 (falsy) while not yet: WebDriverWait polls on
+        state = d.execute_script(_CALLBACKS)
+        return state[1] if state and state[0] == 0 and state[1] > after else 0
+
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(settled, f"Dash callbacks still running after {timeout_s} s")
+
+
 def save_screenshot(driver, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"

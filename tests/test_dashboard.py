@@ -12,7 +12,7 @@ from aifmon.exporters.simulation import FactorySimulation
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import series_key
 from aifmon.telemetry.inventory import load_inventory
-from tests.browser import chromium, console_errors, save_screenshot, serving
+from tests.browser import callbacks_completed, chromium, console_errors, save_screenshot, serving, wait_for_callbacks
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +52,25 @@ def test_levels_and_units():
     assert [format_watts(x) for x in (950, 85_200, 1_234_000, float("nan"))] == ["950 W", "85.2 kW", "1.23 MW", "no data"]
 
 
-def test_power_history_averages_buckets(demo_store):
-    inventory, store = demo_store
-    now = int(time.time() * 1000)
-    hist = factory_power_history(store, inventory, now - 7_200_000, now, bucket_s=600)
-    assert set(hist["factory"]) == {f.id for f in inventory.live_factories()}
-    assert hist.groupby("factory").size().max() <= 13  # 2 h in 10-minute buckets
-    assert hist["share_of_cap"].between(0.05, 1.5).all()
+def test_power_history_sums_feeds_and_averages_buckets(tmp_path, small_inventory):
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    t0 = 1_790_000_400_000  # ms, on a 10-minute boundary
+    keys = [series_key("aif_facility_power_watts", {"factory": f, "feed": feed})
+            for f, feed in (("alpha", "main"), ("alpha", "aux"), ("beta", "main"))]
+    main, aux, beta = store.series_ids(keys)
+    for offset_s, watts in ((0, (9000.0, 1500.0, 6000.0)), (300, (10_500.0, 1500.0, None)),
+                            (600, (12_000.0, 1500.0, 8000.0)), (900, (13_500.0, 1500.0, None))):
+        ids, values = zip(*((sid, w) for sid, w in zip((main, aux, beta), watts) if w is not None))
+        store.append(np.array(ids), np.full(len(ids), t0 + offset_s * 1000), np.array(values))
+    hist = factory_power_history(store, small_inventory, t0, t0 + 1_200_000, bucket_s=600)
+    store.close()
+    # alpha's scrapes sum their feeds (10.5, 12, 13.5, 15 kW), two to a bucket; beta has one scrape per bucket
+    assert hist.to_dict("records") == [
+        {"factory": "alpha", "t_ms": t0, "watts": 11_250.0, "share_of_cap": 0.75},
+        {"factory": "alpha", "t_ms": t0 + 600_000, "watts": 14_250.0, "share_of_cap": 0.95},
+        {"factory": "beta", "t_ms": t0, "watts": 6000.0, "share_of_cap": 0.6},
+        {"factory": "beta", "t_ms": t0 + 600_000, "watts": 8000.0, "share_of_cap": 0.8},
+    ]
 
 
 def test_factories_page_in_headless_chromium(tmp_path, demo_store):
@@ -82,6 +94,6 @@ def test_factories_page_in_headless_chromium(tmp_path, demo_store):
         sources = driver.execute_script(
             "return Array.from(document.querySelectorAll('script[src], link[href]')).map(e => e.src || e.href)")
         assert sources and all(s.startswith(f"{base}/") for s in sources), sources
-        time.sleep(2.5)  # one live refresh
+        wait_for_callbacks(driver, after=callbacks_completed(driver))  # one live refresh lands without an error
         save_screenshot(driver, "factories-page")
         assert console_errors(driver) == []

@@ -23,7 +23,7 @@ from aifmon.exporters.backfill import backfill
 from aifmon.exporters.simulation import FactorySimulation
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.telemetry.inventory import load_inventory, parse_inventory
-from tests.browser import chromium, console_errors, save_screenshot, serving
+from tests.browser import callbacks_completed, chromium, console_errors, save_screenshot, serving, wait_for_callbacks
 from tests.conftest import inventory_text
 
 PASSWORDS = {"olga": "operator-password-1", "bert": "board-password-22"}
@@ -130,7 +130,7 @@ def test_every_page_renders_for_an_operator(tmp_path, site):
         for path, css, count in OPERATOR_PAGES:
             driver.get(base + path)
             _wait(driver, css, count=count)
-            time.sleep(1.0)  # let the remaining callbacks of the page land before judging it
+            wait_for_callbacks(driver)  # the page's remaining callbacks land before it is judged
             name = "page-" + (path.strip("/").split("?")[0] or "overview")
             _no_errors(driver, path)
             save_screenshot(driver, name)
@@ -239,7 +239,7 @@ def test_factory_heatmap_holds_25000_gpus(tmp_path):
             cells, rows, cols = driver.execute_script(count)
             assert cells == 25_000, (cells, rows, cols)
             # a live refresh (every 2 s) patches z in place and keeps every cell
-            time.sleep(4.5)
+            wait_for_callbacks(driver, timeout_s=60, after=callbacks_completed(driver))
             assert driver.execute_script(count)[0] == 25_000
             _no_errors(driver, "25,000-GPU factory")
             save_screenshot(driver, "factory-live-25000-gpus")
@@ -310,7 +310,10 @@ def test_month_energy_from_samples_without_rollups(tmp_path, small_inventory):
     energy = month_energy(store, small_inventory, month)
     assert energy.hours_rolled_up == 0 and 1 <= energy.hours_computed <= 2 and energy.hours_missing == 0
     rows = energy.by(small_inventory, "project").rows
-    assert rows["energy_kwh"].sum() > 0 and set(rows["project"]) <= {"alpha-train", "alpha-play", "beta-science", "(unallocated)"}
+    assert set(rows["project"]) <= {"alpha-train", "alpha-play", "beta-science", "(unallocated)"}
+    # every joule each GPU's counter rose by over the half hour (the simulator never resets one), jobs and idle together
+    counters = store.range("aif_gpu_energy_joules_total", 0, int(end * 1000) + 1).groupby("series_id")["value"]
+    assert rows["energy_kwh"].sum() == pytest.approx((counters.last() - counters.first()).sum() / 3.6e6, rel=1e-9)
     store.close()
 
 
