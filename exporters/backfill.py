@@ -52,9 +52,9 @@ def backfill(store: Store, sim: FactorySimulation, start: float, end: float, ste
             if metric.name == JOB_INFO:
                 sid = np.concatenate([job_ids(j) for j in snap.jobs] or [np.zeros(0, dtype=np.int32)])
             else:
-                sid = ids.get(metric.name)
-                if sid is None:
-                    sid = ids[metric.name] = store.series_ids([series_key(metric.name, {**instance, **lb}) for lb in labels])
+                if metric.name not in ids:
+                    ids[metric.name] = store.series_ids([series_key(metric.name, {**instance, **lb}) for lb in labels])
+                sid = ids[metric.name]
             pending_ids.append(sid)
             pending_t.append(np.full(len(sid), t_ms, dtype=np.int64))
             pending_v.append(np.asarray(values, dtype=np.float64))

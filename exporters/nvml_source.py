@@ -22,13 +22,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any
+from typing import Any, TypeAlias
 
 import pynvml
 
 from aifmon.exporters.timebox import CallTimeout, TimeBox
 from aifmon.telemetry.schema import THROTTLE_REASONS
+
+Nvml: TypeAlias = Any
+"""The NVML library: the `pynvml` module, or an object with its functions (tests.fake_nvml.FakeNVML).
+Any, because pynvml ships no type information to write a protocol against."""
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +114,7 @@ def add_energy_reading(gpu: Gpu, raw_mj: int) -> None:
     gpu.last_raw_mj = raw_mj
 
 
-def _fetch(lib: ModuleType, handle: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+def _fetch(lib: Nvml, handle: Any, fields: tuple[str, ...]) -> dict[str, Any]:
     """Read NVML fields of one GPU in one time-boxed call; each value or the exception it raised."""
     out: dict[str, Any] = {}
     for name in fields:
@@ -122,13 +125,13 @@ def _fetch(lib: ModuleType, handle: Any, fields: tuple[str, ...]) -> dict[str, A
     return out
 
 
-def _throttle(lib: ModuleType, h: Any) -> int:
+def _throttle(lib: Nvml, h: Any) -> int:
     # renamed "clocks event reasons" in driver 535; the old name stays for older libraries
     fn = getattr(lib, "nvmlDeviceGetCurrentClocksEventReasons", None) or lib.nvmlDeviceGetCurrentClocksThrottleReasons
     return int(fn(h))
 
 
-def _mig_uuids(lib: ModuleType, h: Any) -> tuple[str, ...]:
+def _mig_uuids(lib: Nvml, h: Any) -> tuple[str, ...]:
     current, _pending = lib.nvmlDeviceGetMigMode(h)
     if current != pynvml.NVML_DEVICE_MIG_ENABLE:
         return ()
@@ -141,7 +144,7 @@ def _mig_uuids(lib: ModuleType, h: Any) -> tuple[str, ...]:
     return tuple(uuids)
 
 
-_READERS: dict[str, Callable[[ModuleType, Any], Any]] = {
+_READERS: dict[str, Callable[[Nvml, Any], Any]] = {
     "power": lambda lib, h: lib.nvmlDeviceGetPowerUsage(h),  # mW
     "energy": lambda lib, h: lib.nvmlDeviceGetTotalEnergyConsumption(h),  # mJ since driver load
     "limit": lambda lib, h: lib.nvmlDeviceGetEnforcedPowerLimit(h),  # mW
@@ -162,7 +165,7 @@ class NvmlSource:
     Call `poll()` from one thread only (the NVML loop); `gpus()` and `xid_errors()` from any.
     """
 
-    def __init__(self, lib: ModuleType = pynvml, call_timeout_s: float = 0.5, slow_every_s: float = 10.0,
+    def __init__(self, lib: Nvml = pynvml, call_timeout_s: float = 0.5, slow_every_s: float = 10.0,
                  retry_s: float = 10.0, clock: Callable[[], float] = time.monotonic, xid_events: bool = True):
         self.lib = lib
         self.box = TimeBox("nvml", call_timeout_s)

@@ -48,8 +48,8 @@ _XID_PER_GPU_TICK = 2e-7
 
 def _hash01(seed: int, salt: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Uniform [0, 1) from a splitmix64-style hash of (seed, salt, a, b); broadcasts a against b."""
-    x = (np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64) ^ np.uint64(salt * 0xBF58476D1CE4E5B9 % 2**64))
-    x = x + a.astype(np.uint64) * np.uint64(0x94D049BB133111EB) + b.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)
+    key = np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64) ^ np.uint64(salt * 0xBF58476D1CE4E5B9 % 2**64)
+    x = key + a.astype(np.uint64) * np.uint64(0x94D049BB133111EB) + b.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)
     x ^= x >> np.uint64(30)
     x *= np.uint64(0xBF58476D1CE4E5B9)
     x ^= x >> np.uint64(27)

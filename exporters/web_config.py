@@ -16,6 +16,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
@@ -102,5 +103,5 @@ def _ssl_context(path: str, tls: object) -> ssl.SSLContext:
     return ctx
 
 
-def _bad(path: str, key: str, allowed: dict) -> ssl.TLSVersion:
+def _bad(path: str, key: str, allowed: dict) -> NoReturn:
     raise ValueError(f"web config {path}: tls_server_config.{key} must be one of {', '.join(allowed)}")

@@ -293,8 +293,8 @@ def _count_by_factory(series: pd.DataFrame, row: np.ndarray, t_ms: np.ndarray, s
 
 
 def _concat(a: Intervals, b: Intervals) -> Intervals:
-    return Intervals(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in ("stream", "t_end_ms", "energy_j", "seconds", "interval_s")),
-                     resets=a.resets + b.resets, wraps=a.wraps + b.wraps, duplicates=a.duplicates + b.duplicates)
+    arrays = {f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in ("stream", "t_end_ms", "energy_j", "seconds", "interval_s")}
+    return Intervals(**arrays, resets=a.resets + b.resets, wraps=a.wraps + b.wraps, duplicates=a.duplicates + b.duplicates)
 
 
 def _power_for_gpus_without_counter(store: Store, inventory: Inventory | None, gpus: _Codes, lo: int, hi: int,
