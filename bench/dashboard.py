@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,7 @@ def fill(store: DuckDBStore, inv: Inventory, now_ms: int) -> int:
     return written
 
 
-def _request(app, output_prefix: str, inputs: dict[str, object], state: dict[str, object] | None = None) -> tuple[float, int, dict]:
+def _request(app, output_prefix: str, inputs: Mapping[str, object], state: Mapping[str, object] | None = None) -> tuple[float, int, dict]:
     """POST one callback as the browser would; (server s, response bytes, parsed response)."""
     key = next(k for k in app.callback_map if output_prefix in k)
     spec = app.callback_map[key]

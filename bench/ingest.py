@@ -72,6 +72,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def installed(binary: str, package: str) -> str:
+    """The path of `binary` on PATH; exits saying which Debian package brings it when it is missing."""
+    path = shutil.which(binary)
+    if path is None:
+        raise SystemExit(f"{binary} is not installed (Debian package {package})")
+    return path
+
+
 def peak_rss_mb(pid: int | None = None) -> float:
     if pid is None:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -101,7 +109,8 @@ def bench_aifmon(body: bytes, scrapes: int, work: Path) -> tuple[float, float, f
         n += len(ids)
     store.close()
     elapsed = float(phases.sum())
-    return n / elapsed, elapsed, *phases.tolist()
+    parse_s, ids_s, commit_s = phases.tolist()
+    return n / elapsed, elapsed, parse_s, ids_s, commit_s
 
 
 def small_body_parse_us(body: bytes, calls: int = 2000) -> tuple[int, float]:
@@ -116,11 +125,8 @@ def small_body_parse_us(body: bytes, calls: int = 2000) -> tuple[int, float]:
 
 
 def bench_vm(body: bytes, scrapes: int, work: Path) -> tuple[float, float, float]:
-    binary = shutil.which("victoria-metrics")
-    if binary is None:
-        raise SystemExit("victoria-metrics is not installed (Debian package victoria-metrics)")
     port = free_port()
-    proc = subprocess.Popen([binary, f"-storageDataPath={work}", f"-httpListenAddr=127.0.0.1:{port}", "-loggerLevel=ERROR"],
+    proc = subprocess.Popen([installed("victoria-metrics", "victoria-metrics"), f"-storageDataPath={work}", f"-httpListenAddr=127.0.0.1:{port}", "-loggerLevel=ERROR"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ class SameMetricsCollector:
             yield fam
 
 
-def build_node(tmp: Path) -> tuple[NodeExporter, object, list]:
+def build_node(tmp: Path) -> tuple[NodeExporter, Callable[[], None], list]:
     lib = h100_node(8)
     tree = Powercap(tmp / "powercap", sockets=2)
     (tmp / "jobs").mkdir()

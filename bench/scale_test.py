@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from aifmon.deploy.prometheus_config import write_prometheus_config
 from aifmon.rollups.energy import energy_rollup
 from aifmon.stores.store import open_store
 from aifmon.telemetry.inventory import parse_inventory
-from bench.ingest import free_port
+from bench.ingest import free_port, installed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale_test.json"
 SIMS = 4  # simulator processes per step: Prometheus scrapes 4 targets in parallel, as it would many nodes
@@ -125,7 +124,7 @@ def run_step(gpus: int, interval_s: float, window_s: float, work: Path) -> dict:
     logs = open(work / "servers.log", "a")
     try:
         procs["victoria-metrics"].append(subprocess.Popen(
-            [shutil.which("victoria-metrics"), f"-storageDataPath={work / 'vm'}", f"-httpListenAddr=127.0.0.1:{vm_port}",
+            [installed("victoria-metrics", "victoria-metrics"), f"-storageDataPath={work / 'vm'}", f"-httpListenAddr=127.0.0.1:{vm_port}",
              "-search.latencyOffset=0s", "-loggerLevel=ERROR"], stdout=logs, stderr=subprocess.STDOUT))
         vm = f"http://127.0.0.1:{vm_port}"
         wait_http(vm + "/health")
@@ -139,7 +138,7 @@ def run_step(gpus: int, interval_s: float, window_s: float, work: Path) -> dict:
             wait_http(f"http://127.0.0.1:{port}/metrics")
         config, _ = write_prometheus_config(inv, work / "prom", interval_s, remote_write_url=vm + "/api/v1/write")
         procs["prometheus"].append(subprocess.Popen(
-            [shutil.which("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={work / 'tsdb'}",
+            [installed("prometheus", "prometheus"), f"--config.file={config}", f"--storage.tsdb.path={work / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=error"], stdout=logs, stderr=subprocess.STDOUT))
         prom = f"http://127.0.0.1:{prom_port}"
         wait_http(prom + "/-/ready")
@@ -154,22 +153,26 @@ def run_step(gpus: int, interval_s: float, window_s: float, work: Path) -> dict:
         w = f"{int(t1 - t0)}s"
         expected = int(t1 - t0) / interval_s
         scrapes = {t: query(prom, f'count_over_time(up{{instance="{t}"}}[{w}])', t1) for f in inv.live_factories() for t in f.targets}
-        figures = {
+        samples_per_scrape = query(prom, "sum(scrape_samples_scraped)", t1)
+        failed_scrapes = query(prom, f"sum(count_over_time(up[{w}])) - sum(sum_over_time(up[{w}]))", t1)
+        max_scrape_duration_s = query(prom, f"max(max_over_time(scrape_duration_seconds[{w}]))", t1)
+        remote_write_failed = own_metric(prom, "prometheus_remote_storage_samples_failed_total")
+        remote_write_dropped = own_metric(prom, "prometheus_remote_storage_samples_dropped_total")
+        remote_write_pending = own_metric(prom, "prometheus_remote_storage_samples_pending")
+        figures: dict[str, object] = {
             "gpus": inv.factories[0].gpu_count * SIMS, "interval_s": interval_s, "window_s": round(t1 - t0, 1),
-            "samples_per_scrape": query(prom, "sum(scrape_samples_scraped)", t1),
+            "samples_per_scrape": samples_per_scrape,
             "scrapes_expected_per_target": expected, "scrapes_min_per_target": min(scrapes.values()),
-            "failed_scrapes": query(prom, f"sum(count_over_time(up[{w}])) - sum(sum_over_time(up[{w}]))", t1),
-            "max_scrape_duration_s": query(prom, f"max(max_over_time(scrape_duration_seconds[{w}]))", t1),
-            "remote_write_failed": own_metric(prom, "prometheus_remote_storage_samples_failed_total"),
-            "remote_write_dropped": own_metric(prom, "prometheus_remote_storage_samples_dropped_total"),
-            "remote_write_pending": own_metric(prom, "prometheus_remote_storage_samples_pending"),
+            "failed_scrapes": failed_scrapes, "max_scrape_duration_s": max_scrape_duration_s,
+            "remote_write_failed": remote_write_failed, "remote_write_dropped": remote_write_dropped,
+            "remote_write_pending": remote_write_pending,
             "cpu_cores": {k: round(v, 3) for k, v in cpu.items()}, "peak_rss_mb": {k: round(v) for k, v in rss.items()},
         }
         urllib.request.urlopen(vm + "/internal/force_flush", timeout=120).read()
         in_prom = query(prom, f"sum(count_over_time(aif_gpu_power_watts[{w}]))", t1)
         in_vm = query(vm, f"sum(count_over_time(aif_gpu_power_watts[{w}]))", t1)
         figures.update(power_samples_prometheus=in_prom, power_samples_victoriametrics=in_vm)
-        figures["samples_per_s"] = figures["samples_per_scrape"] / interval_s
+        figures["samples_per_s"] = samples_per_scrape / interval_s
         store = open_store(f"victoriametrics+http://127.0.0.1:{vm_port}", read_only=True)
         started = time.perf_counter()
         rollup = energy_rollup(store, inv, int(t0 * 1000), int(t1 * 1000), by="factory")
@@ -179,13 +182,14 @@ def run_step(gpus: int, interval_s: float, window_s: float, work: Path) -> dict:
         started = time.perf_counter()
         status = factory_status(store, inv, lookback_s=max(60.0, 3 * interval_s))
         figures["factory_status_from_vm_s"] = round(time.perf_counter() - started, 2)
-        figures["factory_status_it_power_w"] = round(float(status["it_power_watts"].sum()))
+        it_power_w = round(float(status["it_power_watts"].sum()))
+        figures["factory_status_it_power_w"] = it_power_w
         figures["vm_storage_bytes"] = sum(p.stat().st_size for p in (work / "vm").rglob("*") if p.is_file())
         figures["held"] = bool(
-            figures["scrapes_min_per_target"] >= expected - 1 and figures["failed_scrapes"] <= 0.5
-            and figures["max_scrape_duration_s"] < interval_s and figures["remote_write_failed"] == 0
-            and figures["remote_write_dropped"] == 0 and figures["remote_write_pending"] < figures["samples_per_scrape"] and in_prom > 0 and in_vm == in_prom
-            and figures["factory_status_it_power_w"] > 0 and figures["rollup_factories"] > 0)
+            min(scrapes.values()) >= expected - 1 and failed_scrapes <= 0.5
+            and max_scrape_duration_s < interval_s and remote_write_failed == 0
+            and remote_write_dropped == 0 and remote_write_pending < samples_per_scrape and in_prom > 0 and in_vm == in_prom
+            and it_power_w > 0 and len(rollup.rows) > 0)
         return figures
     finally:
         for ps in procs.values():

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from aifmon.exporters.simulation import FactorySimulation
 from aifmon.ingest.openmetrics import export_openmetrics, import_openmetrics
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import open_store
-from bench.ingest import factory_inventory, free_port
+from bench.ingest import factory_inventory, free_port, installed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "storage.json"
 VM_SETTLE_S = 20.0  # VictoriaMetrics merges freshly flushed parts in the background; sizes settle within seconds
@@ -60,12 +59,12 @@ def measure(gpus: int, minutes: float, interval_s: float, work: Path) -> dict:
     with open(work / "history.om", "w", encoding="utf-8") as out:
         exported = export_openmetrics(store, out, int(start * 1000), int(end * 1000))
     store.close()
-    promtool = subprocess.run([shutil.which("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(work / "history.om"),
+    promtool = subprocess.run([installed("promtool", "prometheus"), "tsdb", "create-blocks-from", "openmetrics", str(work / "history.om"),
                                str(work / "blocks")], capture_output=True, text=True)
     if promtool.returncode:
         raise RuntimeError(promtool.stderr)
     port = free_port()
-    vm = subprocess.Popen([shutil.which("victoria-metrics"), f"-storageDataPath={work / 'vm'}", f"-httpListenAddr=127.0.0.1:{port}",
+    vm = subprocess.Popen([installed("victoria-metrics", "victoria-metrics"), f"-storageDataPath={work / 'vm'}", f"-httpListenAddr=127.0.0.1:{port}",
                            "-loggerLevel=ERROR"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(200):
