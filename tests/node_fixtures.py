@@ -9,7 +9,6 @@ import json
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -82,14 +81,32 @@ def build_hwmon(root: Path, meter_uw: int | None = None, amd_sockets: int = 0) -
     return paths
 
 
+class BmcGate:
+    """Holds every request to a `redfish_bmc` until `release` is set (at most `hold_s`, so that a test whose code
+    waits for the answer still ends, and then fails on what it finds); counts the requests that came in."""
+
+    def __init__(self, hold_s: float = 30.0):
+        self.hold_s = hold_s
+        self.release = threading.Event()
+        self.arrived = threading.Event()
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    def hold(self) -> None:
+        with self._lock:
+            self.requests += 1
+        self.arrived.set()
+        self.release.wait(self.hold_s)
+
+
 class _RedfishHandler(BaseHTTPRequestHandler):
     mockup: Path
     auth: str | None
-    delay_s: float
+    gate: BmcGate | None
 
     def do_GET(self) -> None:
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        if self.gate is not None:
+            self.gate.hold()
         if self.auth is not None and self.headers.get("Authorization") != self.auth:
             self._reply(401, {"error": {"code": "Base.1.0.NoValidSession"}})
             return
@@ -114,10 +131,10 @@ class _RedfishHandler(BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def redfish_bmc(mockup: str, username: str | None = None, password: str = "", tls: tuple[Path, Path] | None = None,
-                delay_s: float = 0.0) -> Iterator[str]:
-    """Serve one mockup folder on a free loopback port; yields the base URL."""
+                gate: BmcGate | None = None) -> Iterator[str]:
+    """Serve one mockup folder on a free loopback port; yields the base URL. With `gate`, every request waits on it."""
     handler = type("Handler", (_RedfishHandler,), {
-        "mockup": REDFISH_MOCKUPS / mockup, "delay_s": delay_s,
+        "mockup": REDFISH_MOCKUPS / mockup, "gate": gate,
         "auth": None if username is None else "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode(),
     })
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
@@ -132,6 +149,8 @@ def redfish_bmc(mockup: str, username: str | None = None, password: str = "", tl
     try:
         yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
     finally:
+        if gate is not None:
+            gate.release.set()  # requests still held end before the server does
         server.shutdown()
         server.server_close()
 

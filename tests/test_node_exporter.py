@@ -31,7 +31,7 @@ from aifmon.telemetry.schema import BY_NAME, THROTTLE_REASONS
 from tests.conftest import free_port, require_binary, wait_for_http, wait_until
 from tests.fake_nvml import h100_node
 from tests.golden_files import assert_same_text
-from tests.node_fixtures import Powercap, build_hwmon, redfish_bmc, self_signed_cert
+from tests.node_fixtures import BmcGate, Powercap, build_hwmon, redfish_bmc, self_signed_cert
 from tests.servers import prometheus, promql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,19 +157,18 @@ def test_nvml_missing_leaves_cpu_and_node_power_served(tmp_path, caplog):
 
 
 def test_the_bmc_is_polled_off_the_scrape_path():
-    with redfish_bmc("dmtf-public-rackmount1", delay_s=0.5) as url:  # 0.5 s per request: discovery takes seconds
-        exporter = NodeExporter("gn003", bmc=RedfishPower(RedfishClient(url, timeout_s=5)), bmc_poll_s=0.5)
+    gate = BmcGate()  # the BMC holds its answers until released
+    with redfish_bmc("dmtf-public-rackmount1", gate=gate) as url:
+        exporter = NodeExporter("gn003", bmc=RedfishPower(RedfishClient(url, timeout_s=60)), bmc_poll_s=0.5)
         exporter.start()
         try:
-            worst = 0.0
-            deadline = time.time() + 30
-            while time.time() < deadline and b'aif_node_power_watts{' not in exporter.body():
-                started = time.perf_counter()
-                exporter.body()
-                worst = max(worst, time.perf_counter() - started)
-                time.sleep(0.01)
-            assert b'aif_node_power_watts{node="gn003",source="bmc"} 374.0' in exporter.body()
-            assert worst < 0.25  # never waited for a BMC request (0.5 s each); the slack is for a busy 2-core machine
+            assert gate.arrived.wait(30), "the BMC loop asked the BMC"
+            # a scrape while the BMC's answer is held back is served at once, without node power (a scrape that
+            # waited for the BMC would return only once the gate gives way, with it)
+            assert b"aif_node_power_watts" not in exporter.body()
+            gate.release.set()
+            wait_until(lambda: b'aif_node_power_watts{node="gn003",source="bmc"} 374.0' in exporter.body(), 30,
+                       "node power from the BMC once it answers")
         finally:
             exporter.stop()
 
