@@ -10,7 +10,9 @@ Inputs, all measured except the two scenarios' shapes:
 Scenarios: the gigafactory is the demo inventory's planning scenario (`gigafactory-scenario`: its GPU and
 node counts); the AI Factory is 25,000 GPUs in 4-GPU nodes (GH200/H100 boards, as in EuroHPC's AI Factories).
 
-    .venv/bin/python bench/capacity_plan.py   # the README's "Capacity plan" table, then its scale-test table (Markdown)
+    .venv/bin/python bench/capacity_plan.py   # docs/capacity-plan.md's plan, then docs/benchmarks.md's scale-test table (Markdown)
+
+tests/test_docs.py checks that both pages hold what this computes from the committed results.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def plan() -> dict:
 
 
 def markdown(p: dict) -> str:
-    """The README's tables."""
+    """docs/capacity-plan.md's plan: series per GPU and node, the table, and the measured inputs it came from."""
     out = [f"Series: {p['series_per_gpu']:.2f} per GPU and {p['series_per_node']:.0f} per node (measured on "
            "`aifmon exporter node`; Prometheus adds 5 per target: `up`, `scrape_*`).", "",
            "| site | interval | series | samples/s | DuckDB GB/day | Prometheus GB/day | VictoriaMetrics GB/day | "
@@ -100,7 +102,7 @@ def markdown(p: dict) -> str:
 
 
 def scale_markdown(scale: dict) -> str:
-    """The README's scale-test table: every step bench/scale_test.py ran."""
+    """docs/benchmarks.md's scale-test table: every step bench/scale_test.py ran."""
     out = ["| interval | GPUs | samples/s | held | slowest scrape s | CPU cores: simulators / Prometheus / VictoriaMetrics | "
            "peak RSS MB: simulators / Prometheus / VictoriaMetrics | rollup from VictoriaMetrics s | factory status s |",
            "|---|---|---|---|---|---|---|---|---|"]

@@ -1,6 +1,7 @@
 """The metric schema: every series aifmon exports, in base units and Prometheus naming.
 
-This table is a public interface; its twin is the README's "Metric schema" section.
+This table is a public interface; docs/metrics.md shows it as `metric_table_markdown()` renders it
+(`python -m aifmon.telemetry.schema` prints it; tests/test_docs.py checks the page against it).
 `factory` and `system` labels come from the scrape target's configuration (the simulator, which
 stands in for a whole factory, sets them itself).
 """
@@ -56,3 +57,14 @@ METRICS: tuple[Metric, ...] = (
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 
 THROTTLE_REASONS = ("sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake")
+
+
+def metric_table_markdown() -> str:
+    """The Markdown table of every metric: name, type, labels and help (which states the unit)."""
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{m.name}` | {m.type} | {', '.join(f'`{label}`' for label in m.labels)} | {m.help} |" for m in METRICS]
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(metric_table_markdown(), end="")

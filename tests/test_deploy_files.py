@@ -227,15 +227,6 @@ def test_generated_prometheus_config_scrapes_with_factory_labels_and_remote_writ
             assert len(power) == 16 and set(power["factory"]) == {"alpha"} and set(power["system"]) == {"alpha-gpu"}
 
 
-def test_readme_capacity_plan_is_what_the_script_computes_from_the_measured_figures():
-    """The README's capacity plan is bench/capacity_plan.py's output on the committed bench/results/*.json."""
-    sys.path.insert(0, str(ROOT))
-    from bench.capacity_plan import load, markdown, plan, scale_markdown
-
-    readme = (ROOT / "README.md").read_text()
-    assert markdown(plan()) in readme and scale_markdown(load("scale_test")) in readme
-
-
 def test_rollup_schedule_reads_victoriametrics_and_writes_hourly_rows_to_a_rows_store(tmp_path):
     """What the compose `rollups` service runs: samples from VictoriaMetrics, hourly rows to another store."""
     import signal
