@@ -8,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.conftest import require_binary
+from tests.conftest import require_binary, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -251,18 +252,23 @@ def test_rollup_schedule_reads_victoriametrics_and_writes_hourly_rows_to_a_rows_
                  last_hour / 1000 + 3600 + 120, 60.0)
         vm.force_flush()
         rows = tmp_path / "rows.duckdb"
-        proc = subprocess.Popen([sys.executable, "-m", "aifmon", "--quiet", "rollup", "schedule", "--inventory", str(tmp_path / "inv.yaml"),
-                                 "--store", url, "--rows-store", f"duckdb:///{rows}", "--since", "now-6h", "--every", "2"], cwd=ROOT)
+        log = tmp_path / "schedule.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "aifmon", "rollup", "schedule", "--inventory", str(tmp_path / "inv.yaml"),
+                                     "--store", url, "--rows-store", f"duckdb:///{rows}", "--since", "now-6h", "--every", "2"],
+                                    cwd=ROOT, stderr=out)
         try:
-            deadline = time.time() + 60
-            while time.time() < deadline and not rows.exists():
-                time.sleep(1)
-            time.sleep(10)  # the first check rolls up every hour since --since at once; the file exists from its start
+            # the first check rolls up every finished hour since --since at once, and says so (or the command died)
+            wait_until(lambda: "hour(s) computed" in log.read_text() or proc.poll() is not None, 120, "the schedule's first rollups")
         finally:
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=30) == 0
+            assert proc.wait(timeout=30) == 0, log.read_text()
     store = DuckDBStore(rows, read_only=True)
     sites = store.read_rows("site_energy_hourly", last_hour, last_hour + 1)
     store.close()
-    assert list(sites["factory"]) == ["alpha"] and sites["gpu_energy_j"].iloc[0] > 0
-    assert sites["covered_s"].iloc[0] == sites["expected_s"].iloc[0]  # the whole hour came from VictoriaMetrics
+    # the simulator's counters, sampled on the hour's two edges: what its 16 GPUs drew in the hour
+    edges = FactorySimulation(f, inv.projects_of("alpha"), epoch=start, step_s=60).snapshots([last_hour / 1000, last_hour / 1000 + 3600])
+    first, last = (snap.gpu_energy_joules for snap in edges)
+    assert list(sites["factory"]) == ["alpha"]
+    assert sites["gpu_energy_j"].iloc[0] == pytest.approx((last - first).sum(), rel=1e-9)
+    assert sites["covered_s"].iloc[0] == sites["expected_s"].iloc[0] == 16 * 3600  # the whole hour came from VictoriaMetrics
