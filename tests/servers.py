@@ -42,9 +42,10 @@ def prometheus(config: str, workdir: Path, storage: Path | None = None) -> Itera
         yield url
 
 
-def promql(base_url: str, query: str) -> list[dict]:
-    """Instant query result vector."""
-    with urllib.request.urlopen(f"{base_url}/api/v1/query?{urllib.parse.urlencode({'query': query})}", timeout=10) as r:
+def promql(base_url: str, query: str, at: float | None = None) -> list[dict]:
+    """Instant query result vector, evaluated now or at Unix time `at` (s)."""
+    params = {"query": query} if at is None else {"query": query, "time": f"{at:.3f}"}
+    with urllib.request.urlopen(f"{base_url}/api/v1/query?{urllib.parse.urlencode(params)}", timeout=10) as r:
         body = json.load(r)
     assert body["status"] == "success", body
     return body["data"]["result"]

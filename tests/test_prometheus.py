@@ -4,6 +4,8 @@ import subprocess
 import time
 import urllib.request
 
+import pytest
+
 from tests.conftest import require_binary
 from tests.servers import prometheus, promql
 from tests.test_collector import PER_FACTORY, PER_GPU, PER_NODE
@@ -28,9 +30,16 @@ scrape_configs:
         assert int(fixed[0]["value"][1]) == PER_GPU * f.gpu_count + PER_NODE * f.node_count + PER_FACTORY
         jobs = promql(url, 'aif_gpu_job_info{factory="alpha"}')
         assert jobs and all(j["metric"]["job"].isdigit() and j["metric"]["project"].startswith("alpha") for j in jobs)
-        # the info metric joins onto GPU power at query time
-        joined = promql(url, 'sum by (project) (aif_gpu_power_watts * on (node, gpu) group_left(project) aif_gpu_job_info)')
-        assert joined and all(float(r["value"][1]) > 0 for r in joined)
+        # the info metric joins onto GPU power at query time: per project, the power of the GPUs its jobs hold, as
+        # the two vectors of one scrape (all evaluated at that scrape's timestamp, so a newer one cannot slip in) give it
+        at = float(promql(url, 'timestamp(up{job="sim"})')[0]["value"][1])
+        joined = promql(url, 'sum by (project) (aif_gpu_power_watts * on (node, gpu) group_left(project) aif_gpu_job_info)', at)
+        power = {(r["metric"]["node"], r["metric"]["gpu"]): float(r["value"][1]) for r in promql(url, "aif_gpu_power_watts", at)}
+        by_project: dict[str, float] = {}
+        for j in promql(url, "aif_gpu_job_info", at):
+            gpu = (j["metric"]["node"], j["metric"]["gpu"])
+            by_project[j["metric"]["project"]] = by_project.get(j["metric"]["project"], 0.0) + power[gpu]
+        assert by_project and {r["metric"]["project"]: float(r["value"][1]) for r in joined} == pytest.approx(by_project, rel=1e-9)
 
 
 def test_promtool_check_metrics_is_silent_on_the_simulator(small_inventory, sim_server):
