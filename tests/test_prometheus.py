@@ -35,7 +35,7 @@ scrape_configs:
         at = float(promql(url, 'timestamp(up{job="sim"})')[0]["value"][1])
         joined = promql(url, 'sum by (project) (aif_gpu_power_watts * on (node, gpu) group_left(project) aif_gpu_job_info)', at)
         power = {(r["metric"]["node"], r["metric"]["gpu"]): float(r["value"][1]) for r in promql(url, "aif_gpu_power_watts", at)}
-        by_project: dict[str, float] = {}
+        by_project = {}
         for j in promql(url, "aif_gpu_job_info", at):
             gpu = (j["metric"]["node"], j["metric"]["gpu"])
             by_project[j["metric"]["project"]] = by_project.get(j["metric"]["project"], 0.0) + power[gpu]
