@@ -13,7 +13,7 @@ Semantics (the same as the exported Prometheus rules, see `aifmon.alerts.prometh
   extrapolated `horizon` ahead (Prometheus' predict_linear); met when that reaches the cap while the
   power is not yet over it.
 
-State is a JSON file beside the store (`<store>.alerts.json`), replaced atomically whenever an alert
+State is a JSON file beside the store (`<store>.alerts.json`, see `aifmon.alerts.state`), replaced atomically whenever an alert
 changes state or a notification is delivered. A file rather than a store table because the dashboard
 and `aifmon alerts` read it from other processes while one process holds the DuckDB file for writing,
 and because it must survive a store that is only read (a PromQL backend). A restart reloads it: a
@@ -41,9 +41,10 @@ import pandas as pd
 from aifmon.alerts.config import AlertConfig, AlertRulesError, format_duration, load_alert_config
 from aifmon.alerts.notify import Notice, Notifier, NotifierStats, build_notifiers, deliver, fingerprint
 from aifmon.alerts.rules import Rule, build_rules
+from aifmon.alerts.state import STATE_VERSION, load_state, state_path_for
 from aifmon.rollups.energy import energy_rollup
 from aifmon.rollups.hourly import TABLE as HOURLY_TABLE
-from aifmon.stores.store import Store, StoreError
+from aifmon.stores.store import RowStore, SampleReader
 from aifmon.telemetry.inventory import Inventory
 from aifmon.telemetry.power import facility_power, sum_by_factory
 
@@ -51,16 +52,10 @@ _COUNTER_BUDGET_REFRESH_S = 900.0
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 KEEP_RESOLVED_MS = 24 * 3_600_000
 """Resolved alerts stay in the state (for the dashboard's recent list) this long, ms."""
 MAX_RESOLVED = 2000
 _TRAILING_DIGITS = re.compile(r"\d+$")
-
-
-def state_path_for(store: Store) -> Path:
-    """Where the alert state of `store` lives: beside its file (`data/aifmon.duckdb.alerts.json`)."""
-    return Path(str(getattr(store, "path", "data/aifmon.duckdb")) + ".alerts.json")
 
 
 @dataclass
@@ -95,17 +90,6 @@ class Alert:
         return cls(**d)
 
 
-def load_state(path: Path) -> dict:
-    """The saved state file as a dict (`alerts`, `rules_error`, `saved_ms`...); empty state when there is none."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {"version": STATE_VERSION, "alerts": [], "rules_error": None, "saved_ms": None}
-    if data.get("version") != STATE_VERSION:
-        raise ValueError(f"alert state {path} has version {data.get('version')}, expected {STATE_VERSION}; move it aside")
-    return data
-
-
 @dataclass
 class _Candidate:
     labels: dict[str, str]
@@ -121,7 +105,7 @@ class AlertEvaluator:
     `backoff_s` is the first pause between a notifier's retries, s (doubling).
     """
 
-    def __init__(self, store: Store, inventory: Inventory, rules_path: str | Path | None = None,
+    def __init__(self, store: SampleReader, inventory: Inventory, rules_path: str | Path | None = None,
                  state_path: str | Path | None = None, notifiers: list[Notifier] | None = None,
                  backoff_s: float = 0.5, budget_refresh_s: float = 60.0):
         self.store = store
@@ -135,14 +119,13 @@ class AlertEvaluator:
         self.rules_error: str | None = None
         self._apply(load_alert_config(self.rules_path, inventory))
         if self.rules_path:
-            self._rules_stamp = self._stamp()
+            self._rules_stamp = _file_stamp(self.rules_path)
         saved = load_state(self.state_path)
         self.alerts: dict[str, Alert] = {fingerprint(a["labels"]): Alert.from_json(a) for a in saved["alerts"]}
         self.stats: dict[str, NotifierStats] = defaultdict(NotifierStats)
         self._history: dict[tuple[str, str | None], deque] = defaultdict(deque)
         self._seeded = False
         self._budget_cache: tuple[int, pd.Series] | None = None
-        self._budget_from_rollups = True
         self._stop = threading.Event()
         self.cycles = 0
         self.last_cycle_s = math.nan
@@ -158,18 +141,11 @@ class AlertEvaluator:
         for n in self.notifiers:
             self._notifier_since.setdefault(n.name, now)
 
-    def _stamp(self) -> tuple[float, int] | None:
-        try:
-            st = self.rules_path.stat()
-        except OSError:
-            return None
-        return st.st_mtime, st.st_size
-
     def reload(self) -> bool:
         """Re-read the rules file if it changed; True when new rules are in force. A bad file keeps the last good rules."""
-        if not self.rules_path or self._stamp() == self._rules_stamp:
+        if not self.rules_path or _file_stamp(self.rules_path) == self._rules_stamp:
             return False
-        self._rules_stamp = self._stamp()
+        self._rules_stamp = _file_stamp(self.rules_path)
         try:
             config = load_alert_config(self.rules_path, self.inventory)
         except AlertRulesError as e:
@@ -222,7 +198,7 @@ class AlertEvaluator:
         return [a for a in self.alerts.values() if a.state != "resolved"]
 
     def _forget_old(self, now_ms: int) -> bool:
-        resolved = sorted((a.resolved_ms, k) for k, a in self.alerts.items() if a.state == "resolved")
+        resolved = sorted((a.resolved_ms, k) for k, a in self.alerts.items() if a.state == "resolved" and a.resolved_ms is not None)
         drop = {k for t, k in resolved if now_ms - t > KEEP_RESOLVED_MS} | {k for _, k in resolved[:-MAX_RESOLVED]}
         for k in drop:
             del self.alerts[k]
@@ -237,7 +213,7 @@ class AlertEvaluator:
         gpus = _with_columns(self.store.latest("aif_gpu_power_watts", now_ms, stale), ["factory", "system", "node", "gpu"])
         it_factory = nodes.groupby("factory")["value"].sum()
         it_system = nodes.groupby(["factory", "system"])["value"].sum()
-        scope_w = {(f.id, None): facility_power(f, meter, it_factory)[0] for f in self.inventory.live_factories()}
+        scope_w: dict[tuple[str, str | None], float] = {(f.id, None): facility_power(f, meter, it_factory)[0] for f in self.inventory.live_factories()}
         scope_w |= {(f, s): float(w) for (f, s), w in it_system.items()}
         if "forecast" in kinds:
             self._record_history(now_ms, scope_w)
@@ -332,16 +308,15 @@ class AlertEvaluator:
         """GPU energy per project since the start of this calendar month (UTC), J, from the hourly rollups
         (finished hours); on a store without rollup tables (Prometheus, VictoriaMetrics) from its counters,
         re-read at most every `_COUNTER_BUDGET_REFRESH_S` since that reads the month's raw samples."""
-        refresh_s = self.budget_refresh_s if self._budget_from_rollups else max(self.budget_refresh_s, _COUNTER_BUDGET_REFRESH_S)
+        refresh_s = self.budget_refresh_s if isinstance(self.store, RowStore) else max(self.budget_refresh_s, _COUNTER_BUDGET_REFRESH_S)
         if self._budget_cache and now_ms - self._budget_cache[0] < refresh_s * 1000:
             return self._budget_cache[1]
         now = datetime.fromtimestamp(now_ms / 1000, UTC)
         month_start = int(datetime(now.year, now.month, 1, tzinfo=UTC).timestamp() * 1000)
-        try:
+        if isinstance(self.store, RowStore):
             rows = self.store.read_rows(HOURLY_TABLE, month_start, now_ms + 1)
             energy = rows.groupby("project")["energy_j"].sum() if not rows.empty else pd.Series(dtype=float)
-        except StoreError:
-            self._budget_from_rollups = False
+        else:
             by_project = energy_rollup(self.store, self.inventory, month_start, now_ms, by="project").rows
             energy = by_project.set_index("project")["energy_kwh"] * 3.6e6
         self._budget_cache = (now_ms, energy)
@@ -397,6 +372,15 @@ class AlertEvaluator:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _file_stamp(path: Path) -> tuple[float, int] | None:
+    """(modification time, size) of a file, None if it cannot be read: what tells that the rules file changed."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime, st.st_size
 
 
 # -- measurement helpers (plain functions of frames) ---------------------------------------------------

@@ -15,7 +15,7 @@ import pandas as pd
 
 from aifmon.rollups.energy import JOB_KEYS, EnergyRollup, compute_ledger, summarise
 from aifmon.rollups.hourly import HOUR_MS, NODE_TABLE, SITE_COLUMNS, SITE_TABLE, TABLE
-from aifmon.stores.store import Store, StoreError
+from aifmon.stores.store import RowStore, SampleReader
 from aifmon.telemetry.inventory import Inventory
 
 MAX_COMPUTED_HOURS = 3
@@ -52,7 +52,7 @@ def month_bounds(month: str) -> tuple[int, int]:
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
 
-def months_with_data(store: Store, now_ms: int | None = None) -> list[str]:
+def months_with_data(store: SampleReader, now_ms: int | None = None) -> list[str]:
     """`YYYY-MM` of every month from the store's oldest sample to now, newest first."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     bounds = store.time_bounds()
@@ -61,13 +61,13 @@ def months_with_data(store: Store, now_ms: int | None = None) -> list[str]:
     return [str(p) for p in pd.period_range(first, last, freq="M")][::-1]
 
 
-def month_energy(store: Store, inventory: Inventory, month: str, now_ms: int | None = None) -> MonthEnergy:
+def month_energy(store: SampleReader, inventory: Inventory, month: str, now_ms: int | None = None) -> MonthEnergy:
     """The month's hourly rollup rows, plus up to `MAX_COMPUTED_HOURS` hours computed from samples."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     start_ms, end_ms = month_bounds(month)
-    try:
+    if isinstance(store, RowStore):
         gpu, node, site = (store.read_rows(t, start_ms, end_ms) for t in (TABLE, NODE_TABLE, SITE_TABLE))
-    except StoreError:  # a PromQL store keeps no derived tables
+    else:  # a PromQL store keeps no derived tables
         gpu = node = site = pd.DataFrame()
     done = set(site["window_start_ms"]) if len(site) else set(gpu["window_start_ms"]) if len(gpu) else set()
     bounds = store.time_bounds()

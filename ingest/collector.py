@@ -21,7 +21,7 @@ import numpy as np
 
 from aifmon.ingest.parser import parse_exposition, warm_up
 from aifmon.ingest.series_index import SeriesIndex
-from aifmon.stores.store import Store, series_key
+from aifmon.stores.store import SampleWriter, series_key
 from aifmon.telemetry.exposition import ExpositionError
 from aifmon.telemetry.inventory import Inventory
 
@@ -85,7 +85,7 @@ def scrape(target: Target, index: SeriesIndex, timeout_s: float) -> ScrapeResult
 class Collector:
     """Scrapes `targets` every `interval_s` seconds into `store`."""
 
-    def __init__(self, store: Store, targets: list[Target], interval_s: float = 5.0, timeout_s: float | None = None):
+    def __init__(self, store: SampleWriter, targets: list[Target], interval_s: float = 5.0, timeout_s: float | None = None):
         if interval_s <= 0:
             raise ValueError("scrape interval must be positive")
         self.store = store

@@ -13,7 +13,7 @@ from typing import NamedTuple, TextIO
 
 from aifmon.ingest.parser import parse_exposition
 from aifmon.ingest.series_index import SeriesIndex
-from aifmon.stores.store import Store
+from aifmon.stores.store import SampleReader, SampleWriter
 from aifmon.telemetry.exposition import ExpositionError, format_value, label_text
 from aifmon.telemetry.schema import BY_NAME
 
@@ -28,7 +28,7 @@ def family_of(metric: str) -> tuple[str, str]:
     return (metric.removesuffix("_total"), "counter") if kind == "counter" else (metric, "gauge")
 
 
-def export_openmetrics(store: Store, out: TextIO, start_ms: int, end_ms: int,
+def export_openmetrics(store: SampleReader, out: TextIO, start_ms: int, end_ms: int,
                        progress: Callable[[str], None] = lambda metric: None) -> int:
     """Write every sample in [start_ms, end_ms] as OpenMetrics text; returns the number of samples."""
     written = 0
@@ -60,11 +60,11 @@ class Imported(NamedTuple):
     last_ms: int | None
 
 
-def import_openmetrics(store: Store, path: str | Path, progress: Callable[[int], None] = lambda n: None) -> Imported:
+def import_openmetrics(store: SampleWriter, path: str | Path, progress: Callable[[int], None] = lambda n: None) -> Imported:
     """Load an OpenMetrics file (every sample with a timestamp) into `store`."""
     index = SeriesIndex(store)
     stored = 0
-    first = last = None
+    bounds: tuple[int, int] | None = None  # first and last sample time, ms
     line_offset = 0
     for chunk in _chunks(Path(path)):
         try:
@@ -76,11 +76,11 @@ def import_openmetrics(store: Store, path: str | Path, progress: Callable[[int],
         store.append(index.ids(samples), samples.t_ms, samples.values)
         if len(samples):
             lo, hi = int(samples.t_ms.min()), int(samples.t_ms.max())
-            first, last = (lo, hi) if first is None else (min(first, lo), max(last, hi))
+            bounds = (lo, hi) if bounds is None else (min(bounds[0], lo), max(bounds[1], hi))
         stored += len(samples)
         line_offset += chunk.count(b"\n")
         progress(len(chunk))
-    return Imported(stored, first, last)
+    return Imported(stored, *(bounds or (None, None)))
 
 
 def _chunks(path: Path) -> Iterator[bytes]:

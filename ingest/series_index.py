@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aifmon.ingest.parser import Samples
-from aifmon.stores.store import Store, series_key
+from aifmon.stores.store import SampleWriter, series_key
 from aifmon.telemetry.exposition import parse_series
 
 _SLICE = 20_000
@@ -22,7 +22,7 @@ _SLICE = 20_000
 class SeriesIndex:
     """Store ids of one source's series texts; `labels` are added unless the text sets them itself."""
 
-    def __init__(self, store: Store, labels: dict[str, str] | None = None):
+    def __init__(self, store: SampleWriter, labels: dict[str, str] | None = None):
         self.store = store
         self.labels = labels or {}
         self._texts = pa.array([], pa.string())

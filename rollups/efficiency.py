@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from aifmon.rollups.counters import counter_increments, power_integral
-from aifmon.stores.store import Store, StoreError, open_store
+from aifmon.stores.store import RowStore, RowWriter, SampleReader, Store, open_store
 
 HPL_TABLE = "hpl_efficiency"
 TOP500_TABLE = "top500-2024-11-eurohpc.csv"
@@ -100,7 +100,7 @@ class Trace:
     integrating: bool  # energy counters (integrating meters), not power samples
 
 
-def trace_from_store(store: Store, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None,
+def trace_from_store(store: SampleReader, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None,
                      nodes: list[str] | None = None) -> Trace:
     """Average power of `metric`'s series over [start_ms, end_ms]; a `_total` metric is an energy counter (J),
     anything else power samples (W). `nodes` keeps only series of those nodes."""
@@ -262,7 +262,7 @@ def read_hpl_file(path: str | Path, tz: str = "UTC") -> HplRun:
         raise HplError(f"{path}: cannot read: {e.strerror}") from None
 
 
-def measure_hpl(store: Store, rmax_gflops: float, core_start_ms: int, core_end_ms: int, total_nodes: int,
+def measure_hpl(store: SampleReader, rmax_gflops: float, core_start_ms: int, core_end_ms: int, total_nodes: int,
                 metric: str = "aif_node_power_watts", match: dict[str, str] | None = None, nodes: list[str] | None = None,
                 measured_nodes: int | None = None, subsystems: str | None = None, meter_accuracy_pct: float | None = None,
                 run: tuple[int, int] | None = None, idle: tuple[int, int] | None = None) -> Efficiency:
@@ -287,28 +287,21 @@ def measure_hpl(store: Store, rmax_gflops: float, core_start_ms: int, core_end_m
 
 
 @contextlib.contextmanager
-def trace_store(trace_file: str | None, store_url: str, read_only: bool = True) -> Iterator[Store]:
+def trace_store(trace_file: str | None, store_url: str, read_only: bool = True) -> Iterator[SampleReader]:
     """The store to read a trace from: an OpenMetrics file loaded into a temporary embedded store, or `store_url`."""
     if trace_file is None:
-        store = open_store(store_url, read_only=read_only)
-        try:
+        with open_store(store_url, read_only=read_only, needs=SampleReader) as store:
             yield store
-        finally:
-            store.close()
         return
     from aifmon.ingest.openmetrics import import_openmetrics
     from aifmon.stores.duckdb_store import DuckDBStore
 
-    with tempfile.TemporaryDirectory(prefix="aifmon-trace-") as tmp:
-        store = DuckDBStore(Path(tmp) / "trace.duckdb")
-        try:
-            import_openmetrics(store, trace_file)
-            yield store
-        finally:
-            store.close()
+    with tempfile.TemporaryDirectory(prefix="aifmon-trace-") as tmp, DuckDBStore(Path(tmp) / "trace.duckdb") as trace:
+        import_openmetrics(trace, trace_file)
+        yield trace
 
 
-def record_efficiency(store: Store, e: Efficiency, factory: str, system: str) -> None:
+def record_efficiency(store: RowWriter, e: Efficiency, factory: str, system: str) -> None:
     """Keep a result in the derived table the monthly report's league reads (one row per run, keyed by its core start)."""
     d = e.as_dict()
     row = pd.DataFrame([{"window_start_ms": e.measurement.core_start_ms, "factory": factory, "system": system,
@@ -320,10 +313,9 @@ def record_efficiency(store: Store, e: Efficiency, factory: str, system: str) ->
 def measured_runs(store: Store, start_ms: int, end_ms: int) -> list[dict]:
     """The runs `record_efficiency` kept whose core phase started in [start_ms, end_ms) (the league's measured rows);
     none on a store that keeps no derived tables (Prometheus, VictoriaMetrics)."""
-    try:
-        runs = store.read_rows(HPL_TABLE, start_ms, end_ms)
-    except StoreError:
+    if not isinstance(store, RowStore):
         return []
+    runs = store.read_rows(HPL_TABLE, start_ms, end_ms)
     return runs.to_dict(orient="records") if len(runs) else []
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from aifmon.rollups.energy import DEFAULT_MAX_GAP_S, JOB_KEYS, compute_ledger
-from aifmon.stores.store import Store, StoreError
+from aifmon.stores.store import RollupStore, RowStore, SampleReader, Store
 from aifmon.telemetry.inventory import Inventory
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ SITE_COLUMNS = ["gpu_energy_j", "it_energy_j", "facility_energy_j", "estimated_j
                 "energy_samples", "job_samples"]
 
 
-def rollup_hour(store: Store, hour_start_ms: int, inventory: Inventory | None = None) -> pd.DataFrame:
+def rollup_hour(store: RollupStore, hour_start_ms: int, inventory: Inventory | None = None) -> pd.DataFrame:
     """Compute and store one hour; returns its `gpu_energy_hourly` rows (energy_j in J, gpu_seconds in s).
 
     `inventory` lets GPUs without an energy counter fall back to integrated power (see `aifmon.rollups.energy`).
@@ -60,7 +60,7 @@ def rollup_hour(store: Store, hour_start_ms: int, inventory: Inventory | None = 
     return jobs
 
 
-def hour_rows(store: Store, hour_start_ms: int, inventory: Inventory | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def hour_rows(store: SampleReader, hour_start_ms: int, inventory: Inventory | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The rows of the three hourly tables for one hour, computed from samples, not stored."""
     if hour_start_ms % HOUR_MS:
         raise ValueError("an hour starts on a whole hour (ms since the epoch divisible by 3,600,000)")
@@ -76,27 +76,25 @@ def hour_rows(store: Store, hour_start_ms: int, inventory: Inventory | None = No
     return jobs.reset_index(drop=True), nodes.reset_index(drop=True), sites.reset_index(drop=True)
 
 
-def _stored_hours(store: Store, start_ms: int, end_ms: int) -> tuple[list[int], pd.DataFrame]:
+def _stored_hours(store: RowStore, start_ms: int, end_ms: int) -> tuple[list[int], pd.DataFrame]:
     """The hours starting in [start_ms, end_ms) that have their `site_energy_hourly` row (written last, so the hour's
-    three tables are complete), and those rows; none on a store that keeps no rollup tables (Prometheus,
-    VictoriaMetrics)."""
-    try:
-        site = store.read_rows(SITE_TABLE, start_ms, end_ms)
-    except StoreError:
-        return [], pd.DataFrame()
+    three tables are complete), and those rows."""
+    site = store.read_rows(SITE_TABLE, start_ms, end_ms)
     return (sorted(set(site["window_start_ms"].astype(np.int64).tolist())) if len(site) else []), site
 
 
 def settled_hours(store: Store, start_ms: int, end_ms: int, now_ms: int) -> tuple[list[int], pd.DataFrame, pd.DataFrame]:
     """The settled hours (module docstring) that lie wholly in [start_ms, end_ms), and their stored rows: (hour
     starts, ms; job rows: `JOB_KEYS`, `energy_j`, `gpu_seconds`, `node_other_j`; site rows: `factory` and
-    `SITE_COLUMNS`). No hours on a store that keeps no rollup tables (Prometheus, VictoriaMetrics)."""
+    `SITE_COLUMNS`). No hours on a store that keeps no rollup tables (Prometheus, VictoriaMetrics): not a `RowStore`."""
     first = -(-start_ms // HOUR_MS) * HOUR_MS
     last = min(end_ms, now_ms - int(LATE_WINDOW_S * 1000)) // HOUR_MS * HOUR_MS
-    hours, site = _stored_hours(store, first, last) if first < last else ([], pd.DataFrame())
-    gpu = node = pd.DataFrame()
-    if hours:  # a store with site rows keeps the other two tables as well
-        gpu, node = store.read_rows(TABLE, first, last), store.read_rows(NODE_TABLE, first, last)
+    hours: list[int] = []
+    site = gpu = node = pd.DataFrame()
+    if first < last and isinstance(store, RowStore):
+        hours, site = _stored_hours(store, first, last)
+        if hours:  # a store with site rows keeps the other two tables as well
+            gpu, node = store.read_rows(TABLE, first, last), store.read_rows(NODE_TABLE, first, last)
     values = ["energy_j", "gpu_seconds", "node_other_j"]
     parts = [f[f["window_start_ms"].isin(hours)] for f in (gpu, node) if len(f)]
     jobs = (pd.concat(parts, ignore_index=True).reindex(columns=JOB_KEYS + values).fillna({v: 0.0 for v in values}) if parts
@@ -107,8 +105,11 @@ def settled_hours(store: Store, start_ms: int, end_ms: int, now_ms: int) -> tupl
 
 def reroll_stored_hours(store: Store, first_ms: int, last_ms: int, inventory: Inventory | None = None) -> int:
     """Recompute the stored hours that samples in [first_ms, last_ms] can change (history loaded after they were
-    rolled up), so that `energy_rollup` does not read them stale; returns how many. An interval is split between
-    the hours it spans and a ledger looks 15 min past its hour, so the neighbouring hours are included."""
+    rolled up), so that `energy_rollup` does not read them stale; returns how many (none on a store that does not
+    both give samples back and keep rollup rows). An interval is split between the hours it spans and a ledger
+    looks 15 min past its hour, so the neighbouring hours are included."""
+    if not isinstance(store, RollupStore):
+        return 0
     hours, _ = _stored_hours(store, (first_ms - HOUR_MS) // HOUR_MS * HOUR_MS, last_ms + HOUR_MS + 1)
     for hour in hours:
         rollup_hour(store, hour, inventory)
@@ -118,7 +119,7 @@ def reroll_stored_hours(store: Store, first_ms: int, last_ms: int, inventory: In
 class HourlyRollups:
     """Keeps the hourly tables up to date: every finished hour once, and recent hours again when late data arrives."""
 
-    def __init__(self, store: Store, inventory: Inventory | None = None, check_every_s: float = 60.0,
+    def __init__(self, store: RollupStore, inventory: Inventory | None = None, check_every_s: float = 60.0,
                  late_window_s: float = LATE_WINDOW_S, recheck_every_s: float = 600.0):
         self.store = store
         self.inventory = inventory

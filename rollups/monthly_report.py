@@ -32,7 +32,7 @@ import plotly.graph_objects as go
 from aifmon.rollups.efficiency import TOP500_SOURCE, league_table, measured_runs
 from aifmon.rollups.energy import JOB_KEYS, EnergyRollup, carbon_source, summarise
 from aifmon.rollups.hourly import HOUR_MS, NODE_TABLE, SETTLE_MS, SITE_COLUMNS, SITE_TABLE, TABLE, hour_rows
-from aifmon.stores.store import Store, StoreError
+from aifmon.stores.store import RowStore, SampleReader
 from aifmon.telemetry.inventory import Inventory
 
 SECTIONS = ("EuroHPC summary", "Energy by factory", "Energy by access mode", "Energy by sector", "Top projects",
@@ -80,7 +80,7 @@ def software_version() -> str:
         return "aifmon (not installed as a package)"
 
 
-def build_monthly_report(store: Store, inventory: Inventory, month: str, now_ms: int | None = None,
+def build_monthly_report(store: SampleReader, inventory: Inventory, month: str, now_ms: int | None = None,
                          progress: Callable[[str], None] = lambda step: None) -> MonthlyReport:
     """Gather every figure of the report (no files written). `progress` is called once per step done."""
     start_ms, end_ms = month_range(month)
@@ -122,14 +122,15 @@ def build_monthly_report(store: Store, inventory: Inventory, month: str, now_ms:
     return MonthlyReport(month, start_ms, end_ms, by, daily, league, provenance)
 
 
-def _hourly(store: Store, inventory: Inventory, start_ms: int, end_ms: int, now_ms: int,
+def _hourly(store: SampleReader, inventory: Inventory, start_ms: int, end_ms: int, now_ms: int,
             progress: Callable[[str], None]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int, str]:
     """The month's hourly rows; hours with samples but no rollup are computed in memory."""
-    try:
+    bounds: tuple[int, int] | None
+    if isinstance(store, RowStore):
         gpu, node, site = (store.read_rows(t, start_ms, end_ms) for t in (TABLE, NODE_TABLE, SITE_TABLE))
         bounds = store.time_bounds()
         source = "hourly rollup tables"
-    except StoreError:  # a PromQL server keeps no derived tables: every hour comes from its samples
+    else:  # a PromQL server keeps no derived tables: every hour comes from its samples
         gpu = node = site = pd.DataFrame()
         bounds = (start_ms, now_ms)
         source = "samples (this store keeps no rollup tables)"

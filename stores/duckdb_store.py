@@ -38,7 +38,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from aifmon.stores.store import SeriesKey, SeriesSamples, StoreError
+from aifmon.stores.store import RollupStore, SampleWriter, SeriesKey, SeriesSamples, StoreConfigError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ class Retention:
             raise ValueError(f"retention: need 0 < raw_days ({self.raw_days}) <= minute_days ({self.minute_days})")
 
 
-class DuckDBStore:
-    """Store backed by a DuckDB file (see module docstring)."""
+class DuckDBStore(SampleWriter, RollupStore):
+    """Store backed by a DuckDB file (see module docstring): every capability."""
 
     def __init__(self, path: str | Path, read_only: bool = False, url: str | None = None, retention: Retention = Retention()):
         self.path = Path(path)
@@ -81,7 +81,7 @@ class DuckDBStore:
         self.read_only = read_only
         self.retention = retention
         if read_only and not self.path.exists():
-            raise StoreError(f"store {self.path} does not exist; run `aifmon collect` (or `make up`) to create it")
+            raise StoreConfigError(f"store {self.path} does not exist; run `aifmon collect` (or `make up`) to create it")
         try:
             if not read_only:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,7 @@ class DuckDBStore:
         if not (rows["window_start_ms"] == window_start_ms).all():
             raise ValueError(f"rows for {table} must all have window_start_ms = {window_start_ms}")
         with self._write_lock, self._cursor() as cur:
-            exists = cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0]
+            exists = _one(cur, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name])[0]
             if rows.empty and not exists:
                 return  # nothing to replace, and an empty frame carries no column types to create the table from
             cur.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM rows LIMIT 0")
@@ -183,7 +183,7 @@ class DuckDBStore:
     def read_rows(self, table: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         name = _derived_table(table)
         with self._cursor() as cur:
-            if not cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0]:
+            if not _one(cur, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name])[0]:
                 return pd.DataFrame()
             return cur.execute(
                 f"SELECT * FROM {name} WHERE window_start_ms >= ? AND window_start_ms < ? ORDER BY window_start_ms", [start_ms, end_ms]
@@ -257,7 +257,7 @@ class DuckDBStore:
         ids = series[["series_id"]]  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
         minute_value = "last" if metric.endswith("_total") else "avg"
         with self._cursor() as cur:
-            raw_from = cur.execute("SELECT min(t_ms) FROM samples").fetchone()[0]
+            raw_from = _one(cur, "SELECT min(t_ms) FROM samples")[0]
             raw_from = end_ms + 1 if raw_from is None else raw_from
             found = cur.execute(
                 f"""SELECT series_id, t_ms, value FROM (
@@ -298,29 +298,31 @@ class DuckDBStore:
         minute_cut = now_ms - int(self.retention.minute_days * 86_400_000)
         with self._write_lock, self._cursor() as cur:
             done = cur.execute("SELECT value FROM store_state WHERE key = 'downsampled_until_ms'").fetchone()
-            since = done[0] if done else (cur.execute("SELECT min(t_ms) FROM samples").fetchone()[0] or until) // _MINUTE_MS * _MINUTE_MS
+            since = done[0] if done else (_one(cur, "SELECT min(t_ms) FROM samples")[0] or until) // _MINUTE_MS * _MINUTE_MS
             cur.execute("BEGIN TRANSACTION")
-            downsampled = cur.execute(
+            downsampled = _one(
+                cur,
                 f"""INSERT INTO samples_1m
                     SELECT series_id, t_ms // {_MINUTE_MS} * {_MINUTE_MS}, max(t_ms), arg_max(value, t_ms), avg(value), min(value),
                            max(value), count(*)
                     FROM samples WHERE t_ms >= ? AND t_ms < ? GROUP BY ALL""",
                 [since, until],
-            ).fetchone()[0]
+            )[0]
             cur.execute("INSERT OR REPLACE INTO store_state VALUES ('downsampled_until_ms', ?)", [max(since, until)])
             cur.execute("COMMIT")
             # Raw samples go only once their minutes are aggregated.
-            dropped_raw = cur.execute("DELETE FROM samples WHERE t_ms < ?", [min(raw_cut, max(since, until))]).fetchone()[0]
-            dropped_minutes = cur.execute("DELETE FROM samples_1m WHERE t_ms < ?", [minute_cut]).fetchone()[0]
+            dropped_raw = _one(cur, "DELETE FROM samples WHERE t_ms < ?", [min(raw_cut, max(since, until))])[0]
+            dropped_minutes = _one(cur, "DELETE FROM samples_1m WHERE t_ms < ?", [minute_cut])[0]
             cur.execute("DELETE FROM stale WHERE t_ms < ?", [min(raw_cut, max(since, until))])
         return {"minutes_written": int(downsampled), "raw_dropped": int(dropped_raw), "minutes_dropped": int(dropped_minutes)}
 
     def time_bounds(self) -> tuple[int, int] | None:
         with self._cursor() as cur:
-            lo, hi = cur.execute(
+            lo, hi = _one(
+                cur,
                 "SELECT min(lo), max(hi) FROM (SELECT min(t_ms) lo, max(t_ms) hi FROM samples "
-                "UNION ALL SELECT min(t_ms), max(t_ms) FROM samples_1m)"
-            ).fetchone()
+                "UNION ALL SELECT min(t_ms), max(t_ms) FROM samples_1m)",
+            )
         return None if lo is None else (int(lo), int(hi))
 
     def metric_names(self) -> list[str]:
@@ -328,13 +330,7 @@ class DuckDBStore:
 
     def sample_count(self) -> int:
         with self._cursor() as cur:
-            return int(cur.execute("SELECT count(*) FROM samples").fetchone()[0])
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            return int(_one(cur, "SELECT count(*) FROM samples")[0])
 
     def close(self) -> None:
         """Checkpoint (fold the write-ahead log into the file) and close every connection."""
@@ -345,6 +341,14 @@ class DuckDBStore:
             if not self.read_only:
                 self._con.execute("CHECKPOINT")
             self._con.close()
+
+
+def _one(cur: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple:
+    """The row of a query that returns exactly one: an aggregate, or the row count DuckDB answers an INSERT or DELETE with."""
+    row = cur.execute(sql, params).fetchone()
+    if row is None:
+        raise StoreError(f"DuckDB returned no row for {sql.split()[0]}, which always returns one")
+    return row
 
 
 def _is_full(error: Exception) -> bool:

@@ -74,7 +74,7 @@ from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
-from aifmon.stores.store import SeriesKey, SeriesSamples, StoreError
+from aifmon.stores.store import RowWriter, SampleWriter, SeriesKey, Store, StoreConfigError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class InfluxSink:
+class InfluxSink(SampleWriter, RowWriter):
     """Write-only store that sends samples and rollup rows to an InfluxDB 2 write endpoint, spooling
     to disk while the server cannot take them (see the module docstring for the guarantees)."""
+
+    @classmethod
+    def instead(cls, capability: type[Store]) -> str:
+        return ("the InfluxDB sink is write-only; read the same data through the PromQL backend "
+                "(victoriametrics+http:// or prometheus+http://) or a duckdb:/// store")
 
     def __init__(
         self,
@@ -299,7 +304,9 @@ class InfluxSink:
     def _send(self, body: bytes) -> None:
         """One synchronous write request; returns when the server acknowledged it."""
         try:
-            self._write_api.write(bucket=self.bucket, org=self.org, record=body, write_precision=WritePrecision.MS)
+            # influxdb-client annotates write_precision as WritePrecision, whose constants (MS) are plain str
+            self._write_api.write(bucket=self.bucket, org=self.org, record=body,
+                                  write_precision=WritePrecision.MS)  # type: ignore[arg-type]
         except ApiException as e:
             if e.status in _BAD_REQUEST:
                 raise _Rejected(f"HTTP {e.status}: {(e.body or e.reason or '').strip()[:300]}") from None
@@ -420,12 +427,6 @@ class InfluxSink:
                 self.points_skipped += 1
         self._write_lines(lines)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self, timeout_s: float = 60.0) -> None:
         """Replay the spool for up to `timeout_s` s, then release it and the client. Points the server
         did not take stay in the spool for the next sink opened on it."""
@@ -441,50 +442,24 @@ class InfluxSink:
             self._client.close()
             os.close(self._lock_fd)  # releases the flock
 
-    # -- store interface: reads ----------------------------------------------------------------
-    def _write_only(self, what: str) -> StoreError:
-        return StoreError(
-            f"{what}: the InfluxDB sink ({self.url}) is write-only; read the same data through the PromQL backend "
-            "(victoriametrics+http:// or prometheus+http://) or a duckdb:/// store"
-        )
-
     def mark_stale(self, series_ids: np.ndarray, t_ms: int) -> None:
         pass  # line protocol has no staleness: readers of InfluxDB judge it by time
-
-    def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0,
-               match: dict[str, str] | None = None) -> pd.DataFrame:
-        raise self._write_only(f"latest({metric!r})")
-
-    def range(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
-        raise self._write_only(f"range({metric!r})")
-
-    def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
-        raise self._write_only(f"range_arrays({metric!r})")
-
-    def read_rows(self, table: str, start_ms: int, end_ms: int) -> pd.DataFrame:
-        raise self._write_only(f"read_rows({table!r})")
-
-    def time_bounds(self) -> tuple[int, int] | None:
-        raise self._write_only("time_bounds()")
-
-    def metric_names(self) -> list[str]:
-        raise self._write_only("metric_names()")
 
 
 def _read_token() -> str:
     """The API token from AIFMON_INFLUXDB_TOKEN or the file AIFMON_INFLUXDB_TOKEN_FILE names."""
     direct, file = os.environ.get(TOKEN_ENV), os.environ.get(TOKEN_FILE_ENV)
     if direct and file:
-        raise StoreError(f"both {TOKEN_ENV} and {TOKEN_FILE_ENV} are set; set only one")
+        raise StoreConfigError(f"both {TOKEN_ENV} and {TOKEN_FILE_ENV} are set; set only one")
     if file:
         try:
             direct = Path(file).read_text().strip()
         except OSError as e:
-            raise StoreError(f"cannot read the InfluxDB token file {TOKEN_FILE_ENV}={file}: {e.strerror}") from None
+            raise StoreConfigError(f"cannot read the InfluxDB token file {TOKEN_FILE_ENV}={file}: {e.strerror}") from None
         if not direct:
-            raise StoreError(f"the InfluxDB token file {file} ({TOKEN_FILE_ENV}) is empty")
+            raise StoreConfigError(f"the InfluxDB token file {file} ({TOKEN_FILE_ENV}) is empty")
     if not direct:
-        raise StoreError(
+        raise StoreConfigError(
             f"no InfluxDB token: set {TOKEN_ENV}, or {TOKEN_FILE_ENV} to a file holding it (for a server without "
             "authentication, such as VictoriaMetrics, any non-empty value)"
         )
@@ -493,35 +468,35 @@ def _read_token() -> str:
 
 def open_influx_sink(url: str) -> InfluxSink:
     """Open the sink an `influxdb+http://host:8086?org=O&bucket=B[&spool=DIR]` URL names (also
-    `influxdb+https://`). Raises StoreError with the expected form when the URL does not parse."""
+    `influxdb+https://`). Raises StoreConfigError with the expected form when the URL does not parse, or without a token."""
     form = "expected influxdb+http://host:8086?org=O&bucket=B (optionally &spool=DIR; the token comes from " \
            f"{TOKEN_ENV} or {TOKEN_FILE_ENV})"
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise StoreError(f"store URL {url!r}: {e}; {form}") from None
+        raise StoreConfigError(f"store URL {url!r}: {e}; {form}") from None
     if parts.scheme not in ("influxdb+http", "influxdb+https"):
-        raise StoreError(f"store URL {url!r}: {form}")
+        raise StoreConfigError(f"store URL {url!r}: {form}")
     if parts.username is not None or parts.password is not None:
         # Say it without echoing the URL: it holds a secret, and errors end up in logs.
-        raise StoreError(f"InfluxDB store URL for {parts.hostname}: a token never goes in the URL; set {TOKEN_ENV} or {TOKEN_FILE_ENV}")
+        raise StoreConfigError(f"InfluxDB store URL for {parts.hostname}: a token never goes in the URL; set {TOKEN_ENV} or {TOKEN_FILE_ENV}")
     if not parts.hostname:
-        raise StoreError(f"store URL {url!r} names no host; {form}")
+        raise StoreConfigError(f"store URL {url!r} names no host; {form}")
     if parts.path not in ("", "/") or parts.fragment:
-        raise StoreError(f"store URL {url!r}: unexpected path {parts.path!r}; {form}")
+        raise StoreConfigError(f"store URL {url!r}: unexpected path {parts.path!r}; {form}")
     query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
     if "token" in query:
-        raise StoreError(f"InfluxDB store URL for {parts.hostname}: a token never goes in the URL; set {TOKEN_ENV} or {TOKEN_FILE_ENV}")
+        raise StoreConfigError(f"InfluxDB store URL for {parts.hostname}: a token never goes in the URL; set {TOKEN_ENV} or {TOKEN_FILE_ENV}")
     unknown = sorted(set(query) - {"org", "bucket", "spool"})
     if unknown:
-        raise StoreError(f"store URL {url!r}: unknown parameter(s) {', '.join(unknown)}; {form}")
+        raise StoreConfigError(f"store URL {url!r}: unknown parameter(s) {', '.join(unknown)}; {form}")
     for key, values in query.items():
         if len(values) != 1 or not values[0]:
-            raise StoreError(f"store URL {url!r}: {key}= must be given once, not empty; {form}")
+            raise StoreConfigError(f"store URL {url!r}: {key}= must be given once, not empty; {form}")
     missing = [k for k in ("org", "bucket") if k not in query]
     if missing:
-        raise StoreError(f"store URL {url!r}: missing {' and '.join(k + '=' for k in missing)}; {form}")
+        raise StoreConfigError(f"store URL {url!r}: missing {' and '.join(k + '=' for k in missing)}; {form}")
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     server_url = f"{parts.scheme.removeprefix('influxdb+')}://{host}:{port or DEFAULT_PORT}"
     return InfluxSink(

@@ -4,9 +4,10 @@ Reads fetch raw samples with range-vector instant queries (`metric[window]` eval
 end), so rollups see exactly the samples the server holds — no `rate`/`increase` extrapolation — and
 give the same answer as on the embedded store. Long ranges are read window by window.
 
-Writes: VictoriaMetrics accepts samples on `/api/v1/import/prometheus` (the collector and
-`aifmon store import` can write to it). Prometheus ingests only by scraping (or offline blocks from
-`promtool tsdb create-blocks-from openmetrics`), so this backend is read-only there.
+Writes: VictoriaMetrics accepts samples on `/api/v1/import/prometheus`, so `VictoriaMetricsStore` also takes
+samples (the collector and `aifmon store import` can write to it). Prometheus ingests only by scraping (or
+offline blocks from `promtool tsdb create-blocks-from openmetrics`), so `PromQLStore` only reads. Neither
+keeps derived tables (rollup rows).
 """
 
 from __future__ import annotations
@@ -21,23 +22,31 @@ import urllib.request
 import numpy as np
 import pandas as pd
 
-from aifmon.stores.store import SeriesKey, SeriesSamples, StoreError, series_samples
+from aifmon.stores.store import SampleReader, SampleWriter, SeriesKey, SeriesSamples, Store, StoreError, series_samples
 from aifmon.telemetry.exposition import escape_label_value, format_value, label_text
 
 _WINDOW_S = 3600  # one query per hour of data: bounds the server's and our memory per answer
 _IMPORT_BATCH = 200_000  # lines per import request
 
 
-class PromQLStore:
-    """Store interface over the Prometheus HTTP API (`kind` is "prometheus" or "victoriametrics")."""
+class PromQLStore(SampleReader):
+    """Reads samples over the Prometheus HTTP API (`base_url`: `http(s)://host:port[/path prefix]`)."""
 
-    def __init__(self, base_url: str, kind: str, url: str, timeout_s: float = 60.0):
+    kind = "Prometheus"
+
+    def __init__(self, base_url: str, url: str, timeout_s: float = 60.0):
+        """`timeout_s`: per request, s."""
         self.base_url = base_url.rstrip("/")
-        self.kind = kind
         self.url = url
         self.timeout_s = timeout_s
-        self._keys: list[SeriesKey] = []
-        self._ids: dict[SeriesKey, int] = {}
+
+    @classmethod
+    def instead(cls, capability: type[Store]) -> str:
+        if issubclass(capability, SampleWriter):
+            return ("Prometheus ingests by scraping; to load history, build blocks with `promtool tsdb create-blocks-from "
+                    "openmetrics` (from `aifmon store export`), or use VictoriaMetrics (victoriametrics+http://)")
+        return (f"{cls.kind} keeps no rollup rows; keep them in a duckdb:/// store or the InfluxDB sink "
+                "(`aifmon rollup schedule --rows-store`)")
 
     # -- reads ---------------------------------------------------------------------------------
     def _get(self, path: str, params: dict[str, str]) -> dict:
@@ -100,13 +109,20 @@ class PromQLStore:
     def time_bounds(self) -> tuple[int, int] | None:
         raise StoreError(f"{self.kind} does not report the store's time bounds; give the time range explicitly")
 
-    def read_rows(self, table: str, start_ms: int, end_ms: int) -> pd.DataFrame:
-        raise StoreError(f"derived tables (rollup results) are kept in the embedded store or the InfluxDB sink, not in {self.kind}")
+    def close(self) -> None:
+        pass  # one HTTP request per read: nothing is held open
 
-    def replace_rows(self, table: str, window_start_ms: int, rows: pd.DataFrame) -> None:
-        raise StoreError(f"derived tables (rollup results) are kept in the embedded store or the InfluxDB sink, not in {self.kind}")
 
-    # -- writes (VictoriaMetrics) ----------------------------------------------------------------
+class VictoriaMetricsStore(PromQLStore, SampleWriter):
+    """Reads samples as `PromQLStore` does, and takes them on VictoriaMetrics' `/api/v1/import/prometheus`."""
+
+    kind = "VictoriaMetrics"
+
+    def __init__(self, base_url: str, url: str, timeout_s: float = 60.0):
+        super().__init__(base_url, url, timeout_s)
+        self._keys: list[SeriesKey] = []
+        self._ids: dict[SeriesKey, int] = {}
+
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
         for k in keys:
             if k not in self._ids:
@@ -115,9 +131,6 @@ class PromQLStore:
         return np.fromiter((self._ids[k] for k in keys), dtype=np.int64, count=len(keys))
 
     def append(self, series_ids: np.ndarray, t_ms: np.ndarray, values: np.ndarray) -> None:
-        if self.kind != "victoriametrics":
-            raise StoreError("Prometheus ingests by scraping; to load history, build blocks with "
-                             "`promtool tsdb create-blocks-from openmetrics` (from `aifmon store export`), or use VictoriaMetrics")
         t_ms = np.broadcast_to(np.asarray(t_ms, dtype=np.int64), np.shape(series_ids))
         texts = [f"{m}{{{label_text(dict(labels))}}}" for m, labels in self._keys]
         lines = [f"{texts[s]} {format_value(v)} {t}\n" for s, v, t in zip(np.asarray(series_ids).tolist(), np.asarray(values).tolist(), t_ms.tolist())
@@ -132,13 +145,4 @@ class PromQLStore:
                 raise StoreError(f"VictoriaMetrics at {self.base_url} refused the import: {e}") from None
 
     def mark_stale(self, series_ids: np.ndarray, t_ms: int) -> None:
-        pass  # Prometheus writes its own stale markers when it scrapes; imported history has none to add
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        pass
+        pass  # scrapers write their own stale markers (vmagent as Prometheus does); imported history has none to add

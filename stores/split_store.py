@@ -10,40 +10,44 @@ import time
 
 import pandas as pd
 
-from aifmon.stores.store import Store, StoreError
+from aifmon.stores.store import RollupStore, RowStore, RowWriter, SampleReader, SeriesSamples
 
 
-class SplitStore:
+class SplitStore(RollupStore):
     """Samples from one store (a PromQL server), hourly rollup rows to another (the InfluxDB sink, a DuckDB file).
 
-    A PromQL server knows neither its time bounds nor derived tables: the first hour is `since_ms`, and
-    rows a write-only sink cannot give back are recomputed once per process (writing them again is idempotent).
+    A PromQL server knows neither its time bounds nor derived tables: the first hour is `since_ms` (ms since the
+    epoch), and rows a write-only sink cannot give back are recomputed once per process (writing them again is
+    idempotent).
     """
 
-    def __init__(self, samples: Store, rows: Store, since_ms: int):
+    def __init__(self, samples: SampleReader, rows: RowWriter, since_ms: int):
         self.samples, self.rows, self.since_ms = samples, rows, since_ms
         self.url = f"{samples.url} (rows: {rows.url})"
 
-    def __getattr__(self, name: str):
-        return getattr(self.samples, name)  # latest, range, metric_names: the samples' store
+    def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0,
+               match: dict[str, str] | None = None) -> pd.DataFrame:
+        return self.samples.latest(metric, at_ms, lookback_s, match)
+
+    def range(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
+        return self.samples.range(metric, start_ms, end_ms, match)
+
+    def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        return self.samples.range_arrays(metric, start_ms, end_ms, match)
+
+    def metric_names(self) -> list[str]:
+        return self.samples.metric_names()
 
     def time_bounds(self) -> tuple[int, int]:
         return self.since_ms, int(time.time() * 1000)
 
     def read_rows(self, table: str, start_ms: int, end_ms: int) -> pd.DataFrame:
-        try:
+        if isinstance(self.rows, RowStore):
             return self.rows.read_rows(table, start_ms, end_ms)
-        except StoreError:  # a write-only sink
-            return pd.DataFrame()
+        return pd.DataFrame()  # a write-only sink gives nothing back: the hours are computed again
 
     def replace_rows(self, table: str, window_start_ms: int, rows: pd.DataFrame) -> None:
         self.rows.replace_rows(table, window_start_ms, rows)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self.rows.close()

@@ -1,14 +1,31 @@
-"""The store interface every part reads and writes through, and `open_store(url)`.
+"""The stores' capabilities, and `open_store(url)`.
 
-A series is a metric name and its labels; samples are (series, time in ms since the Unix epoch,
-value in the metric's base unit). Reads return pandas DataFrames with one column per label, so the
-rollups and panels do not care which backend answered.
+A series is a metric name and its labels; samples are (series, time in ms since the Unix epoch, value in
+the metric's base unit). Reads return pandas DataFrames with one column per label, so the rollups and
+panels do not care which backend answered.
+
+A backend declares what it can do by subclassing the capabilities it has, so `isinstance` is the check and
+mypy sees the types:
+
+| backend                         | SampleWriter | SampleReader | RowWriter | RowStore |
+|---------------------------------|--------------|--------------|-----------|----------|
+| DuckDBStore (`duckdb:///`)      | yes          | yes          | yes       | yes      |
+| PromQLStore (Prometheus)        |              | yes          |           |          |
+| VictoriaMetricsStore            | yes          | yes          |           |          |
+| InfluxSink (`influxdb+http://`) | yes          |              | yes       |          |
+| SplitStore                      |              | yes          | yes       | yes      |
+
+A function types its parameter with the capability it needs; where rollup rows are optional (a PromQL
+server keeps none, so figures come from the samples) it checks `isinstance(store, RowStore)`. A command
+asks `open_store(url, needs=...)` for what it needs, and a store that lacks it is a `StoreConfigError`
+saying what to configure instead. `StoreError` means only that a store failed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Self, TypeVar, overload
 from urllib.parse import parse_qsl, urlsplit
 
 if TYPE_CHECKING:  # the interface's types; importing them here would load pandas into every exporter
@@ -16,6 +33,7 @@ if TYPE_CHECKING:  # the interface's types; importing them here would load panda
     import pandas as pd
 
 from aifmon.telemetry.config import DEFAULT_STORE_URL
+from aifmon.telemetry.errors import UserError
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 """(metric name, sorted (label, value) pairs)."""
@@ -26,12 +44,17 @@ def series_key(metric: str, labels: dict[str, str]) -> SeriesKey:
 
 
 class StoreError(RuntimeError):
-    """A store that cannot be opened, read or written; the message says what to do."""
+    """A store that failed to open, read or write (unreachable, locked, disk full); the message says what to do."""
+
+
+class StoreConfigError(UserError):
+    """A store that cannot be used as configured: its URL (scheme, path, option, a token in it), its token setting,
+    or a capability the command needs that it lacks; the message says what to configure instead."""
 
 
 @dataclass(frozen=True)
 class SeriesSamples:
-    """A metric's samples as flat arrays, with each series' labels given once (`Store.range_arrays`)."""
+    """A metric's samples as flat arrays, with each series' labels given once (`SampleReader.range_arrays`)."""
 
     series: pd.DataFrame  # `series_id` and one column per label; one row per series, at least every series in `series_id`
     series_id: np.ndarray  # integer, one per sample
@@ -46,21 +69,58 @@ def series_samples(frame: pd.DataFrame) -> SeriesSamples:
                          frame["value"].to_numpy(dtype="float64"))
 
 
-class Store(Protocol):
-    """What the collector, rollups, alerts and dashboard need from a time-series store."""
+class Store:
+    """What every store has: the URL it was opened from, and `close`; also a context manager that closes it.
+
+    The capabilities below are plain classes whose methods raise NotImplementedError, not abstract ones: mypy
+    refuses an abstract class where `type[...]` is expected, as in `open_store(needs=...)` and `require`.
+    tests/test_store.py checks that every backend implements each method of the capabilities it declares.
+    """
 
     url: str
+    ability: ClassVar[str] = "be opened"
+    """What a store of this capability can do, in words (the error for a store that lacks it)."""
+
+    @classmethod
+    def instead(cls, capability: type[Store]) -> str:
+        """What to configure when a command needs `capability` and this backend lacks it."""
+        return "use a duckdb:/// store, which has every capability"
+
+    def close(self) -> None:
+        """Flush and release the store."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SampleWriter(Store):
+    """Takes samples: the collector, `aifmon store import` and the backfill write through it."""
+
+    ability = "take samples"
 
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
         """Ids for these series, registering new ones durably."""
+        raise NotImplementedError
 
     def append(self, series_ids: np.ndarray, t_ms: np.ndarray, values: np.ndarray) -> None:
         """Write samples; when this returns, they are on disk."""
+        raise NotImplementedError
 
     def mark_stale(self, series_ids: np.ndarray, t_ms: int) -> None:
         """Record that these series stopped at `t_ms` (their target went down, or they left its output):
         `latest` no longer returns them, however long its lookback. Backends that track staleness
         themselves (Prometheus) ignore this."""
+        raise NotImplementedError
+
+
+class SampleReader(Store):
+    """Gives samples back: the rollups, alerts, dashboard and `aifmon store export` read through it."""
+
+    ability = "give samples back"
 
     def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0,
                match: dict[str, str] | None = None) -> pd.DataFrame:
@@ -68,77 +128,127 @@ class Store(Protocol):
 
         `match` keeps only series whose labels equal each of its items. Columns: one per label, `t_ms`, `value`.
         """
+        raise NotImplementedError
 
     def range(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
         """Every sample of `metric` with start_ms <= t_ms <= end_ms, sorted by series then time.
 
         `match` as for `latest`. Columns: `series_id`, one per label, `t_ms`, `value`.
         """
+        raise NotImplementedError
 
     def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
         """The samples `range` returns, in no particular order, with labels once per series instead of on every
         sample: the read for millions of samples (the energy rollups), which skips the sort and the label copies."""
+        raise NotImplementedError
+
+    def time_bounds(self) -> tuple[int, int] | None:
+        """(oldest, newest) sample time in ms, or None when the store is empty."""
+        raise NotImplementedError
+
+    def metric_names(self) -> list[str]:
+        """Every metric name the store holds."""
+        raise NotImplementedError
+
+
+class RowWriter(Store):
+    """Takes derived rows (rollup results), one window at a time."""
+
+    ability = "keep rollup rows"
 
     def replace_rows(self, table: str, window_start_ms: int, rows: pd.DataFrame) -> None:
         """Atomically replace the rows of derived table `table` (rollup results) for one window.
 
         `rows` must carry a `window_start_ms` column equal to `window_start_ms`.
         """
+        raise NotImplementedError
+
+
+class RowStore(RowWriter):
+    """Keeps derived rows and gives them back: reports and budgets read the hourly rollups from it."""
+
+    ability = "keep rollup rows and give them back"
 
     def read_rows(self, table: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         """Rows of derived table `table` whose window starts in [start_ms, end_ms); empty if there is none."""
-
-    def time_bounds(self) -> tuple[int, int] | None:
-        """(oldest, newest) sample time in ms, or None when the store is empty."""
-
-    def metric_names(self) -> list[str]:
-        """Every metric name the store holds."""
-
-    def close(self) -> None:
-        """Flush and release the store."""
+        raise NotImplementedError
 
 
-_PROMQL = {"prometheus+http": "prometheus", "prometheus+https": "prometheus",
-           "victoriametrics+http": "victoriametrics", "victoriametrics+https": "victoriametrics"}
+class RollupStore(SampleReader, RowStore):
+    """Gives samples back and keeps the rows computed from them: what the hourly rollups run over."""
+
+    ability = "give samples back and keep the rollup rows computed from them"
 
 
-def open_store(url: str = DEFAULT_STORE_URL, read_only: bool = False) -> Store:
-    """Open the store a `--store` URL names.
+C = TypeVar("C", bound=Store)
+
+
+def require(store: Store, capability: type[C]) -> C:
+    """`store`, typed as `capability`; a StoreConfigError naming the store and what to configure when it lacks it."""
+    if not isinstance(store, capability):
+        raise StoreConfigError(_lacks(type(store), store.url, capability))
+    return store
+
+
+def _lacks(backend: type[Store], url: str, capability: type[Store]) -> str:
+    return f"store {url} cannot {capability.ability}: {backend.instead(capability)}"
+
+
+_PROMQL = ("prometheus+http", "prometheus+https", "victoriametrics+http", "victoriametrics+https")
+
+
+@overload
+def open_store(url: str = ..., read_only: bool = ...) -> Store: ...
+@overload
+def open_store(url: str = ..., read_only: bool = ..., *, needs: type[C]) -> C: ...
+def open_store(url: str = DEFAULT_STORE_URL, read_only: bool = False, *, needs: type[Store] = Store) -> Store:
+    """Open the store a `--store` URL names, as the capability `needs` (checked before anything is opened).
 
     `duckdb:///relative/path.duckdb` or `duckdb:////absolute/path.duckdb` (as SQLAlchemy counts slashes),
     optionally `?raw_days=7&minute_days=400` (retention of raw samples and per-minute aggregates);
     `prometheus+http://host:9090`, `victoriametrics+http://host:8428` (a path prefix is kept, e.g. a
-    vmselect `.../select/0/prometheus`).
+    vmselect `.../select/0/prometheus`); `influxdb+http://host:8086?org=O&bucket=B` (write-only).
+    A URL that does not parse, or a store without `needs`, raises StoreConfigError.
     """
+    backend, opener = _backend(url, read_only)
+    if not issubclass(backend, needs):
+        raise StoreConfigError(_lacks(backend, url, needs))
+    return opener()
+
+
+def _backend(url: str, read_only: bool) -> tuple[type[Store], Callable[[], Store]]:
+    """The backend class a URL names, and how to open it; the URL is checked, nothing is opened yet."""
     parts = urlsplit(url)
     if parts.scheme == "duckdb":
         if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2:
-            raise StoreError(f"store URL {url!r}: expected duckdb:///relative/path.duckdb or duckdb:////absolute/path.duckdb")
+            raise StoreConfigError(f"store URL {url!r}: expected duckdb:///relative/path.duckdb or duckdb:////absolute/path.duckdb")
         from aifmon.stores.duckdb_store import DuckDBStore, Retention
 
         options = dict(parse_qsl(parts.query))
         unknown = set(options) - {"raw_days", "minute_days"}
         if unknown:
-            raise StoreError(f"store URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}; expected raw_days, minute_days")
+            raise StoreConfigError(f"store URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}; expected raw_days, minute_days")
         try:
             retention = Retention(**{k: float(v) for k, v in options.items()})
         except ValueError as e:
-            raise StoreError(f"store URL {url!r}: {e}") from None
-        return DuckDBStore(parts.path[1:], read_only=read_only, url=url, retention=retention)
+            raise StoreConfigError(f"store URL {url!r}: {e}") from None
+        return DuckDBStore, lambda: DuckDBStore(parts.path[1:], read_only=read_only, url=url, retention=retention)
     if parts.scheme in _PROMQL:
         if not parts.hostname or parts.query:
-            raise StoreError(f"store URL {url!r}: expected {parts.scheme}://host:port[/path prefix]")
-        from aifmon.stores.promql_store import PromQLStore
+            raise StoreConfigError(f"store URL {url!r}: expected {parts.scheme}://host:port[/path prefix]")
+        from aifmon.stores.promql_store import PromQLStore, VictoriaMetricsStore
 
-        base = f"{parts.scheme.split('+')[1]}://{parts.netloc}{parts.path}"
-        return PromQLStore(base, _PROMQL[parts.scheme], url)
+        server, _, protocol = parts.scheme.partition("+")
+        backend = VictoriaMetricsStore if server == "victoriametrics" else PromQLStore
+        base = f"{protocol}://{parts.netloc}{parts.path}"
+        return backend, lambda: backend(base, url)
     if parts.scheme in ("influxdb+http", "influxdb+https"):
-        if read_only:
-            raise StoreError(f"store URL {url!r}: the InfluxDB sink is write-only; read through the PromQL backend")
-        from aifmon.stores.influx_sink import open_influx_sink
+        from aifmon.stores.influx_sink import InfluxSink, open_influx_sink
 
-        return open_influx_sink(url)
-    raise StoreError(
+        if read_only:
+            raise StoreConfigError(f"store URL {url!r}: {InfluxSink.instead(SampleReader)}")
+        return InfluxSink, lambda: open_influx_sink(url)
+    raise StoreConfigError(
         f"store URL {url!r} is not understood; expected duckdb:///path.duckdb, prometheus+http://host:9090, "
         "victoriametrics+http://host:8428 or influxdb+http://host:8086?org=O&bucket=B"
     )

@@ -14,7 +14,7 @@ from aifmon.alerts.evaluator import AlertEvaluator
 from aifmon.alerts.notify import AlertmanagerNotifier, EmailNotifier, WebhookNotifier
 from aifmon.rollups.hourly import TABLE as HOURLY
 from aifmon.stores.duckdb_store import DuckDBStore
-from aifmon.stores.store import series_key
+from aifmon.stores.store import StoreError, series_key
 from aifmon.telemetry.inventory import parse_inventory
 from tests.alert_receivers import SmtpSink, WebhookReceiver
 from tests.conftest import free_port, inventory_text
@@ -209,6 +209,28 @@ def test_energy_budget_at_85_90_95_percent(world, tmp_path):
     assert budgets == {("85", "warning"), ("90", "warning")}
     a = next(a for a in ev.alerts.values() if a.labels.get("budget_percent") == "90")
     assert (a.annotations["value"], a.annotations["cap"], a.annotations["percentage"]) == ("0.9167 MWh", "1 MWh", "91.67%")
+
+
+def test_a_failed_rollup_read_fails_the_cycle_and_leaves_the_budget_source(world, tmp_path, monkeypatch):
+    """A store that keeps rollup rows is read for budgets every cycle: one failed read is a failed cycle, not a
+    switch to counting the month from counters (this store holds none, which would find no energy at all)."""
+    store, inventory, rules = world
+    hour = (T0 // 3_600_000 - 1) * 3_600_000
+    store.replace_rows(HOURLY, hour, pd.DataFrame({
+        "window_start_ms": [hour], "factory": ["alpha"], "system": ["alpha-gpu"], "job": ["7"], "project": ["alpha-train"],
+        "access_mode": ["Large Scale"], "energy_j": [3.3e9], "gpu_seconds": [3600.0]}))
+    ev = AlertEvaluator(store, inventory, rules, tmp_path / "state.json", notifiers=[])
+
+    def unreachable(table, start_ms, end_ms):
+        raise StoreError("store a.duckdb: disk gone")
+
+    monkeypatch.setattr(store, "read_rows", unreachable)
+    with pytest.raises(StoreError, match="disk gone"):
+        ev.evaluate(T0)
+    monkeypatch.undo()
+    ev.evaluate(T0 + 10_000)
+    budgets = {(a["budget_percent"], a["severity"]) for a in firing(ev, "EnergyBudgetWarning", "project")}
+    assert budgets == {("85", "warning"), ("90", "warning")}
 
 
 def test_restart_neither_repages_nor_forgets(world, tmp_path):

@@ -10,7 +10,7 @@ from aifmon.exporters.simulation import FactorySimulation
 from aifmon.ingest.openmetrics import export_openmetrics, import_openmetrics
 from aifmon.rollups.energy import energy_rollup
 from aifmon.stores.duckdb_store import DuckDBStore
-from aifmon.stores.store import StoreError, open_store
+from aifmon.stores.store import SampleReader, SampleWriter, StoreConfigError, StoreError, open_store
 from tests.conftest import require_binary
 from tests.servers import prometheus, victoria_metrics
 
@@ -75,13 +75,14 @@ def test_same_rollup_on_duckdb_prometheus_and_victoriametrics(history, small_inv
     assert result.returncode == 0, result.stderr
     (work / "prom").mkdir(exist_ok=True)
     with prometheus("global: {scrape_interval: 1m}\n", work / "prom", storage=blocks) as url:
-        prom = open_store(url.replace("http://", "prometheus+http://"))
+        prom = open_store(url.replace("http://", "prometheus+http://"), needs=SampleReader)
         _same(truth, _rollups(prom, inv, start_ms, end_ms))
-        with pytest.raises(StoreError, match="Prometheus ingests by scraping"):
-            prom.append([0], [0], [0.0])
+        assert not isinstance(prom, SampleWriter)
+        with pytest.raises(StoreConfigError, match="Prometheus ingests by scraping"):
+            open_store(url.replace("http://", "prometheus+http://"), needs=SampleWriter)
 
     with victoria_metrics(work) as vm:
-        vms = open_store(vm.url.replace("http://", "victoriametrics+http://"))
+        vms = open_store(vm.url.replace("http://", "victoriametrics+http://"), needs=SampleWriter)
         assert import_openmetrics(vms, path).samples == exported
         vm.force_flush()
         _same(truth, _rollups(vms, inv, start_ms, end_ms))
@@ -90,6 +91,6 @@ def test_same_rollup_on_duckdb_prometheus_and_victoriametrics(history, small_inv
 
 
 def test_a_server_that_does_not_answer_is_a_clear_error():
-    store = open_store("victoriametrics+http://127.0.0.1:9")
-    with pytest.raises(StoreError, match="did not answer"):
+    store = open_store("victoriametrics+http://127.0.0.1:9", needs=SampleReader)
+    with pytest.raises(StoreError, match=r"VictoriaMetrics at http://127\.0\.0\.1:9 did not answer"):
         store.range("aif_gpu_power_watts", 0, 1000)

@@ -23,7 +23,7 @@ import pytest
 
 from aifmon.stores import influx_sink
 from aifmon.stores.influx_sink import InfluxSink, open_influx_sink
-from aifmon.stores.store import StoreError, series_key
+from aifmon.stores.store import RowStore, SampleReader, StoreConfigError, StoreError, open_store, series_key
 from tests.conftest import free_port
 from tests.servers import VictoriaMetrics, victoria_metrics
 
@@ -277,13 +277,14 @@ def test_full_disk_while_server_down_is_a_clear_error_and_nothing_half_spooled(t
     sink.close(timeout_s=1)
 
 
-def test_reads_say_the_sink_is_write_only(tmp_path):
-    sink = open_influx_sink(f"influxdb+http://127.0.0.1:{free_port()}?org=o&bucket=b&spool={tmp_path}")
-    for read in (lambda: sink.latest("aif_gpu_power_watts"), lambda: sink.range("aif_gpu_power_watts", 0, 1),
-                 lambda: sink.read_rows("gpu_energy_hourly", 0, 1), sink.time_bounds):
-        with pytest.raises(StoreError, match="is write-only; read the same data through the PromQL backend"):
-            read()
-    sink.close()
+def test_the_sink_is_write_only_and_says_where_to_read(tmp_path):
+    url = f"influxdb+http://127.0.0.1:{free_port()}?org=o&bucket=b&spool={tmp_path}"
+    with open_store(url) as sink:
+        assert not isinstance(sink, SampleReader) and not isinstance(sink, RowStore)
+    for opening in (lambda: open_store(url, read_only=True), lambda: open_store(url, needs=SampleReader),
+                    lambda: open_store(url, needs=RowStore)):
+        with pytest.raises(StoreConfigError, match="the InfluxDB sink is write-only; read the same data through the PromQL backend"):
+            opening()
 
 
 @pytest.mark.parametrize("url, message", [
@@ -298,7 +299,7 @@ def test_reads_say_the_sink_is_write_only(tmp_path):
     ("influxdb://127.0.0.1:8086?org=o&bucket=b", r"expected influxdb\+http://host:8086\?org=O&bucket=B"),
 ])
 def test_bad_url_is_a_clear_error(url, message):
-    with pytest.raises(StoreError, match=message) as e:
+    with pytest.raises(StoreConfigError, match=message) as e:
         open_influx_sink(url)
     assert "expected influxdb+http://host:8086?org=O&bucket=B" in str(e.value)
 
@@ -306,7 +307,7 @@ def test_bad_url_is_a_clear_error(url, message):
 @pytest.mark.parametrize("url", ["influxdb+http://user:s3cret-tok@127.0.0.1:8086?org=o&bucket=b",
                                  "influxdb+http://127.0.0.1:8086?org=o&bucket=b&token=s3cret-tok"])
 def test_token_in_url_is_refused_without_echoing_it(url):
-    with pytest.raises(StoreError, match="a token never goes in the URL; set AIFMON_INFLUXDB_TOKEN") as e:
+    with pytest.raises(StoreConfigError, match="a token never goes in the URL; set AIFMON_INFLUXDB_TOKEN") as e:
         open_influx_sink(url)
     assert "s3cret-tok" not in str(e.value)
 
@@ -314,21 +315,21 @@ def test_token_in_url_is_refused_without_echoing_it(url):
 def test_token_comes_from_the_environment_or_a_file(tmp_path, monkeypatch):
     url = f"influxdb+http://127.0.0.1:{free_port()}?org=o&bucket=b&spool={tmp_path / 'spool'}"
     monkeypatch.delenv(influx_sink.TOKEN_ENV)
-    with pytest.raises(StoreError, match="no InfluxDB token: set AIFMON_INFLUXDB_TOKEN, or AIFMON_INFLUXDB_TOKEN_FILE"):
+    with pytest.raises(StoreConfigError, match="no InfluxDB token: set AIFMON_INFLUXDB_TOKEN, or AIFMON_INFLUXDB_TOKEN_FILE"):
         open_influx_sink(url)
     monkeypatch.setenv(influx_sink.TOKEN_FILE_ENV, str(tmp_path / "absent"))
-    with pytest.raises(StoreError, match="cannot read the InfluxDB token file"):
+    with pytest.raises(StoreConfigError, match="cannot read the InfluxDB token file"):
         open_influx_sink(url)
     (tmp_path / "token").write_text("\n")
     monkeypatch.setenv(influx_sink.TOKEN_FILE_ENV, str(tmp_path / "token"))
-    with pytest.raises(StoreError, match="is empty"):
+    with pytest.raises(StoreConfigError, match="is empty"):
         open_influx_sink(url)
     (tmp_path / "token").write_text(TOKEN + "\n")
     sink = open_influx_sink(url)
     assert sink._client.token == TOKEN and TOKEN not in sink.url  # the newline is stripped
     sink.close()
     monkeypatch.setenv(influx_sink.TOKEN_ENV, TOKEN)
-    with pytest.raises(StoreError, match="set only one"):
+    with pytest.raises(StoreConfigError, match="set only one"):
         open_influx_sink(url)
 
 

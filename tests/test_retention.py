@@ -5,7 +5,7 @@ import pytest
 
 from aifmon.rollups.energy import energy_rollup
 from aifmon.stores.duckdb_store import DuckDBStore, Retention
-from aifmon.stores.store import StoreError, open_store, series_key
+from aifmon.stores.store import StoreConfigError, open_store, series_key
 
 T0 = 497_222 * 3_600_000  # a whole hour, ms
 STEP = 15_000
@@ -53,7 +53,7 @@ def test_retention_options_come_from_the_store_url(tmp_path):
     store = open_store(f"duckdb:///{tmp_path}/u.duckdb?raw_days=2&minute_days=30")
     assert store.retention == Retention(2.0, 30.0)
     store.close()
-    with pytest.raises(StoreError, match="raw_days"):
+    with pytest.raises(StoreConfigError, match="raw_days"):
         open_store(f"duckdb:///{tmp_path}/u.duckdb?raw_days=9&minute_days=3")
-    with pytest.raises(StoreError, match="unknown option"):
+    with pytest.raises(StoreConfigError, match="unknown option"):
         open_store(f"duckdb:///{tmp_path}/u.duckdb?keep=forever")

@@ -1,4 +1,4 @@
-"""The embedded DuckDB store: round trips, durability under SIGKILL, clear errors."""
+"""The embedded DuckDB store: round trips, durability under SIGKILL, clear errors; the stores' declared capabilities."""
 
 import os
 import signal
@@ -10,7 +10,23 @@ import numpy as np
 import pytest
 
 from aifmon.stores.duckdb_store import DuckDBStore
-from aifmon.stores.store import StoreError, open_store, series_key
+from aifmon.stores.influx_sink import InfluxSink
+from aifmon.stores.promql_store import PromQLStore, VictoriaMetricsStore
+from aifmon.stores.split_store import SplitStore
+from aifmon.stores.store import (
+    RollupStore,
+    RowStore,
+    RowWriter,
+    SampleReader,
+    SampleWriter,
+    Store,
+    StoreConfigError,
+    StoreError,
+    open_store,
+    require,
+    series_key,
+)
+from aifmon.telemetry.errors import UserError
 
 
 def _fill(store):
@@ -77,13 +93,61 @@ def test_derived_rows_are_replaced_not_duplicated(tmp_path):
     ("prometheus+http://", "host:port"),
 ])
 def test_bad_store_urls_say_what_is_expected(url, message):
-    with pytest.raises(StoreError, match=message):
+    with pytest.raises(StoreConfigError, match=message) as e:
         open_store(url)
+    assert isinstance(e.value, UserError) and not isinstance(e.value, StoreError)  # the CLI exits 2 on it
 
 
 def test_read_only_store_that_does_not_exist(tmp_path):
-    with pytest.raises(StoreError, match="does not exist"):
+    with pytest.raises(StoreConfigError, match="does not exist"):
         open_store(f"duckdb:///{tmp_path}/none.duckdb", read_only=True)
+
+
+CAPABILITIES = (SampleWriter, SampleReader, RowWriter, RowStore)
+
+
+@pytest.mark.parametrize("backend, declared", [
+    (DuckDBStore, {SampleWriter, SampleReader, RowWriter, RowStore}),
+    (PromQLStore, {SampleReader}),
+    (VictoriaMetricsStore, {SampleWriter, SampleReader}),
+    (InfluxSink, {SampleWriter, RowWriter}),
+    (SplitStore, {SampleReader, RowWriter, RowStore}),
+])
+def test_each_backend_declares_its_capabilities_and_implements_every_method_of_them(backend, declared):
+    assert {c for c in CAPABILITIES if issubclass(backend, c)} == declared
+    for capability in declared | {Store}:
+        for name, method in vars(capability).items():
+            if callable(method) and not name.startswith("_"):
+                assert getattr(backend, name) is not method, f"{backend.__name__} declares {capability.__name__} but not {name}"
+    for capability in set(CAPABILITIES) - declared:
+        for name in vars(capability):
+            assert not hasattr(backend, name) or name.startswith("_") or name == "ability", f"{backend.__name__}.{name}"
+
+
+@pytest.mark.parametrize("url, needs, message", [
+    ("prometheus+http://127.0.0.1:9", SampleWriter, "cannot take samples: Prometheus ingests by scraping; .* or use VictoriaMetrics"),
+    ("prometheus+http://127.0.0.1:9", RowWriter, "cannot keep rollup rows: Prometheus keeps no rollup rows; keep them in a duckdb:///"),
+    ("victoriametrics+http://127.0.0.1:9", RollupStore, "VictoriaMetrics keeps no rollup rows; .*--rows-store"),
+    ("influxdb+http://127.0.0.1:9?org=o&bucket=b", SampleReader, "cannot give samples back: the InfluxDB sink is write-only"),
+])
+def test_a_store_without_the_capability_a_command_needs_names_it_and_what_to_configure(url, needs, message):
+    with pytest.raises(StoreConfigError, match=message) as e:
+        open_store(url, needs=needs)
+    assert str(e.value).startswith(f"store {url} cannot ")
+
+
+def test_a_store_opened_for_a_capability_is_that_capability_and_closes_as_a_context_manager(tmp_path):
+    with open_store(f"duckdb:///{tmp_path}/c.duckdb", needs=RollupStore) as store:
+        assert isinstance(store, SampleWriter) and require(store, RowWriter) is store
+        store.append(store.series_ids([series_key("m", {})]), np.array([1000]), np.array([2.5]))
+    with pytest.raises(StoreError, match="is closed"):
+        store.time_bounds()
+    with open_store(f"duckdb:///{tmp_path}/c.duckdb", read_only=True) as again:
+        assert again.time_bounds() == (1000, 1000)
+    vm = open_store("victoriametrics+http://127.0.0.1:9/select/0/prometheus", needs=SampleWriter)
+    assert isinstance(vm, SampleReader) and not isinstance(vm, RowWriter) and vm.base_url == "http://127.0.0.1:9/select/0/prometheus"
+    with pytest.raises(StoreConfigError, match=r"store victoriametrics\+http://\S+ cannot keep rollup rows and give them back"):
+        require(vm, RowStore)
 
 
 def test_second_writer_gets_a_clear_error(tmp_path):

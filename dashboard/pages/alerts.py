@@ -1,6 +1,6 @@
 """Alerts: what is pending or firing now, and what resolved in the last 24 hours, with the rule behind each.
 
-Reads the evaluator's state file (`aifmon.alerts.evaluator.state_path_for`), so it shows the same alerts the
+Reads the evaluator's state file (`aifmon.alerts.state`), so it shows the same alerts the
 notifiers were sent, whichever process evaluates them.
 """
 
@@ -11,7 +11,7 @@ import time
 import dash
 from dash import Input, Output, dcc, html
 
-from aifmon.alerts.evaluator import load_state
+from aifmon.alerts.state import load_state
 from aifmon.dashboard.pages import OPERATOR, PageContext
 
 PATH = "/alerts"
