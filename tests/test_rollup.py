@@ -6,9 +6,10 @@ import pytest
 from aifmon.exporters.backfill import backfill
 from aifmon.exporters.simulation import FactorySimulation
 from aifmon.rollups.energy import UNALLOCATED, energy_rollup
-from aifmon.rollups.hourly import TABLE, HourlyRollups, rollup_hour
+from aifmon.rollups.hourly import NODE_TABLE, SITE_TABLE, TABLE, HourlyRollups, rollup_hour
 from aifmon.stores.duckdb_store import DuckDBStore
-from aifmon.stores.store import series_key
+from aifmon.stores.split_store import SplitStore
+from aifmon.stores.store import RowWriter, series_key
 
 T0 = 497_222 * 3_600_000  # a whole hour, in ms
 GPUS = {  # (factory, node, gpu) -> counter function of seconds since T0, sample times, job by sample time
@@ -100,6 +101,38 @@ def test_hourly_rollup_is_idempotent_and_matches_the_raw_rollup(store, small_inv
     assert stored["energy_j"].sum() == pytest.approx(TOTAL, rel=1e-12)
     with pytest.raises(ValueError, match="whole hour"):
         rollup_hour(store, T0 + 1)
+
+
+class WrittenRows(RowWriter):
+    """A write-only row sink, as the InfluxDB sink is: keeps what it is given, gives nothing back."""
+
+    url = "test://rows"
+
+    def __init__(self):
+        self.written = {}
+
+    def replace_rows(self, table, window_start_ms, rows):
+        self.written[(table, window_start_ms)] = rows
+
+    def close(self):
+        pass
+
+
+def test_hourly_rollups_over_a_split_store_read_its_samples_and_write_its_rows(store, tmp_path):
+    """`rollup schedule --rows-store`: samples from one store, rows to another; rows a write-only sink cannot give back
+    are computed again by the next process, rows a DuckDB file keeps are not."""
+    now = T0 + 2 * 3_600_000  # the hour at T0 is finished, and (late_window_s=0) not rechecked for late data
+    sink = WrittenRows()
+    assert HourlyRollups(SplitStore(store, sink, since_ms=T0), late_window_s=0).catch_up(now_ms=now) == 1
+    assert set(sink.written) == {(TABLE, T0), (NODE_TABLE, T0), (SITE_TABLE, T0)}
+    assert sink.written[(TABLE, T0)]["energy_j"].sum() == pytest.approx(TOTAL, rel=1e-12)
+    assert HourlyRollups(SplitStore(store, sink, since_ms=T0), late_window_s=0).catch_up(now_ms=now) == 1
+
+    with DuckDBStore(tmp_path / "rows.duckdb") as rows:
+        split = SplitStore(store, rows, since_ms=T0)
+        assert HourlyRollups(split, late_window_s=0).catch_up(now_ms=now) == 1
+        assert split.read_rows(TABLE, T0, T0 + 1)["energy_j"].sum() == pytest.approx(TOTAL, rel=1e-12)
+        assert HourlyRollups(split, late_window_s=0).catch_up(now_ms=now) == 0
 
 
 def test_rollup_of_a_simulated_day_equals_the_simulators_counters(tmp_path, small_inventory):
