@@ -3,9 +3,9 @@
 Each sample's series text (`name{labels}`) is kept as its key, so the collector resolves labels only
 for series it has not seen before (`aifmon.ingest.series_index`).
 
-The byte scanning is compiled by Numba: each line is found with libc's memchr and read backwards
-from its end, so only the short value and timestamp fields are looked at byte by byte, and their
-numbers are converted on the spot where that is exact (Clinger's fast path: at most 2**53 for the
+The byte scanning is compiled by Numba and cached on disk (see `_compiled`): each line is found with
+libc's memchr and read backwards from its end, so only the short value and timestamp fields are looked
+at byte by byte, and their numbers are converted on the spot where that is exact (Clinger's fast path: at most 2**53 for the
 digits and a power of ten of at most 22, so one IEEE multiplication or division gives the correctly
 rounded double). Other numbers (17 significant digits, NaN, +Inf, long exponents) go to Arrow's C++
 parser. Series texts stay byte ranges of the body until asked for, then become an Arrow string
@@ -14,29 +14,74 @@ array through a string-view array over the body, without per-line Python.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import NamedTuple
 
 import numba
 import numpy as np
 import pyarrow as pa
+from llvmlite import ir  # type: ignore[import-untyped]  # ships no type information; pyproject's untyped list lacks it
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from aifmon.telemetry.exposition import ExpositionError
 
 _NL, _HASH, _SPACE, _CLOSE = 10, 35, 32, 125
 _POW10 = np.array([10.0 ** k for k in range(23)])  # exactly representable in float64
 _EXACT_DIGITS = 2 ** 53
+log = logging.getLogger(__name__)
+
 # C's memchr and memcmp (SIMD in every libc) find line ends and compare series texts, several times faster
-# than a compiled byte loop; Numba calls them through these ctypes declarations
-_libc = ctypes.CDLL(None)
-_memchr, _memcmp = _libc.memchr, _libc.memcmp
-_memchr.restype, _memchr.argtypes = ctypes.c_size_t, [ctypes.c_size_t, ctypes.c_int, ctypes.c_size_t]
-_memcmp.restype, _memcmp.argtypes = ctypes.c_int, [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]
+# than a compiled byte loop. They are declared to LLVM by name, to be linked when the code is loaded: a
+# ctypes function would put its address into the machine code, and Numba cannot cache such code on disk.
+_BYTES = ir.IntType(8).as_pointer()
+_SIZE = ir.IntType(64)
+
+
+@intrinsic
+def _memchr(typingctx, address, byte, length):
+    """The address of the first `byte` in the `length` bytes at `address`, or 0."""
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_BYTES, [_BYTES, ir.IntType(32), _SIZE]), "memchr")
+        return builder.ptrtoint(builder.call(fn, [builder.inttoptr(args[0], _BYTES), args[1], args[2]]), _SIZE)
+
+    return types.uint64(types.uint64, types.int32, types.uint64), codegen
+
+
+@intrinsic
+def _memcmp(typingctx, a, b, length):
+    """0 where the `length` bytes at addresses `a` and `b` are equal."""
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), [_BYTES, _BYTES, _SIZE]), "memcmp")
+        return builder.call(fn, [builder.inttoptr(args[0], _BYTES), builder.inttoptr(args[1], _BYTES), args[2]])
+
+    return types.int32(types.uint64, types.uint64, types.uint64), codegen
+
+
+def _compiled(fn):
+    """`fn` compiled by Numba, releasing the GIL, and cached on disk so that a new process loads the machine code
+    (tens of ms) instead of compiling it again (about 1 s).
+
+    Numba keeps the cache in `$NUMBA_CACHE_DIR` where that is set, else beside this file (`__pycache__`) where
+    that is writable, else in the user's cache directory (`$XDG_CACHE_HOME/numba`, by default `~/.cache/numba`:
+    a read-only install). A service with none of them writable compiles in each process instead.
+    """
+    try:
+        return numba.njit(nogil=True, cache=True)(fn)
+    except RuntimeError:  # Numba's "cannot cache function ...: no locator available"
+        _warn_uncached()
+        return numba.njit(nogil=True)(fn)
+
+
+@cache  # once per process, not once per compiled function
+def _warn_uncached() -> None:
+    log.warning("no writable directory for Numba's cache (beside %s, nor the user's cache directory): each start compiles "
+                "the parser again (about 1 s); set NUMBA_CACHE_DIR to a writable directory", __file__)
 
 
 @dataclass(frozen=True)
@@ -112,8 +157,8 @@ def parse_exposition(body: bytes, timestamp_unit: str = "ms") -> Samples:
 
 
 def warm_up() -> None:
-    """Compile the parser's scan, string views and series comparison now: Numba compiles on first use, which
-    takes about 1.5 s, and a collector's first scrape would be that late."""
+    """Compile the parser's scan, string views and series comparison now, or load them from Numba's cache (about
+    0.1 s): Numba does either on first use, and a collector's first scrape would be that late (about 1 s uncached)."""
     samples = parse_exposition(b'm{a="1"} 0.5 1790000000000\n')
     samples.same_series(samples)
     samples.series_of(np.zeros(1, np.int64))
@@ -160,7 +205,7 @@ def _scan(buf: np.ndarray, lo: int, hi: int, lines_before: int) -> _Lines:
     return _Lines(*_scan_lines(buf, lo, hi, lines_before, _POW10))
 
 
-@numba.njit(nogil=True, cache=False)
+@_compiled
 def _scan_lines(buf, lo, hi, lines_before, pow10):  # pragma: no cover - compiled; tested through parse_exposition
     """The lines of buf[lo:hi], which `lines_before` lines precede (see `_Lines`). Each line is found by its newline (memchr), then read backwards:
     value and timestamp are the short fields after the last `}`, so the series text itself is not scanned."""
@@ -209,7 +254,7 @@ def _scan_lines(buf, lo, hi, lines_before, pow10):  # pragma: no cover - compile
     return n, -1, start, series_end, value_end, end, line_no, value, ts
 
 
-@numba.njit(nogil=True, cache=False)
+@_compiled
 def _decimal(buf, a, b, pow10):  # pragma: no cover - compiled
     """The decimal number in buf[a:b] when it converts exactly (see module docstring), else NaN."""
     i = a
@@ -271,7 +316,7 @@ def _strings(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.String
     return array.cast(pa.string())
 
 
-@numba.njit(nogil=True, cache=False)
+@_compiled
 def _views(buf, starts, ends):  # pragma: no cover - compiled
     views = np.zeros((len(starts), 16), np.uint8)
     for i in range(len(starts)):
@@ -290,7 +335,7 @@ def _views(buf, starts, ends):  # pragma: no cover - compiled
     return views
 
 
-@numba.njit(nogil=True, cache=False)
+@_compiled
 def _same_ranges(a, a_start, a_end, b, b_start, b_end):  # pragma: no cover - compiled; tested through Samples
     same = np.empty(len(a_start), np.bool_)
     a_base, b_base = a.ctypes.data, b.ctypes.data
