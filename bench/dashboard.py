@@ -9,7 +9,7 @@
 Server time is the wall time of the request through the app's own WSGI stack (Flask test client, so the
 store reads, figure building and JSON encoding are all in it); payload is the response body in bytes,
 uncompressed (waitress sends it as is). The Plotly Express versions read the same store the same way
-(`Store.latest`/`range`) and build the same figures the obvious way: `px.density_heatmap` over the long
+(`SampleReader.latest`/`range`) and build the same figures the obvious way: `px.density_heatmap` over the long
 (node, gpu, watts) frame, `px.line` over raw samples, the whole figure re-sent on every refresh; they
 are timed as read + build + `plotly.io.to_json`, the work a Dash callback returning them would do.
 

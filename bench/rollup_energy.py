@@ -56,7 +56,7 @@ from aifmon.rollups.energy import UNALLOCATED, energy_rollup
 from aifmon.rollups.hourly import NODE_TABLE, SITE_COLUMNS, SITE_TABLE, TABLE, rollup_hour
 from aifmon.rollups.monthly_report import build_monthly_report, write_monthly_report
 from aifmon.stores.duckdb_store import DuckDBStore
-from aifmon.stores.store import SeriesSamples, open_store, series_key
+from aifmon.stores.store import SampleWriter, SeriesSamples, open_store, series_key
 from aifmon.telemetry.inventory import ACCESS_MODES, SECTORS, parse_inventory
 from tests.conftest import require_binary
 from tests.servers import prometheus, victoria_metrics
@@ -211,7 +211,7 @@ def bench_per_project(gpus: int, work: Path) -> tuple[list[tuple[str, float, flo
         export_openmetrics(store, fh, day_ms - H, day_ms + 25 * H)
     store.close()
     with victoria_metrics(work) as vm:
-        import_openmetrics(open_store(vm.url.replace("http://", "victoriametrics+http://")), om)
+        import_openmetrics(open_store(vm.url.replace("http://", "victoriametrics+http://"), needs=SampleWriter), om)
         vm.force_flush()
         promql_per_project(vm.url, day_ms)  # warm: the repeats are answered from VictoriaMetrics' rollup result cache
         t, ans = best_of(3, lambda: promql_per_project(vm.url, day_ms))

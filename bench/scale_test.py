@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aifmon.dashboard.panels import factory_status
 from aifmon.deploy.prometheus_config import write_prometheus_config
 from aifmon.rollups.energy import energy_rollup
-from aifmon.stores.store import open_store
+from aifmon.stores.store import SampleReader, open_store
 from aifmon.telemetry.inventory import parse_inventory
 from bench.ingest import free_port, installed
 
@@ -173,7 +173,7 @@ def run_step(gpus: int, interval_s: float, window_s: float, work: Path) -> dict:
         in_vm = query(vm, f"sum(count_over_time(aif_gpu_power_watts[{w}]))", t1)
         figures.update(power_samples_prometheus=in_prom, power_samples_victoriametrics=in_vm)
         figures["samples_per_s"] = samples_per_scrape / interval_s
-        store = open_store(f"victoriametrics+http://127.0.0.1:{vm_port}", read_only=True)
+        store = open_store(f"victoriametrics+http://127.0.0.1:{vm_port}", read_only=True, needs=SampleReader)
         started = time.perf_counter()
         rollup = energy_rollup(store, inv, int(t0 * 1000), int(t1 * 1000), by="factory")
         figures["rollup_from_vm_s"] = round(time.perf_counter() - started, 2)

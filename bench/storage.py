@@ -33,7 +33,7 @@ from aifmon.exporters.backfill import backfill
 from aifmon.exporters.simulation import FactorySimulation
 from aifmon.ingest.openmetrics import export_openmetrics, import_openmetrics
 from aifmon.stores.duckdb_store import DuckDBStore
-from aifmon.stores.store import open_store
+from aifmon.stores.store import SampleWriter, open_store
 from bench.ingest import factory_inventory, free_port, installed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "storage.json"
@@ -73,7 +73,7 @@ def measure(gpus: int, minutes: float, interval_s: float, work: Path) -> dict:
                 break
             except OSError:
                 time.sleep(0.1)
-        target = open_store(f"victoriametrics+http://127.0.0.1:{port}")
+        target = open_store(f"victoriametrics+http://127.0.0.1:{port}", needs=SampleWriter)
         imported = import_openmetrics(target, work / "history.om").samples
         urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/force_flush", timeout=600).read()
         time.sleep(VM_SETTLE_S)

@@ -14,7 +14,7 @@ from aifmon.alerts.evaluator import state_path_for
 from aifmon.dashboard.auth import Users, install
 from aifmon.dashboard.pages import PageContext, budgets, efficiency, factories, factory, parse_query, projects, reports
 from aifmon.dashboard.pages import alerts as alerts_page
-from aifmon.stores.store import Store
+from aifmon.stores.store import SampleReader
 from aifmon.telemetry.config import is_loopback, parse_listen
 from aifmon.telemetry.inventory import Inventory
 
@@ -26,7 +26,7 @@ DEFAULT_REPORTS_DIR = Path("data/reports")
 _DASH_PATHS = ("/_dash-update-component",)
 
 
-def create_app(store: Store, inventory: Inventory, refresh_s: float = 5.0, users: Users | None = None,
+def create_app(store: SampleReader, inventory: Inventory, refresh_s: float = 5.0, users: Users | None = None,
                reports_dir: Path = DEFAULT_REPORTS_DIR) -> dash.Dash:
     """A Dash app reading `store`; `refresh_s` is the live pages' refresh period in seconds.
 

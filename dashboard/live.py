@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from aifmon.stores.store import Store
+from aifmon.stores.store import SampleReader
 from aifmon.telemetry.inventory import Factory, nodes_of
 from aifmon.telemetry.power import facility_power
 
@@ -93,7 +93,7 @@ def gpu_grid(factory: Factory, aspect: float = 2.0) -> GpuGrid:
 
 
 def grid_values(grid: GpuGrid, latest: pd.DataFrame, scale: float = 1.0) -> np.ndarray:
-    """A `Store.latest` frame of a per-GPU metric as the grid (float32, NaN where a GPU did not report)."""
+    """A `SampleReader.latest` frame of a per-GPU metric as the grid (float32, NaN where a GPU did not report)."""
     z = np.full(grid.shape[0] * grid.shape[1], np.nan, dtype=np.float32)
     if len(latest):
         cell, valid = grid.cells(latest["node"], latest["gpu"])
@@ -129,7 +129,7 @@ class FactoryLive:
     throttled_gpus: int
 
 
-def factory_live(store: Store, factory: Factory, grid: GpuGrid, metric: str, now_ms: int, top: int = 10) -> FactoryLive:
+def factory_live(store: SampleReader, factory: Factory, grid: GpuGrid, metric: str, now_ms: int, top: int = 10) -> FactoryLive:
     """Read one factory's latest GPU power, the grid metric, job info and throttle reasons (all `match`ed to it)."""
     match = {"factory": factory.id}
     power = store.latest("aif_gpu_power_watts", now_ms, LIVE_LOOKBACK_S, match)
@@ -170,7 +170,7 @@ def factory_live(store: Store, factory: Factory, grid: GpuGrid, metric: str, now
     )
 
 
-def power_history(store: Store, factory: Factory, start_ms: int, end_ms: int, bucket_ms: int) -> pd.DataFrame:
+def power_history(store: SampleReader, factory: Factory, start_ms: int, end_ms: int, bucket_ms: int) -> pd.DataFrame:
     """Facility power of one factory in buckets of `bucket_ms`: t_ms (bucket start), mean_w and peak_w (W).
 
     Downsampled here, on the server, so a week at a 5 s scrape interval reaches the browser as a few

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from aifmon.stores.store import Store
+from aifmon.stores.store import SampleReader
 from aifmon.telemetry.inventory import Inventory
 from aifmon.telemetry.power import BREACHED, CRITICAL, WARNING, facility_power
 from aifmon.telemetry.power import sum_by_factory as _sum_by_factory
@@ -22,7 +22,7 @@ MAX_BRIDGED_GAP_MS = 300_000
 """Facility energy is not integrated across a gap longer than this between two readings (5 min): unknown, not guessed."""
 
 
-def factory_status(store: Store, inventory: Inventory, now_ms: int | None = None, lookback_s: float = 60.0) -> pd.DataFrame:
+def factory_status(store: SampleReader, inventory: Inventory, now_ms: int | None = None, lookback_s: float = 60.0) -> pd.DataFrame:
     """One row per live factory: facility and IT power (W), cap (W), share of cap, busy GPUs, data age (s).
 
     Facility power is the meter (`aif_facility_power_watts`) where the factory has one and it reported;
@@ -49,7 +49,7 @@ def factory_status(store: Store, inventory: Inventory, now_ms: int | None = None
     return pd.DataFrame(rows)
 
 
-def factory_power_history(store: Store, inventory: Inventory, start_ms: int, end_ms: int, bucket_s: int = 300) -> pd.DataFrame:
+def factory_power_history(store: SampleReader, inventory: Inventory, start_ms: int, end_ms: int, bucket_s: int = 300) -> pd.DataFrame:
     """Facility power per factory averaged over `bucket_s` buckets: factory, t_ms (bucket start), watts, share_of_cap."""
     raw = store.range("aif_facility_power_watts", start_ms, end_ms)
     if raw.empty:
@@ -64,7 +64,7 @@ def factory_power_history(store: Store, inventory: Inventory, start_ms: int, end
     return hist
 
 
-def facility_energy(store: Store, start_ms: int, end_ms: int) -> pd.Series:
+def facility_energy(store: SampleReader, start_ms: int, end_ms: int) -> pd.Series:
     """Metered facility energy per factory over [start_ms, end_ms], J: the trapezoid integral of
     `aif_facility_power_watts` (feeds of one scrape summed), across gaps of at most `MAX_BRIDGED_GAP_MS`."""
     raw = store.range("aif_facility_power_watts", start_ms, end_ms)

@@ -13,12 +13,12 @@ import numpy as np
 from aifmon.exporters.sim import JOB_INFO, SimFamilies
 from aifmon.exporters.simulation import FactorySimulation, Job
 from aifmon.ingest.collector import target_labels
-from aifmon.stores.store import Store, series_key
+from aifmon.stores.store import SampleWriter, series_key
 
 _WRITE_EVERY = 30  # snapshots per transaction: few commits, bounded memory
 
 
-def backfill(store: Store, sim: FactorySimulation, start: float, end: float, step_s: float = 60.0,
+def backfill(store: SampleWriter, sim: FactorySimulation, start: float, end: float, step_s: float = 60.0,
              progress: Callable[[int], None] = lambda n: None) -> int:
     """Write a snapshot every `step_s` seconds in [start, end) of `sim` into `store`; returns samples written.
 

@@ -54,7 +54,7 @@ import pandas as pd
 
 from aifmon.rollups.counters import Intervals, counter_increments, power_integral
 from aifmon.rollups.slurm_accounting import JobAllocation
-from aifmon.stores.store import SeriesSamples, Store
+from aifmon.stores.store import SampleReader, SeriesSamples
 from aifmon.telemetry.inventory import Inventory, carbon_intensity_table
 
 ENERGY_METRIC = "aif_gpu_energy_joules_total"
@@ -174,7 +174,7 @@ def _key(stream: np.ndarray, t_ms: np.ndarray, base_ms: int) -> np.ndarray:
     return key
 
 
-def compute_ledger(store: Store, inventory: Inventory | None, start_ms: int, end_ms: int, max_gap_s: float = DEFAULT_MAX_GAP_S,
+def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: int, end_ms: int, max_gap_s: float = DEFAULT_MAX_GAP_S,
                    accounting: list[JobAllocation] | None = None, accounting_factory: str | None = None) -> Ledger:
     """Attributed energy over [start_ms, end_ms] (rules: module docstring).
 
@@ -297,7 +297,7 @@ def _concat(a: Intervals, b: Intervals) -> Intervals:
     return Intervals(**arrays, resets=a.resets + b.resets, wraps=a.wraps + b.wraps, duplicates=a.duplicates + b.duplicates)
 
 
-def _power_for_gpus_without_counter(store: Store, inventory: Inventory | None, gpus: _Codes, lo: int, hi: int,
+def _power_for_gpus_without_counter(store: SampleReader, inventory: Inventory | None, gpus: _Codes, lo: int, hi: int,
                                     start_ms: int, end_ms: int) -> Intervals | None:
     """Integrated power of the GPUs that have no energy counter, read only for factories where the
     inventory counts more GPUs than the counters show."""
@@ -318,7 +318,7 @@ def _power_for_gpus_without_counter(store: Store, inventory: Inventory | None, g
     return power_integral(code[new], t_ms[new], watts[new], start_ms, end_ms)
 
 
-def _attribute_job_info(store: Store, gpus: _Codes, jobs: _Codes, iv: Intervals, lo: int, hi: int, start_ms: int,
+def _attribute_job_info(store: SampleReader, gpus: _Codes, jobs: _Codes, iv: Intervals, lo: int, hi: int, start_ms: int,
                         end_ms: int) -> tuple[np.ndarray, pd.Series]:
     """(job code of each interval, -1 for none; job samples per factory): each interval goes to the job whose info
     sample for that GPU shares the interval's end time. `iv` is in (GPU, end time) order, as the counter kernel
@@ -443,7 +443,7 @@ class _Hours:
         return np.clip(hour, 0, self.count - 1, out=hour)
 
 
-def _node_energy(store: Store, nodes: _Codes, hours: _Hours, lo: int, hi: int, start_ms: int, end_ms: int,
+def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, lo: int, hi: int, start_ms: int, end_ms: int,
                  max_gap_s: float) -> tuple[pd.Series, pd.Series, pd.Series, dict[int, str], tuple[int, int, int]]:
     """Per (node, hour) cell (node code x hours.count + hour): energy from the node's power reading (J; cells
     without one are absent), RAPL CPU + DRAM energy (J), and energy integrated across gaps longer than
@@ -486,7 +486,7 @@ def _node_energy(store: Store, nodes: _Codes, hours: _Hours, lo: int, hi: int, s
     return measured, cpu, gap, systems, counts
 
 
-def _with_facility(store: Store, sites: pd.DataFrame, lo: int, hi: int, start_ms: int, end_ms: int) -> pd.DataFrame:
+def _with_facility(store: SampleReader, sites: pd.DataFrame, lo: int, hi: int, start_ms: int, end_ms: int) -> pd.DataFrame:
     """Add `facility_energy_j` per factory (all feeds; NaN where the factory has no meter samples)."""
     facility = store.range_arrays(FACILITY_METRIC, lo, hi)
     sites = sites.assign(facility_energy_j=np.nan)
@@ -505,7 +505,7 @@ def _with_facility(store: Store, sites: pd.DataFrame, lo: int, hi: int, start_ms
     return sites
 
 
-def energy_rollup(store: Store, inventory: Inventory, start_ms: int, end_ms: int, by: str = "project",
+def energy_rollup(store: SampleReader, inventory: Inventory, start_ms: int, end_ms: int, by: str = "project",
                   max_gap_s: float = DEFAULT_MAX_GAP_S, accounting: list[JobAllocation] | None = None,
                   accounting_factory: str | None = None, from_hourly: bool = True, now_ms: int | None = None) -> EnergyRollup:
     """Energy, GPU-hours, average power, cost and CO2e per group over [start_ms, end_ms] (rules: module docstring).

@@ -19,7 +19,7 @@ METERED, ESTIMATED = "meter", "IT x design PUE"
 
 
 def sum_by_factory(latest: pd.DataFrame, keys: tuple[str, ...] = ("factory",)) -> pd.DataFrame:
-    """Sum a `Store.latest` frame per `keys`: columns `value` (sum) and `t_ms` (newest sample), indexed by `keys`."""
+    """Sum a `SampleReader.latest` frame per `keys`: columns `value` (sum) and `t_ms` (newest sample), indexed by `keys`."""
     if latest.empty:
         return pd.DataFrame(columns=["value", "t_ms"])
     return latest.groupby(list(keys)).agg(value=("value", "sum"), t_ms=("t_ms", "max"))

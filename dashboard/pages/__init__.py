@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlencode
 
 from dash import dcc, html
 
-from aifmon.stores.store import Store
+from aifmon.stores.store import SampleReader
 from aifmon.telemetry.inventory import Inventory
 
 GRAPH_CONFIG: dcc.Graph.Config = {"displaylogo": False, "displayModeBar": "hover", "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
@@ -30,7 +30,7 @@ class PageContext:
     """What every page reads: the store, the inventory, the live refresh period (s), where the monthly
     reports are (`aifmon report monthly --out DIR/YYYY-MM`), and the alert evaluator's state file."""
 
-    store: Store
+    store: SampleReader
     inventory: Inventory
     refresh_s: float
     reports_dir: Path
