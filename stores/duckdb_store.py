@@ -75,6 +75,8 @@ class Retention:
 class DuckDBStore(SampleWriter, RollupStore):
     """Store backed by a DuckDB file (see module docstring): every capability."""
 
+    ability = "be the embedded store (a duckdb:/// file), with every capability"
+
     def __init__(self, path: str | Path, read_only: bool = False, url: str | None = None, retention: Retention = Retention()):
         self.path = Path(path)
         self.url = url or f"duckdb:///{path}"

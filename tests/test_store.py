@@ -129,6 +129,7 @@ def test_each_backend_declares_its_capabilities_and_implements_every_method_of_t
     ("prometheus+http://127.0.0.1:9", RowWriter, "cannot keep rollup rows: Prometheus keeps no rollup rows; keep them in a duckdb:///"),
     ("victoriametrics+http://127.0.0.1:9", RollupStore, "VictoriaMetrics keeps no rollup rows; .*--rows-store"),
     ("influxdb+http://127.0.0.1:9?org=o&bucket=b", SampleReader, "cannot give samples back: the InfluxDB sink is write-only"),
+    ("influxdb+http://127.0.0.1:9?org=o&bucket=b", DuckDBStore, "cannot be the embedded store .*: the InfluxDB sink is write-only"),
 ])
 def test_a_store_without_the_capability_a_command_needs_names_it_and_what_to_configure(url, needs, message):
     with pytest.raises(StoreConfigError, match=message) as e:
