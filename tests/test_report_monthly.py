@@ -18,7 +18,10 @@ from aifmon.rollups.energy import energy_rollup
 from aifmon.rollups.hourly import HourlyRollups
 from aifmon.rollups.monthly_report import SECTIONS, build_monthly_report, month_range, write_monthly_report
 from aifmon.stores.duckdb_store import DuckDBStore
-from tests.conftest import require_binary
+from aifmon.telemetry.inventory import parse_inventory
+from tests.conftest import inventory_text, require_binary
+from tests.golden_files import assert_same_json
+from tests.hand_month import MONTH, REPORT_AT_MS, write_store
 
 T = int(datetime(2025, 3, 10, tzinfo=UTC).timestamp())  # s
 H = 3_600_000
@@ -26,9 +29,6 @@ H = 3_600_000
 
 @pytest.fixture(scope="module")
 def month_store(tmp_path_factory):
-    from aifmon.telemetry.inventory import parse_inventory
-    from tests.conftest import inventory_text
-
     inv = parse_inventory(inventory_text(), "small-inventory.yaml")
     path = tmp_path_factory.mktemp("report") / "r.duckdb"
     store = DuckDBStore(path)
@@ -66,7 +66,7 @@ def test_report_figures_equal_a_direct_rollup_and_reconcile(month_store):
     assert r.provenance["coverage"] == pytest.approx(1 - 60 / (5 * 3600))  # the samples stop a minute before the last hour ends
     assert r.provenance["inventory_hash"].startswith("sha256:") and "Our World in Data" in r.provenance["carbon_intensity_source"]
     assert "alpha-gpu" in r.league["system"].tolist()
-    assert set(r.daily_power["factory"]) == {"alpha", "beta"} and (r.daily_power["cap_mw"] > 0).all()
+    assert dict(zip(r.daily_power["factory"], r.daily_power["cap_mw"])) == {"alpha": 0.015, "beta": 0.010}  # the inventory's caps
 
 
 def test_report_files_html_pdf_csv_json(month_store, tmp_path):
@@ -106,8 +106,6 @@ def test_report_command_writes_the_files_with_a_progress_bar(month_store, tmp_pa
     if path.with_name(path.name + ".wal").exists():
         shutil.copy(path.with_name(path.name + ".wal"), copy.with_name(copy.name + ".wal"))
     inv = tmp_path / "inv.yaml"
-    from tests.conftest import inventory_text
-
     inv.write_text(inventory_text())
     result = subprocess.run([sys.executable, "-m", "aifmon", "report", "monthly", "--month", "2025-03",
                              "--out", str(tmp_path / "cli"), "--no-pdf", "--inventory", str(inv), "--store", f"duckdb:///{copy}"],
@@ -115,3 +113,18 @@ def test_report_command_writes_the_files_with_a_progress_bar(month_store, tmp_pa
     assert result.returncode == 0, result.stderr
     assert "report 2025-03" in result.stderr and "step" in result.stderr  # tqdm's bar
     assert (tmp_path / "cli" / "summary.json").exists() and "wrote" in result.stdout
+
+
+def test_summary_json_is_the_golden_file(tmp_path):
+    """summary.json of tests/hand_month.py's month, every figure and label (AIFMON_UPDATE_GOLDEN=1 rewrites the file)."""
+    inventory = parse_inventory(inventory_text(), "small-inventory.yaml")
+    write_store(tmp_path / "month.duckdb", inventory)
+    store = DuckDBStore(tmp_path / "month.duckdb", read_only=True)
+    report = build_monthly_report(store, inventory, MONTH, now_ms=REPORT_AT_MS)
+    store.close()
+    write_monthly_report(report, tmp_path / "out", pdf=False)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    # the one figure that is not the store's, the month's or the inventory's: the version installed here
+    assert summary["provenance"]["software_version"].startswith("aifmon ")
+    summary["provenance"]["software_version"] = "aifmon <version>"
+    assert_same_json("monthly_summary.json", summary)
