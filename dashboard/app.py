@@ -10,7 +10,7 @@ from types import ModuleType
 import dash
 from dash import Input, Output, State, dcc, html
 
-from aifmon.alerts.evaluator import state_path_for
+from aifmon.alerts.state import state_path_for
 from aifmon.dashboard.auth import Users, install
 from aifmon.dashboard.pages import PageContext, budgets, efficiency, factories, factory, parse_query, projects, reports
 from aifmon.dashboard.pages import alerts as alerts_page

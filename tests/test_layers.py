@@ -4,6 +4,8 @@ kernel, and nothing imports the CLI. A new arrow running up the flow fails here,
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,3 +54,9 @@ def test_every_part_folder_is_linked_into_the_namespace_and_listed_here():
     assert links == set(ALLOWED)
     for name in links:
         assert (ROOT / "aifmon" / name).resolve() == (ROOT / name).resolve()
+
+
+def test_the_dashboard_reads_the_alert_state_without_loading_the_evaluator():
+    probe = "import sys, aifmon.dashboard.app; print('aifmon.alerts.evaluator' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "False"

@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Input, Output, dcc, html
 
-from aifmon.alerts.evaluator import load_state
+from aifmon.alerts.state import load_state
 from aifmon.dashboard.pages import EVERYONE, GRAPH_CONFIG, PageContext, kpi, timed, utc
 from aifmon.dashboard.panels import (
     BREACHED,
