@@ -6,6 +6,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from aifmon.alerts.evaluator import AlertEvaluator
 from aifmon.ingest.collector import Collector, targets_of
 from aifmon.stores.duckdb_store import DuckDBStore
@@ -104,6 +106,9 @@ scrape_configs:
         breached = next(a for a in source if a["labels"]["alertname"] == "PowerCapBreached")
         assert breached["labels"] == {"alertname": "PowerCapBreached", "scope": "factory", "factory": "alpha", "severity": "critical"}
         assert breached["annotations"]["cap"] == "2000 W"
-        assert breached["annotations"]["percentage"].endswith("%") and float(breached["annotations"]["percentage"][:-1]) > 100
-        assert breached["annotations"]["value"].endswith(" W") and float(breached["annotations"]["value"][:-2]) > 2000
+        assert breached["annotations"]["percentage"].endswith("%") and breached["annotations"]["value"].endswith(" W")
+        percent, watts = float(breached["annotations"]["percentage"][:-1]), float(breached["annotations"]["value"][:-2])
+        assert percent > 100 and watts > 2000
+        # the share is the power over the 2 kW cap (the value is rounded to 1 W, the share to 4 significant digits)
+        assert percent == pytest.approx(watts / 2000 * 100, abs=0.1)
         assert set(breached["annotations"]) == {"summary", "value", "cap", "percentage"}
