@@ -11,6 +11,7 @@ from aifmon.exporters.simulation import FactorySimulation
 from aifmon.ingest.parser import parse_exposition
 from aifmon.telemetry.exposition import ExpositionError, label_text, parse_series, render_family
 from aifmon.telemetry.schema import BY_NAME
+from tests.test_collector import PER_FACTORY, PER_GPU, PER_NODE
 
 
 def test_simulator_output_parses_the_same_with_prometheus_client(small_inventory):
@@ -25,7 +26,8 @@ def test_simulator_output_parses_the_same_with_prometheus_client(small_inventory
         name, labels = parse_series(series)
         ours[(name, tuple(sorted(labels.items())))] = value
     assert ours == theirs
-    assert len(ours) > 16 * 9  # 16 GPUs x at least 9 per-GPU metrics
+    fixed = [key for key in ours if key[0] != "aif_gpu_job_info"]  # job info: one series per GPU in a job at the moment
+    assert len(fixed) == PER_GPU * f.gpu_count + PER_NODE * f.node_count + PER_FACTORY
 
 
 def test_label_values_are_escaped_and_unescaped():
