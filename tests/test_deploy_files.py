@@ -211,20 +211,18 @@ def test_generated_prometheus_config_scrapes_with_factory_labels_and_remote_writ
         assert check.returncode == 0, check.stdout + check.stderr
         sim_server(inv, "alpha", address=address)
         with prometheus(config.read_text(), tmp_path / "prom") as url:
-            deadline = time.time() + 60
-            while time.time() < deadline and not promql(url, 'up{job="aifmon"} == 1'):
-                time.sleep(0.5)
-            up = promql(url, 'up{job="aifmon"}')
-            assert up and up[0]["metric"]["factory"] == "alpha" and up[0]["metric"]["system"] == "alpha-gpu"
+            up = wait_until(lambda: promql(url, 'up{job="aifmon"} == 1'), 60, "Prometheus's first scrape of the simulator", poll_s=0.5)
+            assert up[0]["metric"]["factory"] == "alpha" and up[0]["metric"]["system"] == "alpha-gpu"
             assert promql(url, 'count(aif_gpu_power_watts{factory="alpha"})')[0]["value"][1] == "16"
             # what Prometheus scraped reaches VictoriaMetrics, and aifmon reads it back there
             store = open_store(vm.url.replace("http://", "victoriametrics+http://"), read_only=True)
-            while time.time() < deadline:
+
+            def every_gpu_read_back() -> bool:
                 vm.force_flush()
-                power = store.latest("aif_gpu_power_watts", lookback_s=60)
-                if len(power) == 16:
-                    break
-                time.sleep(0.5)
+                return len(store.latest("aif_gpu_power_watts", lookback_s=60)) == 16
+
+            wait_until(every_gpu_read_back, 60, "the 16 GPUs' power read back from VictoriaMetrics", poll_s=0.5)
+            power = store.latest("aif_gpu_power_watts", lookback_s=60)
             assert len(power) == 16 and set(power["factory"]) == {"alpha"} and set(power["system"]) == {"alpha-gpu"}
 
 

@@ -285,9 +285,8 @@ scrape_configs:
     static_configs: [{{targets: ["127.0.0.1:{port}"], labels: {{factory: alpha, system: alpha-gpu}}}}]
 """
             with prometheus(config, tmp_path) as url:
-                deadline = time.time() + 60
-                while time.time() < deadline and len(promql(url, "aif_gpu_energy_joules_total")) < 8:
-                    time.sleep(0.5)
+                wait_until(lambda: len(promql(url, "aif_gpu_energy_joules_total")) == 8, 60, "Prometheus's first scrape of the node",
+                           poll_s=0.5)
                 assert promql(url, 'up{job="node"}')[0]["value"][1] == "1"
                 assert len(promql(url, 'aif_gpu_power_watts{factory="alpha", node="gn042"}')) == 8
                 assert promql(url, 'aif_node_power_watts{source="bmc"}')[0]["value"][1] == "894"

@@ -1,12 +1,11 @@
 """A real Prometheus scrapes the simulator; promtool has nothing to say about its output."""
 
 import subprocess
-import time
 import urllib.request
 
 import pytest
 
-from tests.conftest import require_binary
+from tests.conftest import require_binary, wait_until
 from tests.servers import prometheus, promql
 from tests.test_collector import PER_FACTORY, PER_GPU, PER_NODE
 
@@ -21,10 +20,7 @@ scrape_configs:
     static_configs: [{{targets: ["{address}"]}}]
 """
     with prometheus(config, tmp_path) as url:
-        deadline = time.time() + 60
-        while time.time() < deadline and not promql(url, 'up{job="sim"} == 1'):
-            time.sleep(0.5)
-        assert promql(url, 'up{job="sim"}')[0]["value"][1] == "1"
+        wait_until(lambda: promql(url, 'up{job="sim"} == 1'), 60, "Prometheus's first scrape of the simulator", poll_s=0.5)
         f = small_inventory.factory("alpha")
         fixed = promql(url, 'count({job="sim", __name__=~"aif_.+", __name__!="aif_gpu_job_info"})')
         assert int(fixed[0]["value"][1]) == PER_GPU * f.gpu_count + PER_NODE * f.node_count + PER_FACTORY
