@@ -7,16 +7,18 @@ import re
 import time
 from datetime import UTC, datetime
 
+from aifmon.telemetry.errors import UserError
+
 DEFAULT_STORE_URL = "duckdb:///data/aifmon.duckdb"
 DEFAULT_DASHBOARD_LISTEN = "127.0.0.1:8050"
 DEFAULT_SCRAPE_INTERVAL_S = 5.0
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """`host:port` (or `:port`, meaning 127.0.0.1) → (host, port); raises ValueError with the expected form."""
+    """`host:port` (or `:port`, meaning 127.0.0.1) → (host, port); a UserError naming the address and the expected form."""
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen address {listen!r} is not host:port (e.g. 127.0.0.1:9101)")
+        raise UserError(f"listen address {listen!r} is not host:port (e.g. 127.0.0.1:9101)")
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)
 
@@ -38,7 +40,8 @@ def parse_time(text: str, now: float | None = None) -> int:
     """A time on the command line → ms since the Unix epoch (UTC).
 
     Accepts `now`, relative times (`-24h`, `now-30m`, units s/m/h/d), ISO 8601 (`2026-11-23`,
-    `2026-11-23T06:00`, `2026-11-23T06:00:00+01:00`; no zone means UTC) and Unix seconds.
+    `2026-11-23T06:00`, `2026-11-23T06:00:00+01:00`; no zone means UTC) and Unix seconds; anything else is a
+    UserError naming the text.
     """
     now = time.time() if now is None else now
     t = text.strip()
@@ -52,7 +55,7 @@ def parse_time(text: str, now: float | None = None) -> int:
     try:
         dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"time {text!r} is not understood; use ISO 8601 (2026-11-23T06:00Z), now, -24h or Unix seconds") from None
+        raise UserError(f"time {text!r} is not understood; use ISO 8601 (2026-11-23T06:00Z), now, -24h or Unix seconds") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)

@@ -77,7 +77,7 @@ def test_every_aifmon_service_runs_a_command_aifmon_accepts():
     """Each command is parsed by aifmon's own argument parser (an unknown option or command exits 2)."""
     for name, s in _services().items():
         if s.get("image", "").startswith("aifmon:") and name != "config":
-            probe = "import sys; from aifmon.cli import _parser; _parser().parse_args(sys.argv[1:])"
+            probe = "import sys; from aifmon.cli import build_parser; build_parser().parse_args(sys.argv[1:])"
             result = _run([sys.executable, "-c", probe, *s["command"]], cwd=ROOT)
             assert result.returncode == 0, f"{name}: {result.stderr}"
 
@@ -191,7 +191,7 @@ def test_node_exporter_unit_passes_systemd_analyze_verify(tmp_path):
     assert exposure and float(exposure.group(1)) <= 2.5, security.stdout[-500:]
     # the node exporter's options in the env file are ones `aifmon exporter node` accepts
     args = re.search(r"^AIFMON_NODE_EXPORTER_ARGS=(.*)$", env.read_text(), re.M).group(1).split()
-    probe = "import sys; from aifmon.cli import _parser; _parser().parse_args(sys.argv[1:])"
+    probe = "import sys; from aifmon.cli import build_parser; build_parser().parse_args(sys.argv[1:])"
     assert _run([sys.executable, "-c", probe, "exporter", "node", *args], cwd=ROOT).returncode == 0
 
 

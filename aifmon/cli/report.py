@@ -1,0 +1,42 @@
+"""`aifmon report monthly`: the governance board's monthly report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from aifmon.cli.arguments import Commands, command, group
+from aifmon.telemetry.errors import user_input
+
+
+def register(commands: Commands) -> None:
+    rep = group(commands, "report", "reports", "WHAT")
+    c = command(rep, "monthly", monthly, "the governance board's monthly report: report.html, report.pdf, summary.csv, summary.json")
+    c.add_argument("--month", required=True, help="YYYY-MM (UTC)")
+    c.add_argument("--out", required=True, help="directory to write the report into")
+    c.add_argument("--no-pdf", action="store_true", help="skip report.pdf (needs Chromium)")
+
+
+def monthly(args: argparse.Namespace) -> None:
+    from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs installed (types-tqdm); pyproject's untyped list lacks it
+
+    from aifmon.rollups.monthly_report import build_monthly_report, month_range, write_monthly_report
+    from aifmon.stores.store import SampleReader, open_store
+    from aifmon.telemetry.inventory import load_inventory
+
+    inventory = load_inventory(args.inventory)
+    with user_input(ValueError):  # --month
+        month_range(args.month)
+    with tqdm(desc=f"report {args.month}", unit="step", file=sys.stderr) as bar:
+        def step(what: str) -> None:
+            bar.set_postfix_str(what[:40])
+            bar.update()
+
+        with open_store(args.store, read_only=True, needs=SampleReader) as store:
+            report = build_monthly_report(store, inventory, args.month, progress=step)
+        # RuntimeError: no Chromium for report.pdf, or it failed to print (the message says so; --no-pdf skips it)
+        with user_input(RuntimeError), user_input(OSError, about=f"cannot write the report into {args.out}"):
+            paths = write_monthly_report(report, Path(args.out), pdf=not args.no_pdf, progress=step)
+    for path in paths:
+        print(f"wrote {path}")

@@ -1,0 +1,102 @@
+"""`aifmon rollup energy|hourly|schedule`: energy per group over a range, and the hourly rollups behind it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aifmon.cli.arguments import Commands, command, group
+from aifmon.telemetry.errors import UserError, user_input
+
+if TYPE_CHECKING:
+    from aifmon.stores.store import RollupStore
+    from aifmon.telemetry.inventory import Inventory
+
+log = logging.getLogger("aifmon")
+
+
+def register(commands: Commands) -> None:
+    roll = group(commands, "rollup", "rollups", "WHAT")
+    c = command(roll, "energy", energy, "GPU energy, GPU-hours, cost and CO2e per group over a time range")
+    c.add_argument("--start", required=True, help="ISO 8601, Unix seconds, now or -24h")
+    c.add_argument("--end", default="now")
+    c.add_argument("--by", default="project", choices=["job", "project", "access_mode", "sector", "system", "factory", "country", "total"])
+    c.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    c.add_argument("--sacct", help="attribute GPU energy from Slurm accounting records (sacct --parsable2 output) instead of job info")
+    c.add_argument("--sacct-timezone", default="UTC", help="time zone of the records' Start and End (default UTC)")
+    c.add_argument("--sacct-factory", help="factory the records are from, where node names repeat across factories")
+    c.add_argument("--from-samples", action="store_true",
+                   help="compute every hour from samples, not settled hours from the hourly rollups (a cross-check)")
+    c = command(roll, "hourly", hourly, "compute every finished hour missing from the hourly rollup table")
+    c.add_argument("--from", dest="reopen_from", help="also recompute every hour from this time on (history loaded late)")
+    c = command(roll, "schedule", schedule, "keep the hourly rollups up to date, checking every --every s, until stopped; "
+                "with a PromQL --store, the rows go to --rows-store")
+    c.add_argument("--every", type=float, default=60.0, help="check for finished hours every EVERY s (default 60)")
+    c.add_argument("--rows-store", help="where the hourly rows go when --store keeps none (a PromQL server): "
+                                        "influxdb+http://… (the sink) or duckdb:///rollups.duckdb")
+    c.add_argument("--since", default="now-24h", help="with --rows-store: the first hour to roll up at start (default now-24h)")
+
+
+def energy(args: argparse.Namespace) -> None:
+    from aifmon.rollups.energy import energy_rollup
+    from aifmon.rollups.report_format import format_energy_rollup
+    from aifmon.stores.store import SampleReader, open_store
+    from aifmon.telemetry.config import parse_time
+    from aifmon.telemetry.inventory import load_inventory
+
+    inventory = load_inventory(args.inventory)
+    start_ms, end_ms = parse_time(args.start), parse_time(args.end)
+    if end_ms <= start_ms:
+        raise UserError(f"--end {args.end} is not after --start {args.start}")
+    accounting = None
+    if args.sacct:
+        from aifmon.rollups.slurm_accounting import AccountingError, load_sacct
+
+        with user_input(AccountingError):
+            accounting = load_sacct(args.sacct, args.sacct_timezone)
+    with open_store(args.store, read_only=True, needs=SampleReader) as store:
+        result = energy_rollup(store, inventory, start_ms, end_ms, by=args.by, accounting=accounting,
+                               accounting_factory=args.sacct_factory, from_hourly=not args.from_samples)
+    print(format_energy_rollup(result, args.format))
+
+
+def hourly(args: argparse.Namespace) -> None:
+    from aifmon.rollups.hourly import HourlyRollups
+    from aifmon.stores.store import RollupStore, open_store
+    from aifmon.telemetry.config import parse_time
+    from aifmon.telemetry.inventory import load_inventory
+
+    inventory = load_inventory(args.inventory)
+    reopen_from_ms = parse_time(args.reopen_from) if args.reopen_from else None
+    with open_store(args.store, needs=RollupStore) as store:
+        rollups = HourlyRollups(store, inventory)
+        if reopen_from_ms is not None:
+            rollups.reopen(reopen_from_ms, int(time.time() * 1000))
+        print(f"{rollups.catch_up()} hour(s) computed")
+
+
+def schedule(args: argparse.Namespace) -> None:
+    from aifmon.stores.split_store import SplitStore
+    from aifmon.stores.store import RollupStore, RowWriter, SampleReader, open_store
+    from aifmon.telemetry.config import parse_time
+    from aifmon.telemetry.inventory import load_inventory
+
+    inventory = load_inventory(args.inventory)
+    if not args.rows_store:
+        with open_store(args.store, needs=RollupStore) as store:
+            _keep_up(store, inventory, args.every)
+        return
+    since_ms = parse_time(args.since) // 3_600_000 * 3_600_000
+    with open_store(args.store, needs=SampleReader) as samples, open_store(args.rows_store, needs=RowWriter) as rows:
+        _keep_up(SplitStore(samples, rows, since_ms), inventory, args.every)
+
+
+def _keep_up(store: RollupStore, inventory: Inventory, every_s: float) -> None:
+    """Run the hourly rollups over `store` until stopped."""
+    from aifmon.rollups.hourly import HourlyRollups
+    from aifmon.supervisor import run_workers
+
+    log.info("hourly rollups over %s, checked every %g s", store.url, every_s)
+    run_workers([HourlyRollups(store, inventory, check_every_s=every_s)])
