@@ -1,75 +1,127 @@
 """`aifmon up` end to end: simulators, backfill, collector, rollups and dashboard, then a clean Ctrl-C."""
 
+import json
 import signal
+import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
+from aifmon.exporters.http import serve_exposition
 from aifmon.stores.duckdb_store import DuckDBStore
-from tests.conftest import free_port, inventory_text, wait_for_http
+from tests.conftest import free_port, inventory_text, wait_for_http, wait_until
+
+GPUS = 2 * 4 * 4  # two factories of 4 nodes with 4 GPUs (inventory_text)
+MINUTE_MS, HOUR_MS = 60_000, 3_600_000
+
+
+@contextmanager
+def probe_target() -> Iterator[tuple[str, list[int]]]:
+    """A second target of factory alpha that counts the collector's scrapes (`up` simulates only a factory's first
+    target and scrapes them all): (its address, a list that grows by one per scrape)."""
+    address, scrapes = f"127.0.0.1:{free_port()}", []
+
+    def body() -> bytes:
+        scrapes.append(1)
+        return b"aif_test_probe 1\n"
+
+    server = serve_exposition(address, body, "scrape counter")
+    try:
+        yield address, scrapes
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def start_up(inventory: Path, store: Path, dashboard: str, log: Path, *options: str) -> subprocess.Popen:
+    with log.open("a") as log_file:  # a file, not a pipe: a pipe nobody drains would block the stack's logging
+        return subprocess.Popen([sys.executable, "-m", "aifmon", "up", "--inventory", str(inventory), "--store", f"duckdb:///{store}",
+                                 "--listen", dashboard, "--interval", "1", *options], stderr=log_file, text=True)
+
+
+def stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGINT)
+    return proc.wait(timeout=60)
+
+
+def gpu_energy(store_path: Path):
+    store = DuckDBStore(store_path, read_only=True)
+    try:
+        return store.range("aif_gpu_energy_joules_total", 0, 2**62), store.read_rows("gpu_energy_hourly", 0, 2**62)
+    finally:
+        store.close()
 
 
 def test_up_runs_the_stack_and_stops_cleanly(tmp_path):
     targets = {"alpha": f"127.0.0.1:{free_port()}", "beta": f"127.0.0.1:{free_port()}"}
-    inv = tmp_path / "inv.yaml"
-    inv.write_text(inventory_text(targets))
     dash = f"127.0.0.1:{free_port()}"
-    store_path = tmp_path / "up.duckdb"
-    started = time.time()
-    log_path = tmp_path / "up.log"  # a file, not a pipe: a pipe nobody drains would block the stack's logging
-    with log_path.open("w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "aifmon", "up", "--inventory", str(inv), "--store", f"duckdb:///{store_path}",
-             "--listen", dash, "--backfill-hours", "2", "--interval", "1"],
-            stderr=log_file, text=True,
-        )
-    try:
-        page = wait_for_http(f"http://{dash}/", timeout_s=60)
-        assert b"aifmon" in page
-        for target in targets.values():
-            wait_for_http(f"http://{target}/metrics", timeout_s=60)
-        assert time.time() - started < 60, "the dashboard answers within a minute"
-        deadline = time.time() + 90
-        while "live: scraping 2 simulators" not in log_path.read_text() and time.time() < deadline:
-            time.sleep(0.2)
-        time.sleep(4)  # a few live scrapes
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    out = log = log_path.read_text()
-    assert proc.returncode == 0, out
-    assert "store closed cleanly" in out and "Traceback" not in out and "leaked" not in out
-    assert "backfill" in log and "100%" in log, "the backfill shows its progress"
+    store_path, log_path, inv = tmp_path / "up.duckdb", tmp_path / "up.log", tmp_path / "inv.yaml"
+    with probe_target() as (probe, scrapes):
+        inv.write_text(inventory_text(targets).replace(f'targets: ["{targets["alpha"]}"]', f'targets: ["{targets["alpha"]}", "{probe}"]'))
+        proc = start_up(inv, store_path, dash, log_path, "--backfill-hours", "2")
+        try:
+            assert b"aifmon" in wait_for_http(f"http://{dash}/", timeout_s=60)
+            for target in targets.values():
+                wait_for_http(f"http://{target}/metrics", timeout_s=60)
+            wait_until(lambda: len(scrapes) >= 3, 120, "three live scrapes after the backfill")
+        finally:
+            status = stop(proc)
+        first_run_scrapes = len(scrapes)
+        log = log_path.read_text()
+        assert status == 0, log
+        assert "store closed cleanly" in log and "Traceback" not in log and "leaked" not in log
+        assert "backfill" in log and "100%" in log, "the backfill shows its progress"
 
-    store = DuckDBStore(store_path, read_only=True)
-    energy = store.range("aif_gpu_energy_joules_total", 0, 2**62)
-    on_the_minute = energy["t_ms"] % 60_000 == 0  # the backfill writes one snapshot a minute; scrapes land anywhere
-    assert energy.loc[~on_the_minute, "t_ms"].nunique() >= 3, "the collector scraped live after the backfill"
-    assert energy.loc[on_the_minute, "t_ms"].nunique() >= 100
-    assert (energy.groupby(["factory", "node", "gpu"])["series_id"].nunique() == 1).all(), \
-        "history and live scrapes of a GPU are one series (panels would add two up)"
-    # One continuous history: per GPU, the counter never drops from backfill to live.
-    for _, gpu in energy.sort_values("t_ms").groupby(["factory", "node", "gpu"]):
-        assert (np.diff(gpu["value"].to_numpy()) >= 0).all()
-    hourly = store.read_rows("gpu_energy_hourly", 0, 2**62)
-    assert hourly["window_start_ms"].nunique() >= 1, "finished hours were rolled up"
-    store.close()
+        epoch_ms = int(json.loads((tmp_path / "up.duckdb.demo.json").read_text())["epoch"] * 1000)
+        energy, hourly = gpu_energy(store_path)
+        on_the_minute = energy["t_ms"] % MINUTE_MS == 0  # the backfill writes one snapshot a minute; scrapes land anywhere
+        backfilled = np.sort(energy.loc[on_the_minute, "t_ms"].unique())
+        assert backfilled[0] == epoch_ms and len(backfilled) >= 120, "two hours of history, from the demo's epoch"
+        assert (np.diff(backfilled) == MINUTE_MS).all(), "one snapshot every minute, none missing"
+        assert (energy.loc[on_the_minute].groupby("t_ms").size() == GPUS).all()
+        live = energy.loc[~on_the_minute]
+        assert len(live) == GPUS * first_run_scrapes, "every GPU in every live scrape (the collector stops after its cycle)"
+        assert (energy.groupby(["factory", "node", "gpu"])["series_id"].nunique() == 1).all(), \
+            "history and live scrapes of a GPU are one series (panels would add two up)"
+        for _, gpu in energy.sort_values("t_ms").groupby(["factory", "node", "gpu"]):
+            assert (np.diff(gpu["value"].to_numpy()) >= 0).all(), "one continuous counter from backfill to live"
+        hours = sorted(hourly["window_start_ms"].unique())
+        assert hours[:2] == [epoch_ms, epoch_ms + HOUR_MS] and len(hours) <= 3, "the finished hours of the history were rolled up"
 
-    # A second start continues the same simulation (same epoch): still no counter reset.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aifmon", "--quiet", "up", "--inventory", str(inv), "--store", f"duckdb:///{store_path}",
-         "--listen", dash, "--interval", "1"], stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_http(f"http://{dash}/", timeout_s=60)
-        time.sleep(6)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 0, out
-    store = DuckDBStore(store_path, read_only=True)
-    energy = store.range("aif_gpu_energy_joules_total", 0, 2**62)
-    for _, gpu in energy.sort_values("t_ms").groupby(["factory", "node", "gpu"]):
-        assert (np.diff(gpu["value"].to_numpy()) >= 0).all()
-    store.close()
+        # A second start continues the same simulation (same epoch): still no counter reset.
+        proc = start_up(inv, store_path, dash, log_path)
+        try:
+            wait_for_http(f"http://{dash}/", timeout_s=60)
+            wait_until(lambda: len(scrapes) >= first_run_scrapes + 3, 120, "three live scrapes after the restart")
+        finally:
+            status = stop(proc)
+        assert status == 0, log_path.read_text()
+        energy, _ = gpu_energy(store_path)
+        assert len(energy.loc[energy["t_ms"] % MINUTE_MS != 0]) == GPUS * len(scrapes)
+        for _, gpu in energy.sort_values("t_ms").groupby(["factory", "node", "gpu"]):
+            assert (np.diff(gpu["value"].to_numpy()) >= 0).all()
+
+
+def test_up_stops_everything_when_a_simulator_dies(tmp_path):
+    """A simulator that cannot start (its port is taken) stops the stack: exit 1, naming it, the store closed."""
+    targets = {"alpha": f"127.0.0.1:{free_port()}", "beta": f"127.0.0.1:{free_port()}"}
+    inv, log_path, dash = tmp_path / "inv.yaml", tmp_path / "up.log", f"127.0.0.1:{free_port()}"
+    inv.write_text(inventory_text(targets))
+    host, port = targets["alpha"].split(":")
+    with socket.socket() as taken:
+        taken.bind((host, int(port)))
+        taken.listen()
+        proc = start_up(inv, tmp_path / "up.duckdb", dash, log_path, "--backfill-hours", "0")
+        try:
+            status = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                stop(proc)
+    log = log_path.read_text()
+    assert status == 1, log
+    assert f"cannot listen on {targets['alpha']}" in log, "the simulator says why it stopped"
+    assert "the simulator of alpha exited with status 2" in log and "store closed cleanly" in log and "Traceback" not in log
