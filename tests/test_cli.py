@@ -5,6 +5,7 @@ import io
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,13 +41,59 @@ def test_bad_inventory_exits_2_with_the_problem(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["rollup", "energy", "--start", "now-1h", "--store", "sqlite:///x.db"], "is not understood"),
-    (["rollup", "energy", "--start", "yesterday-ish"], "is not understood; use ISO 8601"),
+    (["rollup", "energy", "--start", "yesterday-ish"], "time 'yesterday-ish' is not understood; use ISO 8601"),
+    (["rollup", "energy", "--start=now", "--end=-1h"], "--end -1h is not after --start now"),
+    (["rollup", "hourly", "--store", "prometheus+http://127.0.0.1:1"], "store prometheus+http://127.0.0.1:1 cannot"),
     (["exporter", "sim", "--factory", "atlantis"], "no factory 'atlantis'"),
+    (["exporter", "sim", "--factory", "slaif", "--listen", "nowhere"], "listen address 'nowhere' is not host:port"),
+    (["exporter", "node", "--no-gpu", "--web-config", "/nonexistent/web.yml"], "web config /nonexistent/web.yml"),
     (["dashboard", "--listen", "0.0.0.0:8050", "--store", "duckdb:////nonexistent/x.duckdb"], "does not exist"),
+    (["store", "import", "/nonexistent/x.om", "--store", "duckdb:///{tmp}/x.duckdb"], "cannot read /nonexistent/x.om: No such file"),
+    (["report", "monthly", "--month", "2025-13", "--out", "{tmp}/report"], "month '2025-13': expected YYYY-MM"),
+    (["alerts", "export-rules", "--out", "/nonexistent/rules.yml"], "cannot write /nonexistent/rules.yml: No such file"),
+    (["up", "--store", "prometheus+http://127.0.0.1:1"], "--store must be a duckdb:/// URL"),
 ])
-def test_errors_are_one_line_without_traceback(args, message):
-    out = aifmon(*args)
-    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+def test_bad_input_exits_2_with_one_line_naming_it(args, message, tmp_path):
+    out = aifmon(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert (out.returncode, out.stderr.count("\n")) == (2, 1) and message in out.stderr, out.stderr
+
+
+def test_a_port_in_use_exits_2_naming_it():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = "127.0.0.1:%d" % taken.getsockname()[1]
+        out = aifmon("exporter", "sim", "--factory", "slaif", "--listen", listen)
+    assert (out.returncode, out.stderr) == (2, f"aifmon: cannot listen on {listen}: Address already in use\n")
+
+
+def test_a_store_that_fails_exits_1_with_its_message(tmp_path):
+    garbage = tmp_path / "garbage.duckdb"
+    garbage.write_text("not a database")
+    out = aifmon("rollup", "energy", "--start=-1h", "--store", f"duckdb:///{garbage}")
+    assert out.returncode == 1 and out.stderr.startswith(f"aifmon: cannot open store {garbage}") and "Traceback" not in out.stderr
+
+
+def test_a_fault_in_aifmon_is_a_traceback_not_bad_input(monkeypatch):
+    """Only UserError means bad input: a KeyError or ValueError from aifmon's own code escapes main() as itself."""
+    from aifmon.cli import inventory, main
+
+    def broken(args):
+        return {}["factories"]
+
+    monkeypatch.setattr(inventory, "show", broken)
+    with pytest.raises(KeyError, match="factories"):
+        main(["--quiet", "inventory", "show"])
+
+
+def test_ctrl_c_exits_130(monkeypatch):
+    from aifmon.cli import inventory, main
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inventory, "show", interrupted)
+    assert main(["--quiet", "inventory", "show"]) == 130
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +163,13 @@ def test_collect_once(tmp_path, sim_server):
     sim_server(load_inventory(inv_path), "alpha", address=a)
     out = aifmon("collect", "--once", "--inventory", str(inv_path), "--store", f"duckdb:///{tmp_path}/c.duckdb")
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout.split()[0]) > 16 * 14
+    stored = DuckDBStore(tmp_path / "c.duckdb", read_only=True)
+    try:
+        assert out.stdout == f"{stored.sample_count()} samples stored in duckdb:///{tmp_path}/c.duckdb\n"
+        gpus = stored.latest("aif_gpu_power_watts")
+        assert (len(gpus), set(gpus["factory"])) == (16, {"alpha"}), "every GPU of the one target's 4 nodes x 4 GPUs"
+    finally:
+        stored.close()
 
 
 def test_store_export_then_import(filled_store, tmp_path):
