@@ -62,7 +62,7 @@ def test_a_port_in_use_exits_2_naming_it():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        listen = "127.0.0.1:%d" % taken.getsockname()[1]
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
         out = aifmon("exporter", "sim", "--factory", "slaif", "--listen", listen)
     assert (out.returncode, out.stderr) == (2, f"aifmon: cannot listen on {listen}: Address already in use\n")
 
