@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from aifmon.cli.arguments import Commands, command, group
@@ -77,10 +78,7 @@ def store_export(args: argparse.Namespace) -> None:
     start_ms, end_ms = parse_time(args.start), parse_time(args.end)
     with open_store(args.store, read_only=True, needs=SampleReader) as store:
         with user_input(OSError, about=f"cannot write {args.out}"):
-            out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-        try:
-            n = export_openmetrics(store, out, start_ms, end_ms, progress=lambda m: log.info("exporting %s", m))
-        finally:
-            if args.out:
-                out.close()
+            out = open(args.out, "w", encoding="utf-8") if args.out else nullcontext(sys.stdout)
+        with out as text:
+            n = export_openmetrics(store, text, start_ms, end_ms, progress=lambda m: log.info("exporting %s", m))
     log.info("%d samples exported", n)
