@@ -188,3 +188,26 @@ def test_store_export_then_import(filled_store, tmp_path):
     bad.write_text("# TYPE m gauge\nm 1 1790000000\nm{a=\"x\"} one 1790000000\n# EOF\n")
     refused = aifmon("store", "import", str(bad), "--store", f"duckdb:///{tmp_path}/bad.duckdb")
     assert refused.returncode == 2 and "line 3" in refused.stderr and str(bad) in refused.stderr
+
+
+def test_efficiency_hpl_records_into_the_store_also_from_a_trace_file(filled_store, tmp_path):
+    """`--record` keeps the result in --store, where the monthly report's league reads it, also when the power trace
+    comes from a file (which is loaded into a temporary store of its own)."""
+    from aifmon.rollups.efficiency import HPL_TABLE
+
+    path, inv_path, epoch = filled_store
+    trace, rows_store = tmp_path / "trace.om", tmp_path / "rows.duckdb"
+    assert aifmon("store", "export", "--store", f"duckdb:///{path}", "--out", str(trace)).returncode == 0
+    out = aifmon("efficiency", "hpl", "--inventory", str(inv_path), "--trace", str(trace), "--rmax-gflops", "1e6",
+                 "--core-start", str(int(epoch + 600)), "--core-end", str(int(epoch + 1800)), "--total-nodes", "8",
+                 "--record", "--store", f"duckdb:///{rows_store}", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout)
+    store = DuckDBStore(rows_store, read_only=True)
+    try:
+        recorded = store.read_rows(HPL_TABLE, 0, 2**62)
+    finally:
+        store.close()
+    assert len(recorded) == 1 and recorded["window_start_ms"].iloc[0] == int(epoch + 600) * 1000
+    assert recorded["gflops_per_watt"].iloc[0] == pytest.approx(printed["gflops_per_watt"], rel=1e-12)
+    assert recorded["system"].iloc[0] == "measured system"
