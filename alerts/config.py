@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from aifmon.telemetry.errors import UserError
 from aifmon.telemetry.inventory import Inventory, format_problem, validate_yaml
 
 SCOPES = ("factory", "system", "node", "gpu", "project")
@@ -182,7 +183,7 @@ DEFAULTS: dict[str, Settings] = {
 """Built-in settings: what applies where neither `scopes` nor an override says otherwise."""
 
 
-class AlertRulesError(ValueError):
+class AlertRulesError(UserError, ValueError):
     """Every problem found in one alert rules file, each as `file:line: key.path: message`."""
 
     def __init__(self, source: str, problems: list[str]):

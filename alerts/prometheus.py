@@ -212,7 +212,7 @@ def prometheus_rules(inventory: Inventory, config: AlertConfig) -> dict:
     return {"groups": groups}
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # libyaml's emitter when present: 8x faster, same text
     pass
 
 

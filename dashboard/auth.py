@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from aifmon.telemetry.errors import UserError
 from aifmon.telemetry.passwords import BcryptChecker
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ SECRET_ENV = "AIFMON_DASHBOARD_SECRET"
 _HASH_PREFIXES = ("$2a$", "$2b$", "$2y$")
 
 
-class UsersError(ValueError):
+class UsersError(UserError, ValueError):
     """A users file or variable that cannot be used; the message names it and says what is expected."""
 
 

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import pyarrow as pa
-from llvmlite import ir  # type: ignore[import-untyped]  # ships no type information; pyproject's untyped list lacks it
+from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 

@@ -36,6 +36,7 @@ import pandas as pd
 
 from aifmon.rollups.counters import counter_increments, power_integral
 from aifmon.stores.store import RowStore, RowWriter, SampleReader, Store, open_store
+from aifmon.telemetry.errors import UserError
 
 HPL_TABLE = "hpl_efficiency"
 TOP500_TABLE = "top500-2024-11-eurohpc.csv"
@@ -48,7 +49,7 @@ _RESULT = re.compile(r"^(W\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([0-9.eE+-]+)\s
 _TIME = re.compile(r"^HPL_pdgesv\(\) (start|end) time\s+(.+?)\s*$")
 
 
-class HplError(ValueError):
+class HplError(UserError, ValueError):
     """An HPL output or trace that cannot give a figure; the message says what is missing."""
 
 

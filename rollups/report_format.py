@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from aifmon.rollups.energy import EnergyRollup
+if TYPE_CHECKING:  # annotations only: `inventory show` formats tables without loading pandas
+    from aifmon.rollups.energy import EnergyRollup
 
 _COLUMNS = [  # (column, heading with unit, format); columns a rollup lacks (pue outside factory/country/total) are left out
     ("energy_kwh", "GPU energy kWh", "{:,.3f}"),

@@ -27,10 +27,12 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from aifmon.telemetry.errors import UserError
+
 REQUIRED = ("JobID", "Account", "Partition", "QOS", "Start", "End", "NodeList", "AllocTRES")
 
 
-class AccountingError(ValueError):
+class AccountingError(UserError, ValueError):
     """A record that cannot be used; the message names the file, line and field."""
 
 

@@ -34,19 +34,16 @@ def register(commands: Commands) -> None:
 
 def alert_config(rules: str | None, inventory: Inventory) -> AlertConfig:
     """The alert rules file `rules` (None: the built-in thresholds), validated against `inventory`."""
-    from aifmon.alerts.config import AlertRulesError, load_alert_config
+    from aifmon.alerts.config import load_alert_config
 
-    with user_input(AlertRulesError):
-        return load_alert_config(rules, inventory)
+    return load_alert_config(rules, inventory)
 
 
 def alert_evaluator(store: SampleReader, inventory: Inventory, rules: str | None) -> AlertEvaluator:
     """The evaluator of the rules file `rules` over `store` (it validates the file first, as `alert_config` does)."""
-    from aifmon.alerts.config import AlertRulesError
     from aifmon.alerts.evaluator import AlertEvaluator
 
-    with user_input(AlertRulesError):
-        return AlertEvaluator(store, inventory, rules)
+    return AlertEvaluator(store, inventory, rules)
 
 
 def export_rules(args: argparse.Namespace) -> None:

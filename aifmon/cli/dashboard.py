@@ -36,10 +36,9 @@ def start(store: SampleReader, inventory: Inventory, args: argparse.Namespace, *
     """Serve the dashboard of `store` on `args.listen` in a thread, with users from `args.users` (or the environment)
     and reports from `args.reports_dir`; `kwargs` go to `create_app`. Returns the server: `close()` it."""
     from aifmon.dashboard.app import create_app, make_server
-    from aifmon.dashboard.auth import UsersError, load_users
+    from aifmon.dashboard.auth import load_users
 
-    with user_input(UsersError):
-        users = load_users(args.users)
+    users = load_users(args.users)
     app = create_app(store, inventory, users=users, reports_dir=Path(args.reports_dir), **kwargs)
     # ValueError: refused beyond loopback without users (the message says what to do)
     with user_input(ValueError), user_input(OSError, about=f"cannot listen on {args.listen}"):

@@ -36,16 +36,15 @@ def register(commands: Commands) -> None:
 
 
 def hpl(args: argparse.Namespace) -> None:
-    from aifmon.rollups.efficiency import HplError, format_efficiency, measure_hpl, read_hpl_file, record_efficiency, trace_store
-    from aifmon.rollups.slurm_accounting import AccountingError, expand_nodelist
+    from aifmon.rollups.efficiency import format_efficiency, measure_hpl, read_hpl_file, record_efficiency, trace_store
+    from aifmon.rollups.slurm_accounting import expand_nodelist
     from aifmon.stores.store import RowWriter, open_store
     from aifmon.telemetry.config import parse_time
     from aifmon.telemetry.exposition import ExpositionError
     from aifmon.telemetry.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)
-    with user_input(HplError):
-        run = read_hpl_file(args.hpl_output, args.hpl_timezone) if args.hpl_output else None
+    run = read_hpl_file(args.hpl_output, args.hpl_timezone) if args.hpl_output else None
     start = parse_time(args.core_start) if args.core_start else run and run.core_start_ms
     end = parse_time(args.core_end) if args.core_end else run and run.core_end_ms
     if not start or not end:
@@ -59,10 +58,9 @@ def hpl(args: argparse.Namespace) -> None:
     match = dict(m.split("=", 1) for m in args.match if "=" in m)
     windows = {w: (parse_time(getattr(args, f"{w}_start")), parse_time(getattr(args, f"{w}_end")))
                for w in ("run", "idle") if getattr(args, f"{w}_start") and getattr(args, f"{w}_end")}
-    with user_input(AccountingError):
-        nodes = expand_nodelist(args.nodes) if args.nodes else None
+    nodes = expand_nodelist(args.nodes) if args.nodes else None
     with user_input(ExpositionError), user_input(OSError, about=f"cannot read {args.trace}"), \
-            trace_store(args.trace, args.store) as store, user_input(HplError):  # the --trace file, then what it lacks
+            trace_store(args.trace, args.store) as store:
         result = measure_hpl(store, run.rmax_gflops if run else args.rmax_gflops, start, end, total, args.metric, match or None,
                              nodes, args.measured_nodes, args.subsystems, args.meter_accuracy_pct, windows.get("run"), windows.get("idle"))
     if args.record:  # into --store, also when the trace came from a file

@@ -51,7 +51,7 @@ def collect(args: argparse.Namespace) -> None:
 
 
 def store_import(args: argparse.Namespace) -> None:
-    from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs installed (types-tqdm); pyproject's untyped list lacks it
+    from tqdm import tqdm
 
     from aifmon.ingest.openmetrics import import_openmetrics
     from aifmon.rollups.hourly import reroll_stored_hours

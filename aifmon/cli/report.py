@@ -19,7 +19,7 @@ def register(commands: Commands) -> None:
 
 
 def monthly(args: argparse.Namespace) -> None:
-    from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs installed (types-tqdm); pyproject's untyped list lacks it
+    from tqdm import tqdm
 
     from aifmon.rollups.monthly_report import build_monthly_report, month_range, write_monthly_report
     from aifmon.stores.store import SampleReader, open_store

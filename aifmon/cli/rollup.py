@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from aifmon.cli.arguments import Commands, command, group
-from aifmon.telemetry.errors import UserError, user_input
+from aifmon.telemetry.errors import UserError
 
 if TYPE_CHECKING:
     from aifmon.stores.store import RollupStore
@@ -52,10 +52,9 @@ def energy(args: argparse.Namespace) -> None:
         raise UserError(f"--end {args.end} is not after --start {args.start}")
     accounting = None
     if args.sacct:
-        from aifmon.rollups.slurm_accounting import AccountingError, load_sacct
+        from aifmon.rollups.slurm_accounting import load_sacct
 
-        with user_input(AccountingError):
-            accounting = load_sacct(args.sacct, args.sacct_timezone)
+        accounting = load_sacct(args.sacct, args.sacct_timezone)
     with open_store(args.store, read_only=True, needs=SampleReader) as store:
         result = energy_rollup(store, inventory, start_ms, end_ms, by=args.by, accounting=accounting,
                                accounting_factory=args.sacct_factory, from_hourly=not args.from_samples)

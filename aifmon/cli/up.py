@@ -92,7 +92,7 @@ def demo_epoch(store: DuckDBStore, seed: int, backfill_hours: float) -> float:
 
 def _backfill(store: DuckDBStore, inventory: Inventory, seed: int, epoch: float) -> None:
     """Write the simulated history, one snapshot a minute, from the store's newest sample (or `epoch`) to now."""
-    from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs installed (types-tqdm); pyproject's untyped list lacks it
+    from tqdm import tqdm
 
     from aifmon.exporters.backfill import backfill
     from aifmon.exporters.simulation import FactorySimulation

@@ -14,7 +14,7 @@ import dash
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from _plotly_utils.utils import to_typed_array_spec  # type: ignore[import-untyped]  # plotly's helper package ships no types
+from _plotly_utils.utils import to_typed_array_spec
 from dash import Input, Output, Patch, State, dcc, html, no_update
 
 from aifmon.dashboard.live import GRID_METRICS, LIVE_LOOKBACK_S, RANGES, FactoryLive, GpuGrid, factory_live, gpu_grid, power_history
