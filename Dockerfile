@@ -3,8 +3,8 @@ FROM python:3.11-slim
 RUN useradd --system --create-home --home-dir /var/lib/aifmon aifmon
 WORKDIR /opt/aifmon
 COPY pyproject.toml README.md ./
-# aifmon/ links the part folders in as aifmon.exporters, aifmon.ingest, …: copy both
-COPY aifmon ./aifmon
+# src/aifmon/ links the part folders in as aifmon.exporters, aifmon.ingest, …: copy both
+COPY src ./src
 COPY telemetry ./telemetry
 COPY exporters ./exporters
 COPY ingest ./ingest

@@ -50,10 +50,10 @@ def test_every_part_imports_only_the_parts_below_it_in_the_data_flow():
 
 
 def test_every_part_folder_is_linked_into_the_namespace_and_listed_here():
-    links = {p.name for p in (ROOT / "aifmon").iterdir() if p.is_symlink()}
+    links = {p.name for p in (ROOT / "src" / "aifmon").iterdir() if p.is_symlink()}
     assert links == set(ALLOWED)
     for name in links:
-        assert (ROOT / "aifmon" / name).resolve() == (ROOT / name).resolve()
+        assert (ROOT / "src" / "aifmon" / name).resolve() == (ROOT / name).resolve()
 
 
 def test_the_dashboard_reads_the_alert_state_without_loading_the_evaluator():

@@ -96,7 +96,7 @@ def test_the_node_agent_command_loads_only_the_base_install(tmp_path):
 
 
 def test_the_wheel_holds_only_the_aifmon_namespace(tmp_path):
-    """A wheel built from the working tree (links followed) installs `aifmon/` and nothing beside it."""
+    """A wheel built from the working tree (links followed) installs `aifmon/` (src/aifmon/) and nothing beside it."""
     def left_out(folder: str, names: list[str]) -> list[str]:  # what a fresh clone lacks
         top = {".git", ".venv", "data", "test-artifacts", "build"} if Path(folder) == ROOT else set()
         return [n for n in names if n in top or n == "__pycache__" or n.endswith((".egg-info", "_cache"))]
