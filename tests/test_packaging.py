@@ -143,3 +143,25 @@ def test_the_parser_is_compiled_once_then_loaded_from_the_cache(tmp_path):
     assert _first_parse(**read_only_install)[0] == 3
     hits, _, stderr = _first_parse(NUMBA_CACHE_LOCATOR_CLASSES="UserProvidedCacheLocator", NUMBA_CACHE_DIR="")
     assert hits == 0 and stderr.count("set NUMBA_CACHE_DIR to a writable directory") == 1
+
+
+def test_every_site_dependency_is_named_for_the_node_install_message():
+    from aifmon.cli import SITE_MODULES
+
+    site = {_distribution(r).replace("-", "_") for r in _pyproject()["project"]["optional-dependencies"]["site"]}
+    assert site == SITE_MODULES
+
+
+def test_a_site_command_on_the_node_install_says_what_to_install(tmp_path):
+    """The node agent's install lacks pandas (simulated by blocking its import): the command says what to install
+    in one line, exit 1; a missing module that is no site dependency stays a traceback (a fault in aifmon)."""
+    def run(blocked: str) -> subprocess.CompletedProcess:
+        probe = (f"import sys; sys.modules[{blocked!r}] = None; from aifmon.cli import main; "
+                 f"sys.exit(main(['--quiet', 'rollup', 'energy', '--start', 'now-1h', '--store', 'duckdb:///{tmp_path}/s.duckdb']))")
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+
+    result = run("pandas")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "aifmon: this command needs pandas, which the node agent's install lacks: pip install 'aifmon[site]'"
+    result = run("aifmon.rollups.energy")
+    assert result.returncode == 1 and "Traceback" in result.stderr and "ModuleNotFoundError" in result.stderr

@@ -3,7 +3,7 @@
 Each group module declares its commands in `register` and runs them in its run functions, which import what
 they use: `aifmon --help` and the commands that touch no data start without pandas, DuckDB, Numba or Dash.
 Errors: a `UserError` (bad input) prints its message and exits 2, a `StoreError` (a store that failed) exits 1,
-Ctrl-C exits 130; anything else is a fault in aifmon and ends in a traceback.
+Ctrl-C exits 130, a command run on the node agent's install that needs `aifmon[site]` exits 1 saying so; anything else is a fault in aifmon and ends in a traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ import sys
 from aifmon.cli import alerts, dashboard, deploy, efficiency, exporter, ingest, inventory, report, rollup, up
 from aifmon.stores.store import StoreError
 from aifmon.telemetry.errors import UserError
+
+SITE_MODULES = frozenset({"dash", "plotly", "pandas", "duckdb", "pydantic", "pyarrow", "numba", "influxdb_client",
+                          "prometheus_client", "tqdm", "waitress"})
+"""What `aifmon[site]` brings and a compute node's install (the node agent alone) lacks."""
 
 GROUPS = (inventory, exporter, ingest, deploy, rollup, efficiency, report, alerts, dashboard, up)
 """In the order `aifmon --help` lists them."""
@@ -35,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:  # a command of the monitoring hosts run on a node agent's install
+        if (e.name or "").split(".")[0] not in SITE_MODULES:
+            raise
+        print(f"aifmon: this command needs {e.name}, which the node agent's install lacks: pip install 'aifmon[site]'",
+              file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
