@@ -33,6 +33,7 @@ from aifmon.rollups.efficiency import TOP500_SOURCE, league_table, measured_runs
 from aifmon.rollups.energy import JOB_KEYS, EnergyRollup, carbon_source, summarise
 from aifmon.rollups.hourly import HOUR_MS, NODE_TABLE, SETTLE_MS, SITE_COLUMNS, SITE_TABLE, TABLE, hour_rows
 from aifmon.stores.store import RowStore, SampleReader
+from aifmon.telemetry.csv_cells import csv_safe
 from aifmon.telemetry.inventory import Inventory
 
 SECTIONS = ("EuroHPC summary", "Energy by factory", "Energy by access mode", "Energy by sector", "Top projects",
@@ -190,7 +191,7 @@ def write_monthly_report(report: MonthlyReport, out: Path, pdf: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "summary.json", out / "summary.csv", out / "report.html"]
     paths[0].write_text(json.dumps(_summary_json(report), indent=2, default=_json_default), encoding="utf-8")
-    _summary_frame(report).to_csv(paths[1], index=False, float_format="%.6f")
+    csv_safe(_summary_frame(report)).to_csv(paths[1], index=False, float_format="%.6f")
     progress("summary written")
     paths[2].write_text(_html(report), encoding="utf-8")
     progress("report.html written")

@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from aifmon.telemetry.csv_cells import csv_safe
+
 if TYPE_CHECKING:  # annotations only: `inventory show` formats tables without loading pandas
     from aifmon.rollups.energy import EnergyRollup
 
@@ -63,7 +65,7 @@ def format_energy_rollup(r: EnergyRollup, fmt: str) -> str:
         # provenance on every row, so a row copied out of the file still says where it came from
         p = provenance(r)
         rows = r.rows.assign(start=p["start"], end=p["end"], coverage=r.coverage, carbon_intensity_source=r.carbon_source)
-        rows.to_csv(buf, index=False, float_format="%.6f")
+        csv_safe(rows).to_csv(buf, index=False, float_format="%.6f")
         return buf.getvalue().rstrip("\n")
     p = provenance(r)
     columns = [col for col in _COLUMNS if col[0] in r.rows]

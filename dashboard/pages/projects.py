@@ -13,6 +13,7 @@ from dash import Input, Output, State, dcc, html
 from aifmon.dashboard.accounting import MonthEnergy, month_energy, months_with_data
 from aifmon.dashboard.pages import EVERYONE, GRAPH_CONFIG, PageContext, kpi, query_string, timed, utc
 from aifmon.rollups.energy import UNALLOCATED
+from aifmon.telemetry.csv_cells import csv_safe
 from aifmon.telemetry.inventory import Inventory
 
 PATH = "/projects"
@@ -81,7 +82,7 @@ def register(app: dash.Dash, ctx: PageContext) -> None:
                   prevent_initial_call=True)
     def download(_clicks: int, month: str):
         rows = project_rows(month_energy(ctx.store, ctx.inventory, month), ctx.inventory)
-        return dcc.send_data_frame(rows.to_csv, f"aifmon-projects-{month}.csv", index=False, float_format="%.6f")
+        return dcc.send_data_frame(csv_safe(rows).to_csv, f"aifmon-projects-{month}.csv", index=False, float_format="%.6f")
 
 
 def project_rows(energy: MonthEnergy, inventory: Inventory) -> pd.DataFrame:
