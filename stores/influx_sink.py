@@ -53,7 +53,8 @@ same spool.
 Limits: line protocol cannot delete, so `replace_rows` overwrites the rows of a window group by
 group; a group that disappears from a recomputed window keeps its old row. NaN and ±Inf cannot be
 written in line protocol; such samples are skipped and counted (`points_skipped`). The sink is
-write-only: reads come from the PromQL backend over the same data.
+write-only: reads come from the PromQL backend over the same data. Labels keep every character (backslashes
+included, see `_ESCAPE_KEY`) except a newline, which line protocol cannot carry and is written `\\n`.
 """
 
 from __future__ import annotations
@@ -85,9 +86,13 @@ DEFAULT_PORT = 8086
 BATCH_LINES = 5000  # InfluxDB's documented optimal batch size
 
 # The escaping influxdb-client's own Point uses (influxdb_client/client/write/point.py), so the server
-# parses these lines as it parses the official client's.
+# parses these lines as it parses the official client's; plus one rule the client lacks: a backslash is
+# written `\\`. Unescaped, a value ending in one (`C:\`) escaped the comma behind it and swallowed the
+# next tag; the client's remedy (a space after it) stores `C: `. Line protocol reads `\\` as one backslash
+# (VictoriaMetrics, tested in tests/test_influx_sink.py); InfluxDB 2's parser keeps both and refuses a tag value ending in one
+# (influxdata/docs-v2#5481). A newline cannot be carried at all: like the client, it is written `\n`.
 _ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
-_ESCAPE_KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
+_ESCAPE_KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\\": "\\\\", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
 
 _SEGMENT = re.compile(r"^(\d{20})-(\d+)\.lp$")
 _TABLE = re.compile(r"[a-z][a-z0-9_]*")
