@@ -1,8 +1,12 @@
 """The embedded collector: scrapes every exporter of the inventory and writes the samples to the store.
 
-Each cycle scrapes all targets concurrently, each with its own timeout, and stamps a target's samples
-with the time its scrape started (as Prometheus does). Per target it also records `up` (1/0) and
-`scrape_duration_seconds`, labelled `instance` and `factory` (no `job` label: on our series `job` is
+Each cycle scrapes all targets concurrently and stamps a target's samples with the time its scrape
+started (as Prometheus does). A scrape has one total deadline (connect, headers and body together) and
+a body size limit, so a target that trickles its answer cannot hold the cycle open; whatever fails a
+target (it is down or late, its body is too large, not Prometheus text, or has a bad line) fails only
+that target: it gets `up` 0 and its reason is counted (`Collector.failures`), and the other targets'
+samples of the cycle are stored. NaN and +-Inf sample values are stored as values, as Prometheus does.
+Per target it also records `up` (1/0) and `scrape_duration_seconds`, labelled `instance` and `factory` (no `job` label: on our series `job` is
 the Slurm job of `aif_gpu_job_info`). Series that were in a target's previous scrape and are not in
 this one (the target is down, or a job ended) get a staleness marker, so live reads drop them at once. A cycle's samples are written
 in one transaction: when `collect_once` returns, they are on disk.
@@ -10,10 +14,13 @@ in one transaction: when `collect_once` returns, they are on disk.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import logging
+import socket
 import threading
 import time
-import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,17 +34,21 @@ from aifmon.telemetry.inventory import Inventory
 
 log = logging.getLogger(__name__)
 
+MAX_BODY_BYTES = 256 * 2**20
+"""Default body size limit of one scrape, bytes: 400,000 series (a large factory) of about 150 bytes a line are 60 MB."""
+MAX_SERIES_BYTES = 64 * 2**10
+"""Longest series text (name and labels) accepted, bytes: real ones are a few hundred, and labels are parsed in
+Python, so one line of megabytes would cost seconds and a series nobody can use."""
+_READ_BYTES = 2**16  # one read of the body, bytes
+
 
 @dataclass(frozen=True)
 class Target:
-    """One exporter to scrape; `labels` are added to its series unless the exporter sets them itself."""
+    """One exporter to scrape at `http://{address}/metrics`; `labels` are added to its series unless the exporter
+    sets them itself."""
 
     address: str
     labels: dict[str, str]
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}/metrics"
 
 
 def target_labels(factory_id: str, address: str) -> dict[str, str]:
@@ -51,47 +62,108 @@ def targets_of(inventory: Inventory) -> list[Target]:
 
 @dataclass
 class ScrapeResult:
-    """One target's scrape: series ids, values and times (ms) ready to append, or the error."""
+    """One target's scrape: series ids, values and times (ms) ready to append, or the error and its reason."""
 
     target: Target
-    started: float
+    started: float  # s since the Unix epoch
     duration_s: float
     series_ids: np.ndarray
     values: np.ndarray
     t_ms: np.ndarray
     error: str | None = None
+    reason: str | None = None  # one word per kind of failure: what `Collector.failures` counts
 
 
-def scrape(target: Target, index: SeriesIndex, timeout_s: float) -> ScrapeResult:
-    """Fetch, parse and resolve one target; errors are returned, never raised. A bad line fails the whole scrape."""
+class ScrapeFailed(Exception):
+    """A fetch that failed; `reason` is one word: timeout, connection, http_status, content_type or too_large."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def fetch(address: str, timeout_s: float, max_bytes: int) -> tuple[str, bytes]:
+    """(Content-Type, body) of `http://{address}/metrics`, answered within `timeout_s` seconds in all and at most
+    `max_bytes` bytes long; raises ScrapeFailed.
+
+    Socket timeouts (urllib's included) bound each read, not the answer: a target that sends a byte a second never
+    times out. So a timer shuts the socket down at the deadline, which ends a read blocked on it at once.
+    """
+    conn = http.client.HTTPConnection(address, timeout=timeout_s)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        if conn.sock is not None:  # None while connecting: the check after connect() covers that
+            with contextlib.suppress(OSError):  # already closed: the fetch ended as the deadline came
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.start()
+    try:
+        conn.connect()
+        if expired.is_set():
+            raise TimeoutError
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise ScrapeFailed("http_status", f"answered HTTP {resp.status} {resp.reason}")
+        ctype = resp.getheader("Content-Type", "")
+        if not ctype.startswith("text/plain") and "openmetrics" not in ctype:
+            raise ScrapeFailed("content_type", f"answered {ctype or 'no content type'}, not Prometheus text")
+        chunks, size = [], 0
+        while chunk := resp.read1(_READ_BYTES):
+            size += len(chunk)
+            if size > max_bytes:
+                raise ScrapeFailed("too_large", f"body is larger than the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+        if expired.is_set():  # the shut-down socket ends the body early, as if it were complete
+            raise TimeoutError
+        return ctype, b"".join(chunks)
+    except (OSError, http.client.HTTPException) as e:
+        if expired.is_set():
+            raise ScrapeFailed("timeout", f"no complete answer within {timeout_s:g} s") from None
+        raise ScrapeFailed("connection", f"{type(e).__name__}: {e}") from None
+    finally:
+        timer.cancel()
+        conn.close()
+
+
+def scrape(target: Target, index: SeriesIndex, timeout_s: float, max_bytes: int = MAX_BODY_BYTES) -> ScrapeResult:
+    """Fetch (within `timeout_s` seconds and `max_bytes` bytes), parse and resolve one target; errors are returned,
+    never raised. A bad line fails the whole scrape."""
     started = time.time()
     t0 = time.perf_counter()
     try:
-        with urllib.request.urlopen(target.url, timeout=timeout_s) as resp:
-            ctype = resp.headers.get("Content-Type", "")
-            if not ctype.startswith("text/plain") and "openmetrics" not in ctype:
-                raise ExpositionError(f"answered {ctype or 'no content type'}, not Prometheus text")
-            body = resp.read()
+        ctype, body = fetch(target.address, timeout_s, max_bytes)
         samples = parse_exposition(body, "s" if "openmetrics" in ctype else "ms")
+        lengths = samples.series_end - samples.series_start
+        if len(lengths) and lengths.max() > MAX_SERIES_BYTES:
+            line = int(np.argmax(lengths > MAX_SERIES_BYTES))
+            raise ExpositionError(f"sample {line + 1}: series text of {lengths[line]} bytes, over the limit of {MAX_SERIES_BYTES}")
         ids = index.ids(samples)
         t_ms = np.where(samples.t_ms >= 0, samples.t_ms, int(started * 1000))
         return ScrapeResult(target, started, time.perf_counter() - t0, ids, samples.values, t_ms)
-    except (OSError, ExpositionError) as e:
+    except (ScrapeFailed, ValueError) as e:  # ValueError: ExpositionError, or bytes that are not UTF-8 in a series text
         empty = np.zeros(0)
+        reason = e.reason if isinstance(e, ScrapeFailed) else "bad_body"
         return ScrapeResult(target, started, time.perf_counter() - t0, empty.astype(np.int64), empty, empty.astype(np.int64),
-                            f"{type(e).__name__}: {e}")
+                            f"{reason}: {e}", reason)
 
 
 class Collector:
-    """Scrapes `targets` every `interval_s` seconds into `store`."""
+    """Scrapes `targets` every `interval_s` seconds into `store`, each within `timeout_s` seconds (default 80 % of the
+    interval, at least 0.5 s) and `max_body_bytes`."""
 
-    def __init__(self, store: SampleWriter, targets: list[Target], interval_s: float = 5.0, timeout_s: float | None = None):
+    def __init__(self, store: SampleWriter, targets: list[Target], interval_s: float = 5.0, timeout_s: float | None = None,
+                 max_body_bytes: int = MAX_BODY_BYTES):
         if interval_s <= 0:
             raise ValueError("scrape interval must be positive")
         self.store = store
         self.targets = targets
         self.interval_s = interval_s
         self.timeout_s = timeout_s if timeout_s is not None else max(0.5, interval_s * 0.8)
+        self.max_body_bytes = max_body_bytes
         warm_up()  # the first cycle is on time, not late by the parser's compilation
         self._indexes = {t.address: SeriesIndex(store, t.labels) for t in targets}
         self._live = {t.address: np.zeros(0, dtype=np.int64) for t in targets}  # series of each target's last scrape
@@ -100,14 +172,17 @@ class Collector:
         self._down: set[str] = set()
         self.cycles = 0
         self.samples_written = 0
+        self.failures: Counter[tuple[str, str]] = Counter()  # failed scrapes by (target address, reason)
 
     def collect_once(self) -> int:
         """One scrape of every target, written durably in one transaction; returns the number of samples stored."""
-        results = list(self._pool.map(lambda t: scrape(t, self._indexes[t.address], self.timeout_s), self.targets))
+        results = list(self._pool.map(lambda t: scrape(t, self._indexes[t.address], self.timeout_s, self.max_body_bytes), self.targets))
         health = self.store.series_ids([series_key(m, r.target.labels) for r in results for m in ("up", "scrape_duration_seconds")])
         ids, t_ms, values = [health], [], []
         for r in results:
             self._log_state(r)
+            if r.reason:
+                self.failures[r.target.address, r.reason] += 1
             t_ms.append(np.full(2, int(r.started * 1000), dtype=np.int64))
             values.append(np.array([0.0 if r.error else 1.0, r.duration_s]))
         for r in results:

@@ -7,7 +7,9 @@ Tables:
 - `samples_1m(series_id, t_ms, last_t_ms, last, avg, min, max, count)`: per-minute aggregates
   (t_ms = minute start), kept longer than raw samples. A read that reaches back past the raw samples
   gets one sample per minute, stamped with the time of the minute's last raw sample: `last` for
-  counters — so counter increments, and every energy figure, stay exact — and `avg` for gauges.
+  counters — so counter increments, and every energy figure, stay exact — and `avg` for gauges. They are
+  computed over finite values only: one NaN sample (stored as a value, as Prometheus does) would make the
+  minute's `avg` NaN.
   Samples of one scrape share that stamp, so job info still joins energy on time. Totals stay exact;
   a range edge that falls inside a downsampled minute is resolved to that minute.
 - `store_state(key, value)`: how far downsampling has got.
@@ -37,6 +39,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from aifmon.stores.store import RollupStore, SampleWriter, SeriesKey, SeriesSamples, StoreConfigError, StoreError
 
@@ -142,11 +145,13 @@ class DuckDBStore(SampleWriter, RollupStore):
     def append(self, series_ids: np.ndarray, t_ms: np.ndarray, values: np.ndarray) -> None:
         self._check_writable()
         ids = np.asarray(series_ids, dtype=np.int32)
-        batch = {  # noqa: F841 - NumPy columns the SQL below reads by name, without a pandas copy
+        # An Arrow table over the NumPy columns (no copy), not the columns themselves: DuckDB reads NaN in a NumPy
+        # column as NULL, where an Arrow column keeps it a value (as Prometheus stores NaN; staleness is the `stale` table).
+        batch = pa.table({  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
             "series_id": ids,
             "t_ms": np.ascontiguousarray(np.broadcast_to(np.asarray(t_ms, dtype=np.int64), ids.shape)),
             "value": np.asarray(values, dtype=np.float64),
-        }
+        })
         with self._write_lock:
             try:
                 with self._cursor() as cur:
@@ -239,18 +244,21 @@ class DuckDBStore(SampleWriter, RollupStore):
         return self._with_labels(metric, found).drop(columns="series_id")
 
     def range(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
-        _, found = self._samples(metric, start_ms, end_ms, match, ordered=True)
+        _, found = self._samples(metric, start_ms, end_ms, match, ordered=True, finite=False)
         return self._with_labels(metric, found)
 
     def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
-        series, found = self._samples(metric, start_ms, end_ms, match, ordered=False)
+        """The samples of `range`, unordered, without those whose value is NaN or +-Inf: this is the rollups' read, and
+        such a value is no measurement (an exporter's NaN for a field its GPU lacks). Left out, the counter rules bridge
+        it exactly (the next increment covers the interval), where kept it would make every energy sum NaN."""
+        series, found = self._samples(metric, start_ms, end_ms, match, ordered=False, finite=True)
         return SeriesSamples(series, found["series_id"], found["t_ms"], found["value"])
 
     def _samples(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None,
-                 ordered: bool) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+                 ordered: bool, finite: bool) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
         """(the series of `metric` matching `match`, with their labels; their samples with start_ms <= t_ms <= end_ms
-        as NumPy columns `series_id`, `t_ms`, `value`, by series then time if `ordered`): raw samples, and per-minute
-        aggregates where the raw samples are gone.
+        as NumPy columns `series_id`, `t_ms`, `value`, by series then time if `ordered`, only finite values if `finite`):
+        raw samples, and per-minute aggregates (always finite) where the raw samples are gone.
 
         Fetched through Arrow, whose columns NumPy takes over without conversion (fetchnumpy takes 1.5-3x as long)."""
         series = self._series_of(metric).loc[self._matching(metric, match)]
@@ -264,7 +272,7 @@ class DuckDBStore(SampleWriter, RollupStore):
             found = cur.execute(
                 f"""SELECT series_id, t_ms, value FROM (
                         SELECT s.series_id, s.t_ms, s.value FROM samples s SEMI JOIN ids ON ids.series_id = s.series_id
-                        WHERE s.t_ms >= ? AND s.t_ms <= ?
+                        WHERE s.t_ms >= ? AND s.t_ms <= ? {"AND isfinite(s.value)" if finite else ""}
                         UNION ALL
                         SELECT m.series_id, m.last_t_ms, m.{minute_value} FROM samples_1m m SEMI JOIN ids ON ids.series_id = m.series_id
                         WHERE m.last_t_ms >= ? AND m.last_t_ms <= ? AND m.last_t_ms < ?)
@@ -307,7 +315,7 @@ class DuckDBStore(SampleWriter, RollupStore):
                 f"""INSERT INTO samples_1m
                     SELECT series_id, t_ms // {_MINUTE_MS} * {_MINUTE_MS}, max(t_ms), arg_max(value, t_ms), avg(value), min(value),
                            max(value), count(*)
-                    FROM samples WHERE t_ms >= ? AND t_ms < ? GROUP BY ALL""",
+                    FROM samples WHERE t_ms >= ? AND t_ms < ? AND isfinite(value) GROUP BY ALL""",
                 [since, until],
             )[0]
             cur.execute("INSERT OR REPLACE INTO store_state VALUES ('downsampled_until_ms', ?)", [max(since, until)])
