@@ -51,7 +51,7 @@ def test_bad_inventory_exits_2_with_the_problem(tmp_path):
     (["store", "import", "/nonexistent/x.om", "--store", "duckdb:///{tmp}/x.duckdb"], "cannot read /nonexistent/x.om: No such file"),
     (["report", "monthly", "--month", "2025-13", "--out", "{tmp}/report"], "month '2025-13': expected YYYY-MM"),
     (["alerts", "export-rules", "--out", "/nonexistent/rules.yml"], "cannot write /nonexistent/rules.yml: No such file"),
-    (["up", "--store", "prometheus+http://127.0.0.1:1"], "--store must be a duckdb:/// URL"),
+    (["up", "--store", "prometheus+http://127.0.0.1:1"], "cannot be the embedded store (a duckdb:/// file)"),
 ])
 def test_bad_input_exits_2_with_one_line_naming_it(args, message, tmp_path):
     out = aifmon(*(a.replace("{tmp}", str(tmp_path)) for a in args))

@@ -48,8 +48,6 @@ def up(args: argparse.Namespace) -> int:
     from aifmon.telemetry.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)
-    if not args.store.startswith("duckdb:"):
-        raise UserError("`aifmon up` runs the embedded stack; --store must be a duckdb:/// URL")
     simulated = [(f.id, f.targets[0]) for f in inventory.live_factories() if f.targets]
     status = 0
     with open_store(args.store, needs=DuckDBStore) as store:
