@@ -143,9 +143,12 @@ class AlertEvaluator:
 
     def reload(self) -> bool:
         """Re-read the rules file if it changed; True when new rules are in force. A bad file keeps the last good rules."""
-        if not self.rules_path or _file_stamp(self.rules_path) == self._rules_stamp:
+        if not self.rules_path:
             return False
-        self._rules_stamp = _file_stamp(self.rules_path)
+        stamp = _file_stamp(self.rules_path)
+        if stamp == self._rules_stamp:
+            return False
+        self._rules_stamp = stamp
         try:
             config = load_alert_config(self.rules_path, self.inventory)
         except AlertRulesError as e:

@@ -20,7 +20,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from aifmon.ingest.series_index import SeriesIndex
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import series_key
 from aifmon.telemetry.inventory import parse_inventory
+from tests.conftest import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ingest.json"
 
@@ -64,12 +64,6 @@ projects:
   - {{id: p1, name: P1, access_mode: Large Scale, sector: Technology & Digital, factory: big}}
   - {{id: p2, name: P2, access_mode: Fast Lane, sector: Health & Life Sciences, factory: big}}
 """, "bench")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def installed(binary: str, package: str) -> str:

@@ -58,7 +58,7 @@ from aifmon.rollups.monthly_report import build_monthly_report, write_monthly_re
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import SampleWriter, SeriesSamples, open_store, series_key
 from aifmon.telemetry.inventory import ACCESS_MODES, SECTORS, parse_inventory
-from tests.conftest import require_binary
+from bench.ingest import installed
 from tests.servers import prometheus, victoria_metrics
 
 H = 3_600_000
@@ -219,7 +219,7 @@ def bench_per_project(gpus: int, work: Path) -> tuple[list[tuple[str, float, flo
         t, ans = best_of(3, lambda: promql_per_project(vm.url, day_ms, nocache=True))
         rows.append((VM_NOCACHE_ROW, t, n / t, error(ans, truth)))
     blocks = work / "prom-data"
-    subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(om), str(blocks)],
+    subprocess.run([installed("promtool", "prometheus"), "tsdb", "create-blocks-from", "openmetrics", str(om), str(blocks)],
                    check=True, capture_output=True, timeout=1800)
     (work / "prom").mkdir()
     with prometheus("global: {scrape_interval: 1m}\n", work / "prom", storage=blocks) as url:

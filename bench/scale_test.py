@@ -43,7 +43,8 @@ from aifmon.deploy.prometheus_config import write_prometheus_config
 from aifmon.rollups.energy import energy_rollup
 from aifmon.stores.store import SampleReader, open_store
 from aifmon.telemetry.inventory import parse_inventory
-from bench.ingest import free_port, installed
+from bench.ingest import installed
+from tests.conftest import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale_test.json"
 SIMS = 4  # simulator processes per step: Prometheus scrapes 4 targets in parallel, as it would many nodes

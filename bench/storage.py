@@ -34,7 +34,8 @@ from aifmon.exporters.simulation import FactorySimulation
 from aifmon.ingest.openmetrics import export_openmetrics, import_openmetrics
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import SampleWriter, open_store
-from bench.ingest import factory_inventory, free_port, installed
+from bench.ingest import factory_inventory, installed
+from tests.conftest import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "storage.json"
 VM_SETTLE_S = 20.0  # VictoriaMetrics merges freshly flushed parts in the background; sizes settle within seconds

@@ -29,16 +29,12 @@ import numpy as np
 from aifmon.ingest.parser import parse_exposition, warm_up
 from aifmon.ingest.series_index import SeriesIndex
 from aifmon.stores.store import SampleWriter, series_key
-from aifmon.telemetry.exposition import ExpositionError
 from aifmon.telemetry.inventory import Inventory
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 2**20
 """Default body size limit of one scrape, bytes: 400,000 series (a large factory) of about 150 bytes a line are 60 MB."""
-MAX_SERIES_BYTES = 64 * 2**10
-"""Longest series text (name and labels) accepted, bytes: real ones are a few hundred, and labels are parsed in
-Python, so one line of megabytes would cost seconds and a series nobody can use."""
 _READ_BYTES = 2**16  # one read of the body, bytes
 
 
@@ -94,9 +90,10 @@ def fetch(address: str, timeout_s: float, max_bytes: int) -> tuple[str, bytes]:
 
     def expire() -> None:
         expired.set()
-        if conn.sock is not None:  # None while connecting: the check after connect() covers that
+        sock = conn.sock  # once: the fetch's own close() may set it to None meanwhile
+        if sock is not None:  # None while connecting: the check after connect() covers that
             with contextlib.suppress(OSError):  # already closed: the fetch ended as the deadline came
-                conn.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
 
     timer = threading.Timer(timeout_s, expire)
     timer.start()
@@ -137,10 +134,6 @@ def scrape(target: Target, index: SeriesIndex, timeout_s: float, max_bytes: int 
     try:
         ctype, body = fetch(target.address, timeout_s, max_bytes)
         samples = parse_exposition(body, "s" if "openmetrics" in ctype else "ms")
-        lengths = samples.series_end - samples.series_start
-        if len(lengths) and lengths.max() > MAX_SERIES_BYTES:
-            line = int(np.argmax(lengths > MAX_SERIES_BYTES))
-            raise ExpositionError(f"sample {line + 1}: series text of {lengths[line]} bytes, over the limit of {MAX_SERIES_BYTES}")
         ids = index.ids(samples)
         t_ms = np.where(samples.t_ms >= 0, samples.t_ms, int(started * 1000))
         return ScrapeResult(target, started, time.perf_counter() - t0, ids, samples.values, t_ms)

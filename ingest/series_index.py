@@ -14,9 +14,12 @@ import pyarrow.compute as pc
 
 from aifmon.ingest.parser import Samples
 from aifmon.stores.store import SampleWriter, series_key
-from aifmon.telemetry.exposition import parse_series
+from aifmon.telemetry.exposition import ExpositionError, parse_series
 
 _SLICE = 20_000
+MAX_SERIES_BYTES = 64 * 2**10
+"""Longest series text (name and labels) accepted, bytes: a 10 MB line would cost seconds of label parsing when it
+is registered. Prometheus has no such limit; no exporter of this schema comes near it."""
 
 
 class SeriesIndex:
@@ -60,6 +63,9 @@ class SeriesIndex:
         where = pc.index_in(series, value_set=self._texts)
         if where.null_count:
             new = pc.unique(series.filter(where.is_null()))
+            longest = pc.max(pc.binary_length(new)).as_py()
+            if longest > MAX_SERIES_BYTES:  # checked on new series only: a scrape of known ones pays nothing
+                raise ExpositionError(f"a series text of {longest} bytes, over the limit of {MAX_SERIES_BYTES}")
             # Labels are parsed in slices: a first scrape of a whole factory (400,000 series) would
             # otherwise hold every parsed label dict at once.
             parts = [self._register(new.slice(i, _SLICE)) for i in range(0, len(new), _SLICE)]

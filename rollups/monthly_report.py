@@ -34,6 +34,7 @@ from aifmon.rollups.energy import JOB_KEYS, EnergyRollup, carbon_source, summari
 from aifmon.rollups.hourly import HOUR_MS, NODE_TABLE, SETTLE_MS, SITE_COLUMNS, SITE_TABLE, TABLE, hour_rows
 from aifmon.stores.store import RowStore, SampleReader
 from aifmon.telemetry.csv_cells import csv_safe
+from aifmon.telemetry.errors import UserError
 from aifmon.telemetry.inventory import Inventory
 
 SECTIONS = ("EuroHPC summary", "Energy by factory", "Energy by access mode", "Energy by sector", "Top projects",
@@ -56,12 +57,20 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class MonthError(UserError, ValueError):
+    """A month that is not `YYYY-MM`."""
+
+
+class ReportPdfError(UserError, RuntimeError):
+    """report.pdf cannot be printed here (no Chromium, or it failed); the message says what to do (or --no-pdf)."""
+
+
 def month_range(month: str) -> tuple[int, int]:
     """[start, end) of a calendar month `YYYY-MM` in UTC, ms."""
     try:
         start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
     except ValueError:
-        raise ValueError(f"month {month!r}: expected YYYY-MM, e.g. 2025-03") from None
+        raise MonthError(f"month {month!r}: expected YYYY-MM, e.g. 2025-03") from None
     end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
@@ -343,12 +352,12 @@ def print_to_pdf(html_path: Path, pdf_path: Path, timeout_s: float = 120.0) -> P
     """Chromium's headless print-to-PDF of `html_path` (after its scripts ran, so the plots are drawn)."""
     binary = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
     if binary is None:
-        raise RuntimeError("report.pdf needs Chromium (Debian package `chromium`); install it, or pass --no-pdf")
+        raise ReportPdfError("report.pdf needs Chromium (Debian package `chromium`); install it, or pass --no-pdf")
     with tempfile.TemporaryDirectory(prefix="aifmon-chromium-") as profile:
         cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--no-pdf-header-footer",
                f"--user-data-dir={profile}", "--virtual-time-budget=30000", f"--print-to-pdf={pdf_path}", html_path.resolve().as_uri()]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if result.returncode != 0 or not pdf_path.exists() or pdf_path.stat().st_size == 0:
-        raise RuntimeError(f"Chromium could not print {html_path} to PDF (status {result.returncode}): {result.stderr[-500:]}")
+        raise ReportPdfError(f"Chromium could not print {html_path} to PDF (status {result.returncode}): {result.stderr[-500:]}")
     return pdf_path

@@ -248,9 +248,6 @@ class DuckDBStore(SampleWriter, RollupStore):
         return self._with_labels(metric, found)
 
     def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
-        """The samples of `range`, unordered, without those whose value is NaN or +-Inf: this is the rollups' read, and
-        such a value is no measurement (an exporter's NaN for a field its GPU lacks). Left out, the counter rules bridge
-        it exactly (the next increment covers the interval), where kept it would make every energy sum NaN."""
         series, found = self._samples(metric, start_ms, end_ms, match, ordered=False, finite=True)
         return SeriesSamples(series, found["series_id"], found["t_ms"], found["value"])
 

@@ -63,17 +63,22 @@ class SeriesSamples:
 
 
 def series_samples(frame: pd.DataFrame) -> SeriesSamples:
-    """Split a `range` frame (labels on every sample) into per-series labels and flat sample arrays."""
+    """Split a `range` frame (labels on every sample) into per-series labels and flat sample arrays of the finite
+    values (the contract of `SampleReader.range_arrays`)."""
+    import numpy as np
+
     series = frame.drop(columns=["t_ms", "value"]).drop_duplicates("series_id").reset_index(drop=True)
-    return SeriesSamples(series, frame["series_id"].to_numpy(), frame["t_ms"].to_numpy(dtype="int64"),
-                         frame["value"].to_numpy(dtype="float64"))
+    value = frame["value"].to_numpy(dtype="float64")
+    finite = np.isfinite(value)
+    return SeriesSamples(series, frame["series_id"].to_numpy()[finite], frame["t_ms"].to_numpy(dtype="int64")[finite],
+                         value[finite])
 
 
 class Store:
     """What every store has: the URL it was opened from, and `close`; also a context manager that closes it.
 
     The capabilities below are plain classes whose methods raise NotImplementedError, not abstract ones: mypy
-    refuses an abstract class where `type[...]` is expected, as in `open_store(needs=...)` and `require`.
+    refuses an abstract class where `type[...]` is expected, as in `open_store(needs=...)`.
     tests/test_store.py checks that every backend implements each method of the capabilities it declares.
     """
 
@@ -138,8 +143,11 @@ class SampleReader(Store):
         raise NotImplementedError
 
     def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
-        """The samples `range` returns, in no particular order, with labels once per series instead of on every
-        sample: the read for millions of samples (the energy rollups), which skips the sort and the label copies."""
+        """The samples `range` returns whose values are finite, in no particular order, with labels once per series
+        instead of on every sample: the read for millions of samples (the energy rollups), which skips the sort and the
+        label copies. NaN and +-Inf are left out on every backend: such a value is no measurement (an exporter's NaN
+        for a field its GPU lacks), and left out, the counter rules bridge it exactly where kept it would make every
+        energy sum NaN."""
         raise NotImplementedError
 
     def time_bounds(self) -> tuple[int, int] | None:
@@ -181,13 +189,6 @@ class RollupStore(SampleReader, RowStore):
 
 
 C = TypeVar("C", bound=Store)
-
-
-def require(store: Store, capability: type[C]) -> C:
-    """`store`, typed as `capability`; a StoreConfigError naming the store and what to configure when it lacks it."""
-    if not isinstance(store, capability):
-        raise StoreConfigError(_lacks(type(store), store.url, capability))
-    return store
 
 
 def _lacks(backend: type[Store], url: str, capability: type[Store]) -> str:

@@ -156,7 +156,7 @@ class FakeNVML:
             raise pynvml.NVMLError_Uninitialized()  # a handle from before the driver reload
         g = handle.gpu
         if g.hang is not None:
-            g.hang.wait()
+            g.hang.wait(30)  # bounded: a poll that waited on it would fail its test, not hang the suite
         if g.lost:
             raise pynvml.NVMLError_GpuIsLost()
         return g

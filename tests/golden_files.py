@@ -14,24 +14,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeGuard
 
+import pytest
+
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE_ENV = "AIFMON_UPDATE_GOLDEN"
 _HOW_TO_UPDATE = f"if the change is intended, regenerate with {UPDATE_ENV}=1 and review the diff of tests/golden/"
 
 
-def _update(path: Path, text: str) -> bool:
-    """Write `text` to `path` when regeneration was asked for; says whether it was."""
-    if os.environ.get(UPDATE_ENV) != "1":
-        return False
-    path.write_text(text, encoding="utf-8")
-    return True
+def _update(path: Path, text: str) -> None:
+    """Write `text` to `path` when regeneration was asked for, and skip the test: a run that rewrote the file
+    compared nothing, so it must not count as a pass."""
+    if os.environ.get(UPDATE_ENV) == "1":
+        path.write_text(text, encoding="utf-8")
+        pytest.skip(f"wrote tests/golden/{path.name}; review its diff")
 
 
 def assert_same_text(name: str, text: str) -> None:
     """`text` equals tests/golden/`name` byte for byte."""
     path = GOLDEN / name
-    if _update(path, text):
-        return
+    _update(path, text)
     golden = path.read_text(encoding="utf-8")
     if text != golden:
         diff = "".join(difflib.unified_diff(golden.splitlines(True), text.splitlines(True), f"golden/{name}", "this run"))
@@ -42,8 +43,7 @@ def assert_same_json(name: str, doc: object, rel: float = 1e-12) -> None:
     """`doc` equals the JSON document tests/golden/`name`: the same keys, lists and strings, and numbers equal to
     `rel` (a sum's last bits may differ between CPUs whose NumPy takes another SIMD path)."""
     path = GOLDEN / name
-    if _update(path, json.dumps(doc, indent=2) + "\n"):
-        return
+    _update(path, json.dumps(doc, indent=2) + "\n")
     differences = list(_differences(json.loads(path.read_text(encoding="utf-8")), doc, "$", rel))
     if differences:
         shown = "\n".join(differences[:40]) + (f"\n... and {len(differences) - 40} more" if len(differences) > 40 else "")

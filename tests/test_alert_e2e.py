@@ -4,7 +4,6 @@ Alertmanager → a webhook in this test; and the embedded evaluator on the same 
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +14,6 @@ from aifmon.telemetry.inventory import load_inventory
 from tests.alert_receivers import WebhookReceiver
 from tests.conftest import free_port, inventory_text
 from tests.servers import alertmanager, prometheus
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _scope_alerts(alerts: list[dict]) -> set[tuple]:

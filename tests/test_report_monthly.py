@@ -24,7 +24,6 @@ from tests.golden_files import assert_same_json
 from tests.hand_month import MONTH, REPORT_AT_MS, write_store
 
 T = int(datetime(2025, 3, 10, tzinfo=UTC).timestamp())  # s
-H = 3_600_000
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,7 @@ def monthly(args: argparse.Namespace) -> None:
     from aifmon.telemetry.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)
-    with user_input(ValueError):  # --month
-        month_range(args.month)
+    month_range(args.month)  # a bad --month is refused before the store is opened
     with tqdm(desc=f"report {args.month}", unit="step", file=sys.stderr) as bar:
         def step(what: str) -> None:
             bar.set_postfix_str(what[:40])
@@ -35,8 +34,7 @@ def monthly(args: argparse.Namespace) -> None:
 
         with open_store(args.store, read_only=True, needs=SampleReader) as store:
             report = build_monthly_report(store, inventory, args.month, progress=step)
-        # RuntimeError: no Chromium for report.pdf, or it failed to print (the message says so; --no-pdf skips it)
-        with user_input(RuntimeError), user_input(OSError, about=f"cannot write the report into {args.out}"):
+        with user_input(OSError, about=f"cannot write the report into {args.out}"):
             paths = write_monthly_report(report, Path(args.out), pdf=not args.no_pdf, progress=step)
     for path in paths:
         print(f"wrote {path}")
