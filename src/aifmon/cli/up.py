@@ -63,8 +63,8 @@ def up(args: argparse.Namespace) -> int:
                 exited = run_workers([Collector(store, targets_of(inventory), interval_s=args.interval), HourlyRollups(store, inventory),
                                       Compactor(store), alert_evaluator(store, inventory, args.alert_rules)], sims)
                 if exited is not None:
-                    factory = simulated[sims.index(exited)][0]
-                    print(f"aifmon: the simulator of {factory} exited with status {exited.returncode}", file=sys.stderr, flush=True)
+                    factory, target = simulated[sims.index(exited)]
+                    print(f"aifmon: the simulator of {factory} (on {target}) exited with status {exited.returncode}", file=sys.stderr, flush=True)
                     status = 1
             finally:
                 print("aifmon: stopping...", file=sys.stderr, flush=True)
