@@ -41,6 +41,7 @@ _MODE_PROFILES: dict[str, tuple[float, float, float, float]] = {
 _BIG_MODES = {"Large Scale", "Extreme Scale", "Benchmark"}
 _OFFERED_LOAD = 0.95  # share of GPU-time the arrival process asks for; rejections bring use to ~70-85 %
 _SCHEDULE_CHUNK_S = 3600.0
+_MAX_JOB_S = 12 * 3600.0  # longest simulated job, s
 _BLOCK_CELLS = 2_000_000  # ticks x GPUs evaluated at once when fast-forwarding (bounds memory)
 _MEMORY_SHARE = np.array([0.0, 0.85, 0.6, 0.9, 0.3])  # of the board's memory, per profile
 _XID_PER_GPU_TICK = 2e-7
@@ -106,11 +107,14 @@ class FactorySimulation:
         self._init_hardware()
         self._rng = np.random.default_rng([self.seed, 0x5EED])
         self._jobs: list[Job] = []
-        self._gpu_free_tick = np.zeros(self.gpu_count, dtype=np.int64)
-        self._scheduled_until = self.epoch
+        # Steady state from the first tick: arrivals start one longest job before the epoch, so the jobs a real
+        # factory would be running at the epoch are placed (with negative start ticks), not an empty machine.
+        warm_up_start = self.epoch - _MAX_JOB_S
+        self._gpu_free_tick = np.full(self.gpu_count, math.floor(-_MAX_JOB_S / self.step_s), dtype=np.int64)
+        self._scheduled_until = warm_up_start
         self._job_seq = 0
         self._arrival_rate_per_s = self._arrival_rate()
-        self._next_arrival = self.epoch + self._rng.exponential(1 / self._arrival_rate_per_s)
+        self._next_arrival = warm_up_start + self._rng.exponential(1 / self._arrival_rate_per_s)
         # Integrated state: whole ticks [0, self._tick) are summed into the counters.
         self._tick = 0
         self._gpu_energy_j = np.zeros(self.gpu_count)
@@ -152,7 +156,7 @@ class FactorySimulation:
         project = self.projects[int(rng.integers(len(self.projects)))]
         big = project.access_mode in _BIG_MODES
         max_gpn = int(self._node_gpus.max()) if self.gpu_count else 0
-        duration = float(np.clip(rng.lognormal(math.log(7200 if big else 3600), 0.7), 600, 12 * 3600))
+        duration = float(np.clip(rng.lognormal(math.log(7200 if big else 3600), 0.7), 600, _MAX_JOB_S))
         if max_gpn > 1 and not big and rng.random() < 0.35:
             return project, 0, int(rng.integers(1, max_gpn)), duration
         max_nodes = max(1, self.node_count // (2 if big else 4))

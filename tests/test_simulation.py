@@ -101,3 +101,18 @@ def test_snapshot_refuses_to_go_back_in_time(small_inventory):
 def test_factory_without_projects_is_refused(small_inventory):
     with pytest.raises(ValueError, match="no projects"):
         FactorySimulation(small_inventory.factory("beta"), [], epoch=EPOCH)
+
+
+
+def test_a_new_simulation_starts_in_steady_state(small_inventory):
+    """At its epoch a factory is already busy (jobs started before it), as a real one is when first scraped: the
+    share of busy GPUs at the first tick is near that of the next day's (before, it started empty)."""
+    sim = _sim(small_inventory, step_s=5.0)
+    ticks_per_hour = 720
+
+    def busy(tick: int) -> float:
+        return sum(len(j.gpus) for j in sim.jobs_between(tick, tick + 1)) / sim.gpu_count
+
+    later = [busy(h * ticks_per_hour) for h in range(2, 26, 2)]
+    assert busy(0) >= 0.4 and any(j.start_tick < 0 for j in sim.jobs_between(0, 1)), "jobs that started before the epoch run at its first tick"
+    assert abs(busy(0) - np.mean(later)) < 0.35, (busy(0), later)
