@@ -5,8 +5,13 @@ started (as Prometheus does). A scrape has one total deadline (connect, headers 
 a body size limit, so a target that trickles its answer cannot hold the cycle open; whatever fails a
 target (it is down or late, its body is too large, not Prometheus text, or has a bad line) fails only
 that target: it gets `up` 0 and its reason is counted (`Collector.failures`), and the other targets'
-samples of the cycle are stored. NaN and +-Inf sample values are stored as values, as Prometheus does.
-Per target it also records `up` (1/0) and `scrape_duration_seconds`, labelled `instance` and `factory` (no `job` label: on our series `job` is
+samples of the cycle are stored. A series text that repeats a label name is a bad line, as in Prometheus. NaN and
++-Inf sample values are stored as values, as Prometheus does. A sample whose own timestamp is outside the window
+around now (`aifmon.ingest.window`: a reset BMC clock's 1970, a NaN timestamp) is refused and counted
+(`Collector.refused`); the other samples of its scrape are stored.
+Per target it also records `up` (1/0) and `scrape_duration_seconds`, and the running counts
+`scrape_failures_total{reason}` (failed scrapes) and `scrape_samples_refused_total{reason}` (refused samples), each
+from the first one on, labelled `instance` and `factory` (no `job` label: on our series `job` is
 the Slurm job of `aif_gpu_job_info`). Series that were in a target's previous scrape and are not in
 this one (the target is down, or a job ended) get a staleness marker, so live reads drop them at once. A cycle's samples are written
 in one transaction: when `collect_once` returns, they are on disk.
@@ -22,12 +27,13 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from aifmon.ingest.parser import parse_exposition, warm_up
 from aifmon.ingest.series_index import SeriesIndex
+from aifmon.ingest.window import NO_TIMESTAMP, SCRAPE_WINDOW, SampleWindow
 from aifmon.stores.store import SampleWriter, series_key
 from aifmon.telemetry.inventory import Inventory
 
@@ -56,6 +62,12 @@ def targets_of(inventory: Inventory) -> list[Target]:
     return [Target(address, target_labels(f.id, address)) for f in inventory.live_factories() for address in f.targets]
 
 
+FAILURES = "scrape_failures_total"
+"""Failed scrapes of a target so far, by `reason` (what `Collector.failures` counts)."""
+REFUSED = "scrape_samples_refused_total"
+"""Samples of a target refused so far for their timestamp, by `reason` (what `Collector.refused` counts)."""
+
+
 @dataclass
 class ScrapeResult:
     """One target's scrape: series ids, values and times (ms) ready to append, or the error and its reason."""
@@ -68,6 +80,8 @@ class ScrapeResult:
     t_ms: np.ndarray
     error: str | None = None
     reason: str | None = None  # one word per kind of failure: what `Collector.failures` counts
+    present: np.ndarray | None = None  # ids of every series in the exposition, refused samples' too (None: series_ids)
+    refused: Counter[str] = field(default_factory=Counter)  # samples refused for their timestamp, by reason
 
 
 class ScrapeFailed(Exception):
@@ -118,7 +132,8 @@ def fetch(address: str, timeout_s: float, max_bytes: int) -> tuple[str, bytes]:
             raise TimeoutError
         return ctype, b"".join(chunks)
     except (OSError, http.client.HTTPException) as e:
-        if expired.is_set():
+        # A read that waits timeout_s on the socket (TimeoutError) may come just before the timer: a timeout too.
+        if expired.is_set() or isinstance(e, TimeoutError):
             raise ScrapeFailed("timeout", f"no complete answer within {timeout_s:g} s") from None
         raise ScrapeFailed("connection", f"{type(e).__name__}: {e}") from None
     finally:
@@ -126,17 +141,24 @@ def fetch(address: str, timeout_s: float, max_bytes: int) -> tuple[str, bytes]:
         conn.close()
 
 
-def scrape(target: Target, index: SeriesIndex, timeout_s: float, max_bytes: int = MAX_BODY_BYTES) -> ScrapeResult:
+def scrape(target: Target, index: SeriesIndex, timeout_s: float, max_bytes: int = MAX_BODY_BYTES,
+           window: SampleWindow = SCRAPE_WINDOW) -> ScrapeResult:
     """Fetch (within `timeout_s` seconds and `max_bytes` bytes), parse and resolve one target; errors are returned,
-    never raised. A bad line fails the whole scrape."""
+    never raised. A bad line fails the whole scrape; a sample whose timestamp is outside `window` is left out."""
     started = time.time()
     t0 = time.perf_counter()
     try:
         ctype, body = fetch(target.address, timeout_s, max_bytes)
         samples = parse_exposition(body, "s" if "openmetrics" in ctype else "ms")
         ids = index.ids(samples)
-        t_ms = np.where(samples.t_ms >= 0, samples.t_ms, int(started * 1000))
-        return ScrapeResult(target, started, time.perf_counter() - t0, ids, samples.values, t_ms)
+        now_ms = int(started * 1000)
+        t_ms = np.where(samples.t_ms == NO_TIMESTAMP, now_ms, samples.t_ms)
+        refused, counts = window.refused(samples.t_ms, now_ms)
+        if refused is None:
+            return ScrapeResult(target, started, time.perf_counter() - t0, ids, samples.values, t_ms)
+        kept = ~refused
+        return ScrapeResult(target, started, time.perf_counter() - t0, ids[kept], samples.values[kept], t_ms[kept],
+                            present=ids, refused=counts)
     except (ScrapeFailed, ValueError) as e:  # ValueError: ExpositionError, or bytes that are not UTF-8 in a series text
         empty = np.zeros(0)
         reason = e.reason if isinstance(e, ScrapeFailed) else "bad_body"
@@ -146,10 +168,10 @@ def scrape(target: Target, index: SeriesIndex, timeout_s: float, max_bytes: int 
 
 class Collector:
     """Scrapes `targets` every `interval_s` seconds into `store`, each within `timeout_s` seconds (default 80 % of the
-    interval, at least 0.5 s) and `max_body_bytes`."""
+    interval, at least 0.5 s) and `max_body_bytes`, keeping samples whose timestamps are inside `window`."""
 
     def __init__(self, store: SampleWriter, targets: list[Target], interval_s: float = 5.0, timeout_s: float | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES):
+                 max_body_bytes: int = MAX_BODY_BYTES, window: SampleWindow = SCRAPE_WINDOW):
         if interval_s <= 0:
             raise ValueError("scrape interval must be positive")
         self.store = store
@@ -157,6 +179,7 @@ class Collector:
         self.interval_s = interval_s
         self.timeout_s = timeout_s if timeout_s is not None else max(0.5, interval_s * 0.8)
         self.max_body_bytes = max_body_bytes
+        self.window = window
         warm_up()  # the first cycle is on time, not late by the parser's compilation
         self._indexes = {t.address: SeriesIndex(store, t.labels) for t in targets}
         self._live = {t.address: np.zeros(0, dtype=np.int64) for t in targets}  # series of each target's last scrape
@@ -166,18 +189,26 @@ class Collector:
         self.cycles = 0
         self.samples_written = 0
         self.failures: Counter[tuple[str, str]] = Counter()  # failed scrapes by (target address, reason)
+        self.refused: Counter[tuple[str, str]] = Counter()  # samples refused for their timestamp by (target address, reason)
 
     def collect_once(self) -> int:
         """One scrape of every target, written durably in one transaction; returns the number of samples stored."""
-        results = list(self._pool.map(lambda t: scrape(t, self._indexes[t.address], self.timeout_s, self.max_body_bytes), self.targets))
+        results = list(self._pool.map(
+            lambda t: scrape(t, self._indexes[t.address], self.timeout_s, self.max_body_bytes, self.window), self.targets))
         health = self.store.series_ids([series_key(m, r.target.labels) for r in results for m in ("up", "scrape_duration_seconds")])
         ids, t_ms, values = [health], [], []
         for r in results:
             self._log_state(r)
             if r.reason:
                 self.failures[r.target.address, r.reason] += 1
+            for reason, n in r.refused.items():
+                if not self.refused[r.target.address, reason]:  # logged once; the counter series tracks the rest
+                    log.warning("target %s: %d sample(s) refused, whose timestamp %s", r.target.address, n,
+                                self.window.explain(reason, int(r.started * 1000)))
+                self.refused[r.target.address, reason] += n
             t_ms.append(np.full(2, int(r.started * 1000), dtype=np.int64))
             values.append(np.array([0.0 if r.error else 1.0, r.duration_s]))
+        ids.append(self._counts(results, t_ms, values))
         for r in results:
             ids.append(r.series_ids)
             t_ms.append(r.t_ms)
@@ -185,15 +216,26 @@ class Collector:
         n = sum(len(v) for v in values)
         self.store.append(np.concatenate(ids), np.concatenate(t_ms), np.concatenate(values))
         for r in results:
-            live = self._live[r.target.address]
-            if r.series_ids is live:  # the series index hands back the last scrape's ids when nothing changed
+            live, present = self._live[r.target.address], r.series_ids if r.present is None else r.present
+            if present is live:  # the series index hands back the last scrape's ids when nothing changed
                 continue
-            gone = np.setdiff1d(live, r.series_ids)
+            gone = np.setdiff1d(live, present)
             self.store.mark_stale(gone, int(r.started * 1000))  # a target that went down, or a job that ended
-            self._live[r.target.address] = r.series_ids
+            self._live[r.target.address] = present
         self.cycles += 1
         self.samples_written += n
         return n
+
+    def _counts(self, results: list[ScrapeResult], t_ms: list[np.ndarray], values: list[np.ndarray]) -> np.ndarray:
+        """The series ids of the failure and refusal counters (FAILURES, REFUSED), whose values and times (each target's
+        scrape start, as for `up`) it appends to `values` and `t_ms`."""
+        started = {r.target.address: int(r.started * 1000) for r in results}
+        labels = {r.target.address: r.target.labels for r in results}
+        counts = [(metric, address, reason, n) for metric, counter in ((FAILURES, self.failures), (REFUSED, self.refused))
+                  for (address, reason), n in counter.items()]
+        t_ms.append(np.array([started[address] for _, address, _, _ in counts], dtype=np.int64))
+        values.append(np.array([n for *_, n in counts], dtype=np.float64))
+        return self.store.series_ids([series_key(metric, {**labels[address], "reason": reason}) for metric, address, reason, _ in counts])
 
     def _log_state(self, r: ScrapeResult) -> None:
         """Log a target going down or coming back once, not on every cycle."""

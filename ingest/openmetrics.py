@@ -7,12 +7,17 @@ Timestamps are seconds with millisecond decimals; counters are declared under th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import NamedTuple, NoReturn, TextIO
+
+import numpy as np
 
 from aifmon.ingest.parser import parse_exposition
-from aifmon.ingest.series_index import SeriesIndex
+from aifmon.ingest.series_index import BadSeries, SeriesIndex
+from aifmon.ingest.window import IMPORT_WINDOW, NO_TIMESTAMP, SampleWindow
 from aifmon.stores.store import SampleReader, SampleWriter
 from aifmon.telemetry.exposition import ExpositionError, format_value, label_text
 from aifmon.telemetry.schema import BY_NAME
@@ -60,27 +65,73 @@ class Imported(NamedTuple):
     last_ms: int | None
 
 
-def import_openmetrics(store: SampleWriter, path: str | Path, progress: Callable[[int], None] = lambda n: None) -> Imported:
-    """Load an OpenMetrics file (every sample with a timestamp) into `store`."""
+def import_openmetrics(store: SampleWriter, path: str | Path, progress: Callable[[int], None] = lambda n: None,
+                       window: SampleWindow = IMPORT_WINDOW) -> Imported:
+    """Load an OpenMetrics file (every sample with a timestamp inside `window`: history of any age, but nothing before
+    2000 nor ahead of now) into `store`, all or nothing.
+
+    Raises ExpositionError naming the file and the first bad line (not parsable, no timestamp or one outside the window,
+    a repeated label name). On the embedded store the whole file is one transaction, so then nothing of it was stored.
+    Other stores take it chunk by chunk (32 MB), and the error says up to which line the file was stored.
+    The file is read in chunks whatever the store: memory is bounded by the chunk, not the file.
+    """
+    from aifmon.stores.duckdb_store import DuckDBStore  # here: the embedded store's dependencies only where it is used
+
     index = SeriesIndex(store)
     stored = 0
     bounds: tuple[int, int] | None = None  # first and last sample time, ms
     line_offset = 0
-    for chunk in _chunks(Path(path)):
-        try:
-            samples = parse_exposition(chunk, timestamp_unit="s")
-        except ExpositionError as e:
-            raise ExpositionError(f"{path}: {_shift_line(str(e), line_offset)}") from None
-        if (samples.t_ms < 0).any():
-            raise ExpositionError(f"{path}: every sample of an import needs a timestamp (OpenMetrics seconds)")
-        store.append(index.ids(samples), samples.t_ms, samples.values)
-        if len(samples):
-            lo, hi = int(samples.t_ms.min()), int(samples.t_ms.max())
-            bounds = (lo, hi) if bounds is None else (min(bounds[0], lo), max(bounds[1], hi))
-        stored += len(samples)
-        line_offset += chunk.count(b"\n")
-        progress(len(chunk))
+
+    def refuse(message: str) -> NoReturn:
+        committed = "nothing of it was stored" if atomic else \
+            (f"lines 1-{line_offset} ({stored} samples) were stored" if line_offset else "nothing of it was stored")
+        raise ExpositionError(f"{path}: {message}; {committed}")
+
+    atomic = isinstance(store, DuckDBStore)
+    with store.transaction() if isinstance(store, DuckDBStore) else nullcontext():  # not `atomic`: mypy narrows on isinstance only
+        for chunk in _chunks(Path(path)):
+            try:
+                samples = parse_exposition(chunk, timestamp_unit="s")
+            except ExpositionError as e:
+                refuse(_shift_line(str(e), line_offset))
+            now_ms = int(time.time() * 1000)
+            refused, _ = window.refused(samples.t_ms, now_ms)
+            missing = samples.t_ms == NO_TIMESTAMP
+            if refused is not None or missing.any():
+                first = int(np.flatnonzero(missing if refused is None else refused | missing)[0])
+                why = "no timestamp (an import needs OpenMetrics seconds on every sample)" if missing[first] else \
+                    f"the timestamp {window.explain(window.reason(int(samples.t_ms[first]), now_ms), now_ms)}"
+                start = int(samples.series_start[first])
+                end = chunk.find(b"\n", start)
+                line = chunk[start:end if end >= 0 else None].decode("utf-8", errors="replace")
+                refuse(f"line {line_offset + _line_of(chunk, start)}: {why}: {line[:120]!r}")
+            try:
+                ids = index.ids(samples)
+            except BadSeries as e:
+                refuse(f"line {line_offset + _line_of(chunk, _find_series(chunk, e.text))}: {e}")
+            except ExpositionError as e:
+                refuse(str(e))
+            store.append(ids, samples.t_ms, samples.values)
+            if len(samples):
+                lo, hi = int(samples.t_ms.min()), int(samples.t_ms.max())
+                bounds = (lo, hi) if bounds is None else (min(bounds[0], lo), max(bounds[1], hi))
+            stored += len(samples)
+            line_offset += chunk.count(b"\n")
+            progress(len(chunk))
     return Imported(stored, *(bounds or (None, None)))
+
+
+def _line_of(chunk: bytes, offset: int) -> int:
+    """The line number (from 1) of byte `offset` of `chunk`."""
+    return chunk.count(b"\n", 0, offset) + 1
+
+
+def _find_series(chunk: bytes, text: str) -> int:
+    """The byte offset of the first line of `chunk` that starts with series `text` (error path only)."""
+    needle = text.encode()
+    if chunk.startswith(needle):
+        return 0
+    return chunk.find(b"\n" + needle) + 1
 
 
 def _chunks(path: Path) -> Iterator[bytes]:

@@ -29,6 +29,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from aifmon.ingest.window import NO_TIMESTAMP, NOT_A_TIME
 from aifmon.telemetry.exposition import ExpositionError
 
 _NL, _HASH, _SPACE, _CLOSE = 10, 35, 32, 125
@@ -86,7 +87,8 @@ def _warn_uncached() -> None:
 
 @dataclass(frozen=True)
 class Samples:
-    """The samples of one exposition, as columns: value, timestamp (ms; -1 where none), and each sample's
+    """The samples of one exposition, as columns: value, timestamp (ms; NO_TIMESTAMP (-1) where none, NOT_A_TIME where
+    it is no time, see `aifmon.ingest.window`), and each sample's
     series text as a byte range [series_start, series_end) of `body`. The texts become strings only when
     asked for (`series`, `series_of`): a scrape whose series are those of the last one never needs them
     (`same_series`)."""
@@ -150,10 +152,20 @@ def parse_exposition(body: bytes, timestamp_unit: str = "ms") -> Samples:
     except (pa.ArrowInvalid, ValueError):
         i = _first_unparsable(buf, series_end + 1, end)
         _raise_at(body, start[i], end[i], line_no[i])
-    t_ms = np.full(len(value), -1, dtype=np.int64)
+    t_ms = np.full(len(value), NO_TIMESTAMP, dtype=np.int64)
     if has_ts.any():
-        t_ms[has_ts] = np.round(ts[has_ts] * 1000) if timestamp_unit == "s" else ts[has_ts]
+        t_ms[has_ts] = _times_ms(np.round(ts[has_ts] * 1000) if timestamp_unit == "s" else ts[has_ts])
     return Samples(body, start, series_end, value, t_ms)
+
+
+def _times_ms(ms: np.ndarray) -> np.ndarray:
+    """Timestamps (ms, float) as int64; NOT_A_TIME where one is no time: NaN, +-Inf or beyond +-2**62 (1e30 would wrap
+    around in the cast, and NaN become an arbitrary number), or exactly -1, which would read as no timestamp at all."""
+    times = np.full(len(ms), NOT_A_TIME, dtype=np.int64)
+    fits = np.abs(ms) < 2.0**62  # False for NaN
+    times[fits] = ms[fits]
+    times[times == NO_TIMESTAMP] = NOT_A_TIME
+    return times
 
 
 def warm_up() -> None:

@@ -22,6 +22,14 @@ MAX_SERIES_BYTES = 64 * 2**10
 is registered. Prometheus has no such limit; no exporter of this schema comes near it."""
 
 
+class BadSeries(ExpositionError):
+    """A new series text that is not a valid series; `text` is the text."""
+
+    def __init__(self, text: str, message: str):
+        super().__init__(message)
+        self.text = text
+
+
 class SeriesIndex:
     """Store ids of one source's series texts; `labels` are added unless the text sets them itself."""
 
@@ -33,7 +41,8 @@ class SeriesIndex:
         self._last: tuple[Samples | None, np.ndarray] = (None, np.zeros(0, dtype=np.int64))
 
     def ids(self, samples: Samples) -> np.ndarray:
-        """Store ids, one per sample; raises ExpositionError if a new series text does not parse.
+        """Store ids, one per sample; raises ExpositionError if a new series text is too long, BadSeries if it does not
+        parse or repeats a label name.
 
         Lines whose series text is that of the same line of the previous batch (an exporter renders in a
         stable order) reuse its id after one byte comparison; only the others are hashed.
@@ -56,7 +65,19 @@ class SeriesIndex:
         return ids
 
     def _register(self, texts: pa.StringArray) -> np.ndarray:
-        keys = [series_key(name, {**self.labels, **labels}) for name, labels in map(parse_series, texts.to_pylist())]
+        # parse_series keeps the last of a repeated label name; Prometheus fails the scrape instead ("label name is not
+        # unique"), and so do we. Each label value is one pair of quotes once escapes are taken out, so a text that parses
+        # into fewer labels than it has pairs repeats a name.
+        pairs = pc.count_substring(pc.replace_substring_regex(texts, r"\\.", ""), '"').to_numpy() // 2
+        keys = []
+        for text, quoted in zip(texts.to_pylist(), pairs.tolist()):
+            try:
+                name, labels = parse_series(text)
+            except ExpositionError as e:
+                raise BadSeries(text, str(e)) from None
+            if len(labels) != quoted:
+                raise BadSeries(text, f"a label name is repeated in {text[:120]!r} (Prometheus refuses such a series)")
+            keys.append(series_key(name, {**self.labels, **labels}))
         return self.store.series_ids(keys).astype(np.int64)
 
     def _lookup(self, series: pa.StringArray) -> np.ndarray:

@@ -19,7 +19,7 @@ Tables:
 Retention (`compact`, run periodically): raw samples are kept `raw_days`, minute aggregates
 `minute_days`; both come from the store URL (`duckdb:///data/aifmon.duckdb?raw_days=7&minute_days=400`).
 
-Every write is one transaction; DuckDB syncs its write-ahead log on commit, so a sample whose
+Every write is one transaction (writes inside `transaction()` are one together); DuckDB syncs its write-ahead log on commit, so a sample whose
 `append` returned survives a kill. One process holds the file for writing; readers in the same
 process share it (the dashboard reads while the collector writes).
 """
@@ -100,7 +100,8 @@ class DuckDBStore(SampleWriter, RollupStore):
             raise StoreError(f"cannot open store {self.path}: {e}") from None
         if not read_only:
             self._con.execute(_SCHEMA)
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()  # re-entered by the writes inside `transaction()`
+        self._transaction: duckdb.DuckDBPyConnection | None = None  # the cursor of the open `transaction()`
         self._closed = False
         # Series are known by one compact string (metric, newline, canonical JSON labels): a few hundred
         # bytes each, where tuples of label pairs would cost kilobytes per series at 100,000 GPUs.
@@ -123,7 +124,48 @@ class DuckDBStore(SampleWriter, RollupStore):
         finally:
             cur.close()
 
+    @contextmanager
+    def _writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The cursor a write goes through (under the write lock): the open transaction's, else one of its own."""
+        if self._transaction is not None:
+            yield self._transaction
+        else:
+            with self._cursor() as cur:
+                yield cur
+
     # -- writes --------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make the writes of this thread inside the block (series_ids, append, mark_stale) one transaction: all of them
+        are committed when the block ends, none if it raises (the series ids handed out inside are then forgotten too).
+        Other threads' writes wait until it ends; DuckDB keeps the uncommitted rows in its buffer pool, spilling to disk,
+        so a large import does not have to fit in memory."""
+        self._check_writable()
+        with self._write_lock, self._cursor() as cur:
+            known, metrics = len(self._ids), set(self._metrics)
+
+            def forget() -> None:
+                while len(self._ids) > known:  # ids were added in order: the newest are the transaction's
+                    self._ids.popitem()
+                self._metrics = metrics
+                self._labels_cache.clear()  # keyed by the number of series, which is back to an earlier count
+
+            cur.execute("BEGIN TRANSACTION")
+            self._transaction = cur
+            try:
+                yield
+            except BaseException:
+                cur.execute("ROLLBACK")
+                forget()
+                raise
+            finally:
+                self._transaction = None
+            try:
+                cur.execute("COMMIT")
+            except duckdb.Error as e:
+                forget()
+                raise StoreError(f"committing to {self.path} failed, nothing of the transaction was stored: {e}") from None
+
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
         names = [f"{metric}\n{json.dumps(dict(labels), sort_keys=True)}" for metric, labels in keys]
         new = list(dict.fromkeys(n for n in names if n not in self._ids))
@@ -135,7 +177,7 @@ class DuckDBStore(SampleWriter, RollupStore):
                 metric, _, labels = zip(*(n.partition("\n") for n in new)) if new else ((), (), ())
                 rows = pd.DataFrame({"id": np.arange(first, first + len(new), dtype=np.int32),  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
                                      "metric": list(metric), "labels": list(labels)})
-                with self._cursor() as cur:
+                with self._writer() as cur:
                     cur.execute("INSERT INTO series SELECT * FROM rows")
                 for n, sid in zip(new, range(first, first + len(new))):
                     self._ids[n] = sid
@@ -154,7 +196,7 @@ class DuckDBStore(SampleWriter, RollupStore):
         })
         with self._write_lock:
             try:
-                with self._cursor() as cur:
+                with self._writer() as cur:
                     cur.execute("INSERT INTO samples SELECT * FROM batch")
             except duckdb.Error as e:
                 hint = " (no room left: free disk space; the samples already stored are intact)" if _is_full(e) else ""
@@ -165,7 +207,7 @@ class DuckDBStore(SampleWriter, RollupStore):
         if not len(series_ids):
             return
         markers = pd.DataFrame({"series_id": np.asarray(series_ids, dtype=np.int32), "t_ms": np.int64(t_ms)})  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
-        with self._write_lock, self._cursor() as cur:
+        with self._write_lock, self._writer() as cur:
             cur.execute("INSERT INTO stale SELECT * FROM markers")
 
     def replace_rows(self, table: str, window_start_ms: int, rows: pd.DataFrame) -> None:

@@ -1,18 +1,26 @@
-"""Ingest faults against real HTTP targets on 127.0.0.1: one target's NaN, HTML, bad line, 10 MB line or trickled answer
-never costs the other targets a sample, and NaN/+-Inf are stored as values without poisoning energy sums."""
+"""Ingest faults against real HTTP targets on 127.0.0.1: one target's NaN, HTML, bad line, 10 MB line, trickled answer,
+repeated label name or timestamps from 1970, 5138 or NaN never cost the other targets a sample, and NaN/+-Inf are stored as
+values without poisoning energy sums; a half-bad `store import` stores nothing."""
 
 import contextlib
+import datetime
 import math
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
-from aifmon.ingest.collector import Collector, Target, targets_of
+from aifmon.ingest.collector import FAILURES, REFUSED, Collector, Target, targets_of
+from aifmon.ingest.openmetrics import import_openmetrics
 from aifmon.rollups.energy import compute_ledger
 from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import series_key
+from aifmon.telemetry.exposition import ExpositionError
 from aifmon.telemetry.inventory import parse_inventory
 from tests.conftest import free_port, inventory_text, wait_until
 
@@ -165,3 +173,111 @@ def test_minute_aggregates_and_rollup_reads_leave_non_finite_values_out(tmp_path
     assert store.range("c_total", 0, 2**62)["value"].tolist() == [30.0], "the minute's last is its last finite sample"
     store.close()
 
+
+
+YEAR_5138_MS = int(datetime.datetime(5138, 1, 1, tzinfo=datetime.UTC).timestamp() * 1000)
+
+
+def stamped(h: BaseHTTPRequestHandler, n: int) -> None:
+    """Per scrape: one sample stamped 10 s ago (kept, with its own time) and one without a timestamp, both good, beside
+    a reset BMC clock's 1970 sample, one from the year 5138 and three timestamps that are no time (NaN, 1e30, +Inf)."""
+    now_ms = int(time.time() * 1000)
+    body = (f"kept_stamped {n} {now_ms - 10_000}\nkept_plain {n}\n"
+            f'bmc_power_watts{{node="n1"}} 500 1000\nfuture_power_watts 1 {YEAR_5138_MS}\n'
+            "nan_time 1 NaN\nhuge_time 1 1e30\ninf_time 1 +Inf\n").encode()
+    fixed("text/plain; version=0.0.4", body)(h, n)
+
+
+def test_samples_outside_the_window_are_refused_and_counted_the_rest_of_their_scrape_kept(tmp_path, sim_server, serve):
+    healthy = f"127.0.0.1:{free_port()}"
+    inv = parse_inventory(inventory_text({"alpha": healthy}), "t.yaml")
+    sim_server(inv, "alpha", address=healthy)
+    odd = serve(stamped)
+    repeated = serve(fixed("text/plain", b'fine 1\nrepeated{a="1",b="x",a="2"} 1\n'))
+    store = DuckDBStore(tmp_path / "w.duckdb")
+    earlier = store.series_ids([("earlier", (("n", "1"),))])  # what the store held before: must come through unharmed
+    store.append(np.repeat(earlier, 100), 1_700_000_000_000 + np.arange(100) * 1000, np.arange(100.0))
+    targets = targets_of(inv) + [Target(odd, {"factory": "odd", "instance": odd}),
+                                 Target(repeated, {"factory": "repeated", "instance": repeated})]
+    collector = Collector(store, targets, interval_s=1.0, timeout_s=TIMEOUT_S)
+    started_ms = int(time.time() * 1000)
+    for _ in range(CYCLES):
+        collector.collect_once()
+    ended_ms = int(time.time() * 1000)
+
+    assert dict(collector.refused) == {(odd, "too_old"): CYCLES, (odd, "too_new"): CYCLES, (odd, "not_a_time"): 3 * CYCLES}
+    assert dict(collector.failures) == {(repeated, "bad_body"): CYCLES}, "a repeated label name fails the scrape, as in Prometheus"
+    up = store.range("up", 0, 2**62).groupby("factory")["value"].agg(list).to_dict()
+    assert up == {"alpha": [1.0] * CYCLES, "odd": [1.0] * CYCLES, "repeated": [0.0] * CYCLES}
+    power = store.range("aif_gpu_power_watts", 0, 2**62)
+    assert len(power) == inv.factory("alpha").gpu_count * CYCLES and (power.groupby("series_id")["t_ms"].nunique() == CYCLES).all()
+    for metric in ("kept_stamped", "kept_plain"):
+        assert store.range(metric, 0, 2**62)["value"].tolist() == [float(n) for n in range(CYCLES)], metric
+    stamped_t = store.range("kept_stamped", 0, 2**62)["t_ms"]
+    assert ((stamped_t >= started_ms - 10_000 - 1000) & (stamped_t <= ended_ms - 10_000 + 1000)).all(), "a sample in the window keeps its own time"
+    for metric in ("bmc_power_watts", "future_power_watts", "nan_time", "huge_time", "inf_time", "fine", "repeated"):
+        assert store.range(metric, 0, 2**62).empty, metric
+    assert store.range("earlier", 0, 2**62)["value"].tolist() == list(np.arange(100.0))
+    lo, hi = store.time_bounds()
+    assert lo == 1_700_000_000_000 and hi <= ended_ms, "no refused time reached the store"
+
+    # The counts are stored as counters per target and reason, from the first one on: an operator can graph and alert on them.
+    refused = store.range(REFUSED, 0, 2**62)
+    counts = refused.groupby(["instance", "reason"])["value"].agg(list).to_dict()
+    assert counts == {(odd, "too_old"): [1.0, 2, 3, 4, 5], (odd, "too_new"): [1.0, 2, 3, 4, 5], (odd, "not_a_time"): [3.0, 6, 9, 12, 15]}
+    assert set(refused["factory"]) == {"odd"}
+    assert store.range(FAILURES, 0, 2**62, match={"reason": "bad_body"})["value"].tolist() == [1.0, 2, 3, 4, 5]
+    store.close()
+
+
+def history(lines: int, t0_s: int = 1_790_000_000) -> bytes:
+    """OpenMetrics history: `lines` samples of 100 series, one per series a second from `t0_s`, no `# EOF` yet."""
+    k = np.arange(lines)
+    return "".join(f'hist_power_watts{{node="n{i % 100:02d}"}} {i % 7}.5 {t0_s + i // 100}\n' for i in k.tolist()).encode()
+
+
+@pytest.mark.parametrize(("last", "why"), [
+    ('hist_power_watts{node="n00"} 1 1.0', "older than the window (2000-01-01T00:00:00+00:00"),
+    (f'hist_power_watts{{node="n00"}} 1 {YEAR_5138_MS / 1000:.3f}', "ahead of the window"),
+    ('hist_power_watts{node="n00"} 1 NaN', "not a time"),
+    ('hist_power_watts{node="n00"} 1 1e30', "not a time"),
+    ('hist_power_watts{node="n00"} 1', "no timestamp"),
+    ('hist_power_watts{node="n00",node="n01"} 1 1790000000', "label name is repeated"),
+    ('hist_power_watts{node="n00"} one 1790000000', "expected 'name{labels} value [timestamp]'"),
+])
+def test_a_half_bad_import_stores_nothing_and_names_the_line(tmp_path, last, why):
+    path = tmp_path / "half-bad.om"
+    path.write_bytes(history(2000) + last.encode() + b"\n# EOF\n")
+    store = DuckDBStore(tmp_path / "i.duckdb")
+    before = store.series_ids([series_key("before", {"n": "1"})])
+    store.append(before, np.array([1_700_000_000_000]), np.array([42.0]))
+    with pytest.raises(ExpositionError) as refused:
+        import_openmetrics(store, path)
+    assert f"{path}: line 2001: " in str(refused.value) and why in str(refused.value) and "nothing of it was stored" in str(refused.value)
+    assert (store.sample_count(), store.metric_names()) == (1, ["before"]), "nothing of the file, the earlier sample intact"
+    # The transaction's series ids were forgotten with it: the good part imports afterwards with ids of its own.
+    path.write_bytes(history(2000) + b"# EOF\n")
+    assert import_openmetrics(store, path).samples == 2000
+    assert store.range("hist_power_watts", 0, 2**62).groupby("node")["t_ms"].count().tolist() == [20] * 100
+    assert store.range("before", 0, 2**62)["value"].tolist() == [42.0]
+    store.close()
+
+
+def test_store_import_of_40_mb_with_a_bad_last_line_exits_2_and_commits_nothing(tmp_path):
+    """Across the import's 32 MB chunks: the first is parsed and written before the bad line is read, and still rolled back."""
+    path = tmp_path / "big.om"
+    lines = 1_000_000  # 44 MB
+    with path.open("wb") as fh:
+        for part in range(0, lines, 100_000):
+            fh.write(history(100_000, t0_s=1_790_000_000 + part // 100))
+        fh.write(b'hist_power_watts{node="n00"} 1 1.000\n# EOF\n')  # a BMC whose clock was reset
+    assert path.stat().st_size > 40_000_000
+    store_path = tmp_path / "big.duckdb"
+    with DuckDBStore(store_path) as store:
+        store.append(store.series_ids([series_key("before", {"n": "1"})]), np.array([1_700_000_000_000]), np.array([42.0]))
+    result = subprocess.run([sys.executable, "-m", "aifmon", "--quiet", "store", "import", str(path), "--store", f"duckdb:///{store_path}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"{path}: line {lines + 1}: the timestamp is older than the window" in result.stderr and "Traceback" not in result.stderr
+    with DuckDBStore(store_path, read_only=True) as store:
+        assert (store.sample_count(), store.metric_names()) == (1, ["before"])
