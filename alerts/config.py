@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from aifmon.telemetry.config import host_port
 from aifmon.telemetry.errors import UserError
 from aifmon.telemetry.inventory import Inventory, format_problem, validate_yaml
 
@@ -57,7 +58,14 @@ Percent = Annotated[float, Field(gt=0, le=100)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # strict: `retries: true` or `percent: "90"` is refused, where pydantic would read 1 and 90.0
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
+
+
+def _smtp_address(v: str) -> str:
+    if host_port(v) is None:
+        raise ValueError(f"{v!r} is not host:port with a port from 1 to 65535")
+    return v
 
 
 class Level(_Strict):
@@ -137,7 +145,7 @@ class NotifierConfig(_Strict):
     """webhook: the URL POSTed to; alertmanager: its base URL (alerts go to `<url>/api/v2/alerts`)."""
     bearer_token_env: str | None = None
     bearer_token_file: str | None = None
-    smtp: Annotated[str, Field(pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")] | None = None
+    smtp: Annotated[str, AfterValidator(_smtp_address)] | None = None
     """email: the SMTP server, host:port."""
     from_addr: Annotated[str | None, Field(alias="from")] = None
     to: list[str] | None = None

@@ -4,11 +4,13 @@ Every notifier receives one *group* of alerts at a time (alerts sharing the `gro
 shape Alertmanager gives its own webhook receivers, so one receiver serves both an Alertmanager and
 the embedded evaluator. A failed attempt is retried `retries` times with a short back-off and counted;
 a notification still undelivered stays owed and is tried again next cycle (the evaluator keeps, per
-alert and notifier, what was last delivered). Secrets come from the environment or a file.
+alert and notifier, what was last delivered). Secrets come from the environment or a file. Errors and logs
+show a webhook's URL as scheme://host/… (a Slack-style webhook's path is its secret), an Alertmanager's redacted.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Protocol
 
 from aifmon.alerts.config import NotifierConfig, required
+from aifmon.telemetry.config import host_port
+from aifmon.telemetry.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +113,21 @@ def _secret(env: str | None, file: str | None, what: str) -> str | None:
     return None
 
 
-def _post_json(url: str, payload: object, timeout_s: float, token: str | None) -> None:
+def _post_json(url: str, payload: object, timeout_s: float, token: str | None, keep_path: bool) -> None:
+    """POST `payload` as JSON; any failure is a NotifierError whose message shows `url` redacted (`keep_path` as `redact_url`)."""
     headers = {"Content-Type": "application/json", "User-Agent": "aifmon"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers=headers, method="POST")
+    shown = redact_url(url, keep_path)
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as r:
             r.read()
     except urllib.error.HTTPError as e:  # answered, but refused: say what it said
-        raise NotifierError(f"{url} answered HTTP {e.code}: {e.read()[:200].decode(errors='replace')}") from None
+        body = e.read()[:200].decode(errors="replace")
+        raise NotifierError(f"{shown} answered HTTP {e.code}: {redact_text(body, url, keep_path)}") from None
+    except (OSError, ValueError, http.client.HTTPException) as e:  # unreachable, refused, timed out, a URL urllib cannot use
+        raise NotifierError(f"{shown}: {type(e).__name__}: {redact_text(str(e), url, keep_path)}") from None
 
 
 @dataclass
@@ -143,7 +152,7 @@ class WebhookNotifier:
             "commonLabels": common, "commonAnnotations": common_ann, "externalURL": "",
             "alerts": [n.as_webhook() for n in notices],
         }
-        _post_json(self.url, payload, self.timeout_s, self.token())
+        _post_json(self.url, payload, self.timeout_s, self.token(), keep_path=False)
 
 
 @dataclass
@@ -161,7 +170,7 @@ class AlertmanagerNotifier:
     def send(self, group: dict[str, str], notices: list[Notice], now_ms: int) -> None:
         hold_ms = int(4 * max(self.repeat_interval_s, self.evaluation_interval_s) * 1000)
         _post_json(self.url.rstrip("/") + "/api/v2/alerts", [n.as_alertmanager(now_ms, hold_ms) for n in notices],
-                   self.timeout_s, self.token())
+                   self.timeout_s, self.token(), keep_path=True)
 
 
 @dataclass
@@ -213,9 +222,9 @@ def build_notifiers(configs: tuple[NotifierConfig, ...] | list[NotifierConfig], 
             out.append(AlertmanagerNotifier(name, required(c.url), c.repeat_interval_s or ALERTMANAGER_RESEND_S, c.retries, c.timeout_s,
                                             token, evaluation_interval_s))
         else:
-            host, _, port = required(c.smtp).rpartition(":")
+            host, port = required(host_port(required(c.smtp)))
             password = lambda c=c, name=name: _secret(c.password_env, c.password_file, f"notifier {name} SMTP password")
-            out.append(EmailNotifier(name, host.strip("[]"), int(port), required(c.from_addr), list(required(c.to)), c.repeat_interval_s or repeat_interval_s,
+            out.append(EmailNotifier(name, host, port, required(c.from_addr), list(required(c.to)), c.repeat_interval_s or repeat_interval_s,
                                      c.retries, c.timeout_s, c.username, password, c.starttls))
     return out
 

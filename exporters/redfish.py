@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aifmon.telemetry.redact import redact_url
+
 log = logging.getLogger(__name__)
 
 ENV_USERNAME = "AIFMON_BMC_USERNAME"
@@ -83,9 +85,18 @@ class RedfishClient:
 
     def __init__(self, base_url: str, credentials: Credentials | None = None, verify_tls: bool = True,
                  ca_file: str | None = None, timeout_s: float = 5.0):
-        parsed = urllib.parse.urlsplit(base_url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"BMC URL {base_url!r} is not http(s)://host[:port]")
+        shown = redact_url(base_url)  # the messages end up in logs: never the URL's credentials
+        try:
+            parsed = urllib.parse.urlsplit(base_url)
+            port = parsed.port
+        except ValueError as e:
+            raise ValueError(f"BMC URL {shown!r}: {e}; expected http(s)://host[:port] with a port from 1 to 65535") from None
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or port == 0:
+            raise ValueError(f"BMC URL {shown!r} is not http(s)://host[:port] with a port from 1 to 65535")
+        if parsed.username is not None or parsed.password is not None:
+            raise ValueError(f"BMC URL {shown!r}: credentials never go in the URL (it is shown in logs and process lists); "
+                             f"put username:password in the file --bmc-credentials-file names (chmod 600), or set "
+                             f"{ENV_CREDENTIALS_FILE}, or {ENV_USERNAME} and {ENV_PASSWORD}")
         self.base = f"{parsed.scheme}://{parsed.netloc}"
         self.timeout_s = timeout_s
         handlers: list[urllib.request.BaseHandler] = []

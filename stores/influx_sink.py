@@ -76,6 +76,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from aifmon.stores.store import RowWriter, SampleWriter, SeriesKey, Store, StoreConfigError, StoreError
+from aifmon.telemetry.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -476,32 +477,33 @@ def open_influx_sink(url: str) -> InfluxSink:
     `influxdb+https://`). Raises StoreConfigError with the expected form when the URL does not parse, or without a token."""
     form = "expected influxdb+http://host:8086?org=O&bucket=B (optionally &spool=DIR; the token comes from " \
            f"{TOKEN_ENV} or {TOKEN_FILE_ENV})"
+    shown = redact_url(url)  # a refused URL may hold the token; messages end up in logs
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise StoreConfigError(f"store URL {url!r}: {e}; {form}") from None
+        raise StoreConfigError(f"store URL {shown!r}: {e}; {form}") from None
     if parts.scheme not in ("influxdb+http", "influxdb+https"):
-        raise StoreConfigError(f"store URL {url!r}: {form}")
+        raise StoreConfigError(f"store URL {shown!r}: {form}")
     if parts.username is not None or parts.password is not None:
         # Say it without echoing the URL: it holds a secret, and errors end up in logs.
         raise StoreConfigError(f"InfluxDB store URL for {parts.hostname}: a token never goes in the URL; set {TOKEN_ENV} or {TOKEN_FILE_ENV}")
     if not parts.hostname:
-        raise StoreConfigError(f"store URL {url!r} names no host; {form}")
+        raise StoreConfigError(f"store URL {shown!r} names no host; {form}")
     if parts.path not in ("", "/") or parts.fragment:
-        raise StoreConfigError(f"store URL {url!r}: unexpected path {parts.path!r}; {form}")
+        raise StoreConfigError(f"store URL {shown!r}: unexpected path {parts.path!r}; {form}")
     query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
     if "token" in query:
         raise StoreConfigError(f"InfluxDB store URL for {parts.hostname}: a token never goes in the URL; set {TOKEN_ENV} or {TOKEN_FILE_ENV}")
     unknown = sorted(set(query) - {"org", "bucket", "spool"})
     if unknown:
-        raise StoreConfigError(f"store URL {url!r}: unknown parameter(s) {', '.join(unknown)}; {form}")
+        raise StoreConfigError(f"store URL {shown!r}: unknown parameter(s) {', '.join(unknown)}; {form}")
     for key, values in query.items():
         if len(values) != 1 or not values[0]:
-            raise StoreConfigError(f"store URL {url!r}: {key}= must be given once, not empty; {form}")
+            raise StoreConfigError(f"store URL {shown!r}: {key}= must be given once, not empty; {form}")
     missing = [k for k in ("org", "bucket") if k not in query]
     if missing:
-        raise StoreConfigError(f"store URL {url!r}: missing {' and '.join(k + '=' for k in missing)}; {form}")
+        raise StoreConfigError(f"store URL {shown!r}: missing {' and '.join(k + '=' for k in missing)}; {form}")
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     server_url = f"{parts.scheme.removeprefix('influxdb+')}://{host}:{port or DEFAULT_PORT}"
     return InfluxSink(

@@ -8,12 +8,18 @@ Writes: VictoriaMetrics accepts samples on `/api/v1/import/prometheus`, so `Vict
 samples (the collector and `aifmon store import` can write to it). Prometheus ingests only by scraping (or
 offline blocks from `promtool tsdb create-blocks-from openmetrics`), so `PromQLStore` only reads. Neither
 keeps derived tables (rollup rows).
+
+A server behind basic auth (Prometheus' `--web.config.file`, VictoriaMetrics' `-httpAuth.*`, vmauth) gets the
+user name from `AIFMON_STORE_USERNAME` and the password from the file `AIFMON_STORE_PASSWORD_FILE` names (or
+`AIFMON_STORE_PASSWORD`); never from the URL. Messages show the server's URL redacted.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -22,11 +28,32 @@ import urllib.request
 import numpy as np
 import pandas as pd
 
-from aifmon.stores.store import SampleReader, SampleWriter, SeriesKey, SeriesSamples, Store, StoreError, series_samples
+from aifmon.stores.store import SampleReader, SampleWriter, SeriesKey, SeriesSamples, Store, StoreConfigError, StoreError, series_samples
 from aifmon.telemetry.exposition import escape_label_value, format_value, label_text
+from aifmon.telemetry.redact import redact_url
 
 _WINDOW_S = 3600  # one query per hour of data: bounds the server's and our memory per answer
 _IMPORT_BATCH = 200_000  # lines per import request
+USERNAME_ENV, PASSWORD_ENV, PASSWORD_FILE_ENV = "AIFMON_STORE_USERNAME", "AIFMON_STORE_PASSWORD", "AIFMON_STORE_PASSWORD_FILE"
+_CREDENTIALS_HINT = f"set {USERNAME_ENV} and {PASSWORD_FILE_ENV} (or {PASSWORD_ENV}) to the server's credentials"
+
+
+def basic_auth() -> str | None:
+    """The `Authorization` header value for the store's server from the environment; None when no user is set."""
+    user, password, file = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV), os.environ.get(PASSWORD_FILE_ENV)
+    if password is not None and file:
+        raise StoreConfigError(f"both {PASSWORD_ENV} and {PASSWORD_FILE_ENV} are set; set only one")
+    if file:
+        try:
+            password = open(file, encoding="utf-8").read().splitlines()[0].strip()
+        except (OSError, IndexError) as e:
+            why = e.strerror if isinstance(e, OSError) else "it is empty"
+            raise StoreConfigError(f"cannot read the store password file {PASSWORD_FILE_ENV}={file}: {why}") from None
+    if not user:
+        if password is not None:
+            raise StoreConfigError(f"a store password is set but no user name: set {USERNAME_ENV} too")
+        return None
+    return "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode()
 
 
 class PromQLStore(SampleReader):
@@ -39,6 +66,10 @@ class PromQLStore(SampleReader):
         self.base_url = base_url.rstrip("/")
         self.url = url
         self.timeout_s = timeout_s
+        self.shown = redact_url(self.base_url)
+        """The server's URL as messages show it."""
+        auth = basic_auth()
+        self._headers = {"Authorization": auth} if auth else {}
 
     @classmethod
     def instead(cls, capability: type[Store]) -> str:
@@ -50,17 +81,17 @@ class PromQLStore(SampleReader):
 
     # -- reads ---------------------------------------------------------------------------------
     def _get(self, path: str, params: dict[str, str]) -> dict:
-        query = f"{self.base_url}{path}?{urllib.parse.urlencode(params)}"
+        query = urllib.request.Request(f"{self.base_url}{path}?{urllib.parse.urlencode(params)}", headers=self._headers)
         try:
             with urllib.request.urlopen(query, timeout=self.timeout_s) as r:
                 body = json.load(r)
         except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:300]
-            raise StoreError(f"{self.kind} at {self.base_url} refused {params.get('query', path)!r}: HTTP {e.code} {detail}") from None
+            detail = _CREDENTIALS_HINT if e.code == 401 else e.read().decode(errors="replace")[:300]
+            raise StoreError(f"{self.kind} at {self.shown} refused {params.get('query', path)!r}: HTTP {e.code} {detail}") from None
         except (OSError, ValueError) as e:
-            raise StoreError(f"{self.kind} at {self.base_url} did not answer: {e}") from None
+            raise StoreError(f"{self.kind} at {self.shown} did not answer: {e}") from None
         if body.get("status") != "success":
-            raise StoreError(f"{self.kind} at {self.base_url}: {body.get('errorType')}: {body.get('error')}")
+            raise StoreError(f"{self.kind} at {self.shown}: {body.get('errorType')}: {body.get('error')}")
         return body["data"]
 
     def _raw(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
@@ -137,12 +168,13 @@ class VictoriaMetricsStore(PromQLStore, SampleWriter):
                  if not math.isnan(v)]  # NaN is not a sample VictoriaMetrics keeps; nothing is lost by skipping it
         for i in range(0, len(lines), _IMPORT_BATCH):
             body = "".join(lines[i:i + _IMPORT_BATCH]).encode()
-            request = urllib.request.Request(f"{self.base_url}/api/v1/import/prometheus", data=body, method="POST")
+            request = urllib.request.Request(f"{self.base_url}/api/v1/import/prometheus", data=body, method="POST", headers=self._headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as r:
                     r.read()
             except (OSError, urllib.error.HTTPError) as e:
-                raise StoreError(f"VictoriaMetrics at {self.base_url} refused the import: {e}") from None
+                hint = f"; {_CREDENTIALS_HINT}" if isinstance(e, urllib.error.HTTPError) and e.code == 401 else ""
+                raise StoreError(f"VictoriaMetrics at {self.shown} refused the import: {e}{hint}") from None
 
     def mark_stale(self, series_ids: np.ndarray, t_ms: int) -> None:
         pass  # scrapers write their own stale markers (vmagent as Prometheus does); imported history has none to add

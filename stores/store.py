@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the interface's types; importing them here would load panda
 
 from aifmon.telemetry.config import DEFAULT_STORE_URL
 from aifmon.telemetry.errors import UserError
+from aifmon.telemetry.redact import redact_url
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 """(metric name, sorted (label, value) pairs)."""
@@ -192,7 +193,7 @@ C = TypeVar("C", bound=Store)
 
 
 def _lacks(backend: type[Store], url: str, capability: type[Store]) -> str:
-    return f"store {url} cannot {capability.ability}: {backend.instead(capability)}"
+    return f"store {redact_url(url)} cannot {capability.ability}: {backend.instead(capability)}"
 
 
 _PROMQL = ("prometheus+http", "prometheus+https", "victoriametrics+http", "victoriametrics+https")
@@ -209,7 +210,10 @@ def open_store(url: str = DEFAULT_STORE_URL, read_only: bool = False, *, needs: 
     optionally `?raw_days=7&minute_days=400` (retention of raw samples and per-minute aggregates);
     `prometheus+http://host:9090`, `victoriametrics+http://host:8428` (a path prefix is kept, e.g. a
     vmselect `.../select/0/prometheus`); `influxdb+http://host:8086?org=O&bucket=B` (write-only).
-    A URL that does not parse, or a store without `needs`, raises StoreConfigError.
+    Credentials never go in the URL (`user:pass@` is refused: URLs end up in logs and process lists); a
+    Prometheus or VictoriaMetrics behind basic auth takes them from the environment (see `promql_store`).
+    A URL that does not parse, or a store without `needs`, raises StoreConfigError; its messages show the URL
+    redacted (`redact_url`).
     """
     backend, opener = _backend(url, read_only)
     if not issubclass(backend, needs):
@@ -219,25 +223,36 @@ def open_store(url: str = DEFAULT_STORE_URL, read_only: bool = False, *, needs: 
 
 def _backend(url: str, read_only: bool) -> tuple[type[Store], Callable[[], Store]]:
     """The backend class a URL names, and how to open it; the URL is checked, nothing is opened yet."""
-    parts = urlsplit(url)
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:  # an unclosed [IPv6 address, a port that is no number or above 65535
+        raise StoreConfigError(f"store URL {shown!r}: {e} (a port is a number from 1 to 65535)") from None
+    if port == 0:
+        raise StoreConfigError(f"store URL {shown!r}: port 0; a port is a number from 1 to 65535")
     if parts.scheme == "duckdb":
         if parts.netloc or not parts.path.startswith("/") or len(parts.path) < 2:
-            raise StoreConfigError(f"store URL {url!r}: expected duckdb:///relative/path.duckdb or duckdb:////absolute/path.duckdb")
+            raise StoreConfigError(f"store URL {shown!r}: expected duckdb:///relative/path.duckdb or duckdb:////absolute/path.duckdb")
         from aifmon.stores.duckdb_store import DuckDBStore, Retention
 
         options = dict(parse_qsl(parts.query))
         unknown = set(options) - {"raw_days", "minute_days"}
         if unknown:
-            raise StoreConfigError(f"store URL {url!r}: unknown option(s) {', '.join(sorted(unknown))}; expected raw_days, minute_days")
+            raise StoreConfigError(f"store URL {shown!r}: unknown option(s) {', '.join(sorted(unknown))}; expected raw_days, minute_days")
         try:
             retention = Retention(**{k: float(v) for k, v in options.items()})
         except ValueError as e:
-            raise StoreConfigError(f"store URL {url!r}: {e}") from None
+            raise StoreConfigError(f"store URL {shown!r}: {e}") from None
         return DuckDBStore, lambda: DuckDBStore(parts.path[1:], read_only=read_only, url=url, retention=retention)
     if parts.scheme in _PROMQL:
+        from aifmon.stores.promql_store import PASSWORD_ENV, PASSWORD_FILE_ENV, USERNAME_ENV, PromQLStore, VictoriaMetricsStore
+
+        if parts.username is not None or parts.password is not None:
+            raise StoreConfigError(f"store URL {shown!r}: credentials never go in the URL (it is shown in logs and process lists); "
+                                   f"set {USERNAME_ENV}, and {PASSWORD_FILE_ENV} naming a file that holds the password (or {PASSWORD_ENV})")
         if not parts.hostname or parts.query:
-            raise StoreConfigError(f"store URL {url!r}: expected {parts.scheme}://host:port[/path prefix]")
-        from aifmon.stores.promql_store import PromQLStore, VictoriaMetricsStore
+            raise StoreConfigError(f"store URL {shown!r}: expected {parts.scheme}://host:port[/path prefix]")
 
         server, _, protocol = parts.scheme.partition("+")
         backend = VictoriaMetricsStore if server == "victoriametrics" else PromQLStore
@@ -247,9 +262,9 @@ def _backend(url: str, read_only: bool) -> tuple[type[Store], Callable[[], Store
         from aifmon.stores.influx_sink import InfluxSink, open_influx_sink
 
         if read_only:
-            raise StoreConfigError(f"store URL {url!r}: {InfluxSink.instead(SampleReader)}")
+            raise StoreConfigError(f"store URL {shown!r}: {InfluxSink.instead(SampleReader)}")
         return InfluxSink, lambda: open_influx_sink(url)
     raise StoreConfigError(
-        f"store URL {url!r} is not understood; expected duckdb:///path.duckdb, prometheus+http://host:9090, "
+        f"store URL {shown!r} is not understood; expected duckdb:///path.duckdb, prometheus+http://host:9090, "
         "victoriametrics+http://host:8428 or influxdb+http://host:8086?org=O&bucket=B"
     )

@@ -23,6 +23,17 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_HOST_PORT = re.compile(r"^([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
+
+
+def host_port(text: str) -> tuple[str, int] | None:
+    """`host:port` (a name, IPv4 or `[IPv6]` address, and a port 1–65535) → (host, port), brackets removed; None otherwise."""
+    m = _HOST_PORT.match(text)
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        return None
+    return m.group(1).strip("[]"), int(m.group(2))
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

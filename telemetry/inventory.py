@@ -7,7 +7,6 @@ every problem as `file:line: key.path: what was expected`; nothing is half-loade
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,11 +14,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from aifmon.telemetry.config import host_port
 from aifmon.telemetry.errors import UserError
 from aifmon.telemetry.gpu_models import GPU_MODELS, GpuModel
+from aifmon.telemetry.safe_yaml import YAMLFileError, dotted, parse_yaml
 
 ACCESS_MODES = (
     "Playground",
@@ -48,11 +48,20 @@ Sector = Literal[SECTORS]  # type: ignore[valid-type]
 
 _ID = r"^[a-z0-9][a-z0-9-]*$"
 Ident = Annotated[str, Field(pattern=_ID, max_length=40)]
-_TARGET = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+def _named(v: str) -> str:
+    if not v.strip():
+        raise ValueError("a name is required, not empty text")
+    return v
+
+
+Name = Annotated[str, AfterValidator(_named)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `count: true` or `power_cap_mw: "5"` is refused, where pydantic would read 1 and 5.0
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class NodeGroup(_Strict):
@@ -79,8 +88,8 @@ class NodeGroup(_Strict):
 
 class System(_Strict):
     id: Ident
-    name: str
-    hall: str = "hall-1"
+    name: Name
+    hall: Name = "hall-1"
     power_cap_kw: Annotated[float, Field(gt=0)] | None = None
     node_groups: Annotated[list[NodeGroup], Field(min_length=1)]
 
@@ -95,7 +104,7 @@ class System(_Strict):
 
 class Factory(_Strict):
     id: Ident
-    name: str
+    name: Name
     kind: Literal["ai-factory", "gigafactory"] = "ai-factory"
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
     host: str = ""
@@ -117,8 +126,8 @@ class Factory(_Strict):
     @classmethod
     def _targets(cls, v: list[str]) -> list[str]:
         for t in v:
-            if not _TARGET.match(t):
-                raise ValueError(f"target {t!r} is not host:port")
+            if host_port(t) is None:
+                raise ValueError(f"target {t!r} is not host:port with a port from 1 to 65535")
         return v
 
     @property
@@ -132,7 +141,7 @@ class Factory(_Strict):
 
 class Project(_Strict):
     id: Ident
-    name: str
+    name: Name
     access_mode: AccessMode
     sector: Sector
     factory: Ident
@@ -140,7 +149,7 @@ class Project(_Strict):
 
 
 class _InventoryFile(_Strict):
-    name: str
+    name: Name
     illustrative: bool = False
     note: str = ""
     factories: Annotated[list[Factory], Field(min_length=1)]
@@ -241,8 +250,6 @@ def parse_inventory(text: str, source: str = "<inventory>") -> Inventory:
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-"""libyaml's parser where PyYAML was built with it: the demo inventory in 3 ms instead of 60 ms."""
 
 
 def validate_yaml(
@@ -251,27 +258,17 @@ def validate_yaml(
 ) -> tuple[_Model, dict[tuple, int]]:
     """Parse YAML `text` into `model`, or raise `error(source, problems)` with every problem as `file:line: key.path: message`.
 
-    Shared by every YAML file aifmon reads (inventory, alert rules). `expected` says what the top of
-    the file should be; `message` may word a pydantic error its own way (None: the usual words).
-    Returns the model and the 1-based line of every key path, for later checks that span several
-    objects (see `format_problem`).
+    Shared by every YAML file validated against a schema (inventory, alert rules); the YAML itself is read by
+    `parse_yaml`, the loader of every YAML file aifmon reads. `expected` says what the top of the file should be;
+    `message` may word a pydantic error its own way (None: the usual words). Returns the model and the 1-based
+    line of every key path, for later checks that span several objects (see `format_problem`).
     """
-    loader = _Loader(text)
     try:
-        root = loader.get_single_node()
-        if root is None:
-            raise error(source, [f"{source}:1: the file is empty; expected {expected}"])
-        lines: dict[tuple, int] = {}
-        problems: list[str] = []
-        _index_lines(root, (), lines, problems, source)
-        if problems:
-            raise error(source, problems)
-        data = loader.construct_document(root)
-    except yaml.MarkedYAMLError as e:
-        line = e.problem_mark.line + 1 if e.problem_mark else 0
-        raise error(source, [f"{source}:{line}: YAML syntax: {e.problem}"]) from None
-    finally:
-        loader.dispose()
+        data, lines = parse_yaml(text, source)
+    except YAMLFileError as e:
+        raise error(source, e.problems) from None
+    if data is None:
+        raise error(source, [f"{source}:1: the file is empty; expected {expected}"])
     if not isinstance(data, dict):
         raise error(source, [f"{source}:1: expected {expected} at the top"])
     try:
@@ -283,24 +280,10 @@ def validate_yaml(
 
 def format_problem(source: str, lines: dict[tuple, int], loc: tuple, msg: str) -> str:
     """`file:line: key.path: message` for the key at `loc` (or its nearest parent that has a line)."""
-    return _format(source, lines, loc, msg)
-
-
-def _index_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int], problems: list[str], source: str) -> None:
-    """Map every key path to its 1-based line; report duplicate keys, which PyYAML would silently merge."""
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
-        for key, value in node.value:
-            k = key.value
-            if k in seen:
-                problems.append(f"{source}:{key.start_mark.line + 1}: {_dotted(path + (k,))}: duplicate key")
-            seen.add(k)
-            _index_lines(value, path + (k,), lines, problems, source)
-            lines[path + (k,)] = key.start_mark.line + 1  # the key's line, not that of the block it opens
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _index_lines(item, path + (i,), lines, problems, source)
+    path = tuple(loc)
+    while path not in lines and path:
+        path = path[:-1]
+    return f"{source}:{lines.get(path, 1)}: {dotted(tuple(loc)) or '(top)'}: {msg}"
 
 
 def _cross_check(inv: _InventoryFile) -> Iterator[tuple[tuple, str]]:
@@ -332,7 +315,7 @@ def _unique(items: Iterable[tuple[tuple, str]], what: str) -> Iterator[tuple[tup
     first: dict[str, tuple] = {}
     for loc, value in items:
         if value in first:
-            yield loc, f"duplicate {what} {value!r} (first at {_dotted(first[value])})"
+            yield loc, f"duplicate {what} {value!r} (first at {dotted(first[value])})"
         else:
             first[value] = loc
 
@@ -348,20 +331,6 @@ def _message(err: dict) -> str:
     if "input" in err and not isinstance(err["input"], (dict, list)):
         return f"{msg} (got {err['input']!r})"
     return msg
-
-
-def _format(source: str, lines: dict[tuple, int], loc: tuple, msg: str) -> str:
-    path = tuple(loc)
-    while path not in lines and path:
-        path = path[:-1]
-    return f"{source}:{lines.get(path, 1)}: {_dotted(tuple(loc)) or '(top)'}: {msg}"
-
-
-def _dotted(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 CARBON_TABLE = "carbon-intensity-eu.csv"
