@@ -1,7 +1,8 @@
 """Exact energy per job, project, access mode, sector, system, factory, country and EuroHPC total.
 
 Rules (so that every figure can be traced; the counter rules themselves are in `aifmon.rollups.counters`):
-- **GPU energy** comes from `aif_gpu_energy_joules_total` increments. A GPU is one stream whatever the
+- **GPU energy** comes from `aif_gpu_energy_joules_total` increments, and from dcgm-exporter's energy counter read
+  through `aifmon.rollups.dcgm`'s mapping (aifmon's series win where both report a GPU). A GPU is one stream whatever the
   series it arrives in (HA scrapers, backfill then live: its `factory`, `node`, `gpu` labels), so
   duplicates count once and out-of-order samples are put in order. Counter resets are detected; gaps
   are bridged exactly. A GPU of a live factory that has no counter (NVML before Volta has none) has its
@@ -46,13 +47,15 @@ Rules (so that every figure can be traced; the counter rules themselves are in `
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from aifmon.rollups.counters import Intervals, counter_increments, power_integral
+from aifmon.rollups import dcgm
+from aifmon.rollups.counters import Intervals, counter_increments, power_integral, series_row
 from aifmon.rollups.slurm_accounting import JobAllocation
 from aifmon.stores.store import SampleReader, SeriesSamples
 from aifmon.telemetry.inventory import Inventory, carbon_intensity_table
@@ -121,7 +124,7 @@ class _Codes:
 
     def of_series(self, samples: SeriesSamples, keys: list[str], row: np.ndarray) -> np.ndarray:
         """The code of each series' `keys` labels (a label the series lacks reads ""), aligned with `samples.series`;
-        -1 for series without samples, which get no code. `row`: each sample's series row (`_series_row`).
+        -1 for series without samples, which get no code. `row`: each sample's series row (`series_row`).
         Codes are given in series order, so they do not depend on the order the store returned samples in."""
         has = np.flatnonzero(np.bincount(row, minlength=len(samples.series)))
         labels = samples.series.iloc[has].reindex(columns=keys).astype(object).fillna("")
@@ -132,22 +135,11 @@ class _Codes:
 
     def of(self, samples: SeriesSamples, keys: list[str]) -> np.ndarray:
         """The code of each sample's `keys` labels (`of_series`, taken by every sample of the series)."""
-        row = _series_row(samples)
+        row = series_row(samples)
         return self.of_series(samples, keys, row)[row]
 
     def frame(self, keys: list[str]) -> pd.DataFrame:
         return pd.DataFrame(list(self.index), columns=keys) if self.index else pd.DataFrame(columns=keys)
-
-
-def _series_row(samples: SeriesSamples) -> np.ndarray:
-    """Each sample's row in `samples.series`, looked up in a table indexed by series id: one gather, where a
-    search or a hash lookup of millions of samples costs several times as much."""
-    if not len(samples.series_id):
-        return np.zeros(0, dtype=np.int64)
-    ids = samples.series["series_id"].to_numpy(dtype=np.int64)
-    row_of = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
-    row_of[ids] = np.arange(len(ids))
-    return row_of[samples.series_id]
 
 
 def _sum_runs(key: np.ndarray, *weights: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -186,11 +178,15 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
     lo, hi = start_ms - _MARGIN_MS, end_ms + _MARGIN_MS
     gpus, nodes, jobs = _Codes(), _Codes(), _Codes()
 
-    e = store.range_arrays(ENERGY_METRIC, lo, hi)
-    row = _series_row(e)
+    e, segment = dcgm.gpu_energy(store, ENERGY_METRIC, lo, hi)
+    row = series_row(e)
     gpu_of = gpus.of_series(e, GPU_KEYS, row)[row]
-    iv = counter_increments(gpu_of, e.t_ms, e.value, start_ms, end_ms)
-    from_power = _power_for_gpus_without_counter(store, inventory, gpus, lo, hi, start_ms, end_ms)
+    if segment is None:
+        iv = counter_increments(gpu_of, e.t_ms, e.value, start_ms, end_ms)
+    else:  # one counter per GPU and exporter segment (aifmon.rollups.dcgm); (GPU, segment, time) order is (GPU, time) order
+        iv = counter_increments(gpu_of * dcgm.SEGMENTS + segment, e.t_ms, e.value, start_ms, end_ms)
+        iv = dataclasses.replace(iv, stream=iv.stream // dcgm.SEGMENTS)
+    from_power = _power_for_gpus_without_counter(store, inventory, gpus, e, lo, hi, start_ms, end_ms)
     estimated = np.zeros(len(iv.stream), dtype=bool)
     if from_power is not None:
         iv = _concat(iv, from_power)
@@ -207,7 +203,7 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
     nh = gpu_node * hours.count
     nh += hours.of(iv.t_end_ms)  # (node, hour) cell of every interval
     if accounting is None:
-        job_of, job_samples = _attribute_job_info(store, gpus, jobs, iv, lo, hi, start_ms, end_ms)
+        job_of, job_samples = _attribute_job_info(dcgm.job_info(store, JOB_METRIC, e, lo, hi), gpus, jobs, iv, lo, start_ms, end_ms)
         n_jobs = len(jobs.index) + 1  # job -1 (unallocated) is shifted to 0
         cell_of = nh * n_jobs
         cell_of += job_of
@@ -297,17 +293,17 @@ def _concat(a: Intervals, b: Intervals) -> Intervals:
     return Intervals(**arrays, resets=a.resets + b.resets, wraps=a.wraps + b.wraps, duplicates=a.duplicates + b.duplicates)
 
 
-def _power_for_gpus_without_counter(store: SampleReader, inventory: Inventory | None, gpus: _Codes, lo: int, hi: int,
-                                    start_ms: int, end_ms: int) -> Intervals | None:
+def _power_for_gpus_without_counter(store: SampleReader, inventory: Inventory | None, gpus: _Codes, energy: SeriesSamples, lo: int,
+                                    hi: int, start_ms: int, end_ms: int) -> Intervals | None:
     """Integrated power of the GPUs that have no energy counter, read only for factories where the
-    inventory counts more GPUs than the counters show."""
+    inventory counts more GPUs than the counters (`energy`, the samples read) show."""
     if inventory is None:
         return None
     with_counter: dict[str, int] = {}
     for f, *_ in gpus.index:
         with_counter[f] = with_counter.get(f, 0) + 1
     short = [f.id for f in inventory.live_factories() if 0 < with_counter.get(f.id, 0) < f.gpu_count]
-    reads = [store.range_arrays(GPU_POWER_METRIC, lo, hi, match={"factory": f}) for f in short]
+    reads = [dcgm.gpu_power(store, GPU_POWER_METRIC, lo, hi, {"factory": f}, energy) for f in short]
     known = len(gpus.index)
     code = np.concatenate([np.zeros(0, np.int64)] + [gpus.of(p, GPU_KEYS) for p in reads])
     new = code >= known  # GPUs the counters did not show
@@ -318,16 +314,15 @@ def _power_for_gpus_without_counter(store: SampleReader, inventory: Inventory | 
     return power_integral(code[new], t_ms[new], watts[new], start_ms, end_ms)
 
 
-def _attribute_job_info(store: SampleReader, gpus: _Codes, jobs: _Codes, iv: Intervals, lo: int, hi: int, start_ms: int,
+def _attribute_job_info(j: SeriesSamples, gpus: _Codes, jobs: _Codes, iv: Intervals, lo: int, start_ms: int,
                         end_ms: int) -> tuple[np.ndarray, pd.Series]:
     """(job code of each interval, -1 for none; job samples per factory): each interval goes to the job whose info
-    sample for that GPU shares the interval's end time. `iv` is in (GPU, end time) order, as the counter kernel
+    sample `j` for that GPU shares the interval's end time. `iv` is in (GPU, end time) order, as the counter kernel
     gives it (GPUs integrated from power follow those with counters: their codes are larger)."""
     n = len(iv.stream)
-    j = store.range_arrays(JOB_METRIC, lo, hi)
     if not len(j.t_ms) or not n:
         return np.full(n, -1, dtype=np.int64), pd.Series(dtype=np.int64)
-    row = _series_row(j)
+    row = series_row(j)
     gpu_of_series = gpus.of_series(j, GPU_KEYS, row)
     job_of_series = jobs.of_series(j, ["factory", "job", "project", "access_mode"], row)
     # an info sample of 0 is no job; a GPU without energy has nothing to share
@@ -457,7 +452,7 @@ def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, lo: int, hi:
     known_nodes = len(nodes.index)
     p = store.range_arrays(NODE_POWER_METRIC, lo, hi)
     if len(p.t_ms):
-        row = _series_row(p)
+        row = series_row(p)
         node_of_series = nodes.of_series(p, ["factory", "node"], row)
         ranks = {s: i for i, s in enumerate(NODE_SOURCES)}
         rank = (p.series["source"].map(ranks).fillna(len(NODE_SOURCES)).to_numpy() if "source" in p.series
