@@ -28,6 +28,19 @@ METRICS: tuple[Metric, ...] = (
         "GPU board energy, J: NVML's counter since driver load, kept monotonic across driver reloads and GPU resets.",
         GPU_LABELS,
     ),
+    Metric(
+        "aif_gpu_module_power_watts",
+        "gauge",
+        "Superchip module power, W (GH200: GPU, Grace CPU and memory; NVML module scope). It includes aif_gpu_power_watts: never add the two.",
+        GPU_LABELS,
+    ),
+    Metric(
+        "aif_gpu_package_info",
+        "gauge",
+        "Physical package a GPU die sits on (always 1), where several dies share one (AMD MI250X: two GCDs); "
+        "the package's power and energy are reported on one of its dies only.",
+        ("node", "gpu", "uuid", "package"),
+    ),
     Metric("aif_gpu_power_limit_watts", "gauge", "Enforced GPU power limit, W.", GPU_LABELS),
     Metric("aif_gpu_utilization_ratio", "gauge", "GPU compute utilisation over the last sample period, 0-1.", GPU_LABELS),
     Metric("aif_gpu_memory_used_bytes", "gauge", "GPU framebuffer memory in use, bytes.", GPU_LABELS),
@@ -43,6 +56,16 @@ METRICS: tuple[Metric, ...] = (
         ("node", "gpu", "job", "project", "access_mode"),
     ),
     Metric("aif_node_power_watts", "gauge", "Node input power, W, from the BMC, the platform power meter (hwmon) or estimated.", ("node", "source")),
+    Metric(
+        "aif_node_energy_joules_total",
+        "counter",
+        "Energy from the node's own meters (HPE Cray EX pm_counters), J, kept monotonic across counter restarts; "
+        "component node is the whole node, cpuN, memory and accelN are parts of it (never add them to it).",
+        ("node", "component"),
+    ),
+    Metric("aif_node_component_power_watts", "gauge", "Power of a part of the node (HPE Cray EX pm_counters: cpuN, memory, accelN), W.",
+           ("node", "component")),
+    Metric("aif_node_power_limit_watts", "gauge", "Node power cap, W (HPE Cray EX pm_counters power_cap; absent while uncapped).", ("node",)),
     Metric(
         "aif_cpu_energy_joules_total",
         "counter",

@@ -4,6 +4,7 @@ Tests build a `FakeNVML` and hand it to `NvmlSource(lib=...)`. A subprocess (`ai
 --nvml-module tests.fake_nvml`) gets the module-level instance, configured by environment variables:
   AIFMON_FAKE_NVML_GPUS   number of GPUs (default 8)
   AIFMON_FAKE_NVML        "missing": nvmlInit raises NVMLError_LibraryNotFound (no driver on the node)
+  AIFMON_FAKE_NVML_MODEL  "gh200": Grace Hopper superchips (module power) instead of H100 boards
 In that mode energy advances with wall-clock time, so a scraping Prometheus sees counters grow.
 
 The fake keeps, per GPU, the truth a test checks the exporter against: `lifetime_mj`, every
@@ -39,6 +40,7 @@ class FakeGpu:
     lost: bool = False
     hang: threading.Event | None = None  # while set to an unset Event, every call on this GPU blocks on it
     mig_uuids: tuple[str, ...] = ()
+    module_power_mw: int | None = None  # GH200: the superchip module (GPU + Grace CPU + memory); None: no module scope
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,19 @@ class FakeNVML:
             raise pynvml.NVMLError_NotFound()
         return _MigHandle(g, g.mig_uuids[index])
 
+    def nvmlDeviceGetFieldValues(self, handle: _Handle, field_ids: list) -> object:
+        """pynvml's own c_nvmlFieldValue_t array: the call succeeds and each field carries its own status, as in NVML."""
+        g = self._gpu(handle)
+        values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        for v, fid in zip(values, field_ids):
+            v.fieldId, v.scopeId = fid if isinstance(fid, tuple) else (fid, 0)
+            if (v.fieldId, v.scopeId) == (pynvml.NVML_FI_DEV_POWER_INSTANT, pynvml.NVML_POWER_SCOPE_MODULE) and g.module_power_mw is not None:
+                v.nvmlReturn, v.valueType = pynvml.NVML_SUCCESS, pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+                v.value.uiVal = g.module_power_mw
+            else:
+                v.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+        return values
+
     def nvmlEventSetCreate(self) -> _EventSet:
         self._enter()
         es = _EventSet()
@@ -283,7 +298,17 @@ def h100_node(count: int = 8, live: bool = False) -> FakeNVML:
                              energy_mj=1_000_000 * (i + 1), lifetime_mj=1_000_000 * (i + 1)) for i in range(count)], live=live)
 
 
-_default = h100_node(int(os.environ.get("AIFMON_FAKE_NVML_GPUS", "8")), live=True)
+def gh200_node(count: int = 4, live: bool = False) -> FakeNVML:
+    """A 4-superchip GH200 node (JUPITER's JEDI/JETI blades): GPU power from nvmlDeviceGetPowerUsage, and the
+    module's (GPU + Grace CPU + LPDDR5X) through the module-scope power field."""
+    return FakeNVML([FakeGpu(uuid=f"GPU-{i:08x}-4444-5555-6666-{i:012x}", name="NVIDIA GH200 480GB", minor=i,
+                             power_mw=400_000 + 10_000 * i, module_power_mw=560_000 + 10_000 * i, limit_mw=680_000,
+                             memory_used=90 * 2**30, energy_mj=2_000_000 * (i + 1), lifetime_mj=2_000_000 * (i + 1))
+                     for i in range(count)], live=live)
+
+
+_make = gh200_node if os.environ.get("AIFMON_FAKE_NVML_MODEL") == "gh200" else h100_node
+_default = _make(int(os.environ.get("AIFMON_FAKE_NVML_GPUS", "8")), live=True)
 _default.library_present = os.environ.get("AIFMON_FAKE_NVML") != "missing"
 
 

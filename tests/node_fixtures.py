@@ -81,6 +81,56 @@ def build_hwmon(root: Path, meter_uw: int | None = None, amd_sockets: int = 0) -
     return paths
 
 
+class CrayPmCounters:
+    """/sys/cray/pm_counters as an HPE Cray EX blade controller writes it, in its file formats: `<W> W <µs> us`,
+    `<J> J <µs> us`, bare integers for freshness, generation, startup, raw_scan_hz and version. `components`
+    name the meters beside the node total ("cpu" or "cpu0", "cpu1", "memory", "accel0", ...); the truth
+    (`truth_j`) is every joule drawn, which never restarts."""
+
+    def __init__(self, root: Path, power_w: dict[str, int], cap_w: int = 0, raw_scan_hz: int = 10):
+        self.root = root
+        self.power_w = dict(power_w)  # component ("node" for the total) → W drawn from now on
+        self.cap_w = cap_w
+        self.raw_scan_hz = raw_scan_hz
+        self.energy_j = {c: 1_000_000 * (i + 1) for i, c in enumerate(power_w)}  # counted since the node booted
+        self.truth_j = dict(self.energy_j)
+        self.freshness = 7_340
+        self.generation = 3
+        self.startup = 1_700_000_000_123_456
+        self.t_us = 1_700_000_734_000_000
+        root.mkdir(parents=True)
+        self.write()
+
+    @staticmethod
+    def _file(component: str, kind: str) -> str:
+        return kind if component == "node" else f"{component}_{kind}"
+
+    def write(self) -> None:
+        for c in self.power_w:
+            (self.root / self._file(c, "power")).write_text(f"{self.power_w[c]} W {self.t_us} us\n")
+            (self.root / self._file(c, "energy")).write_text(f"{self.energy_j[c]} J {self.t_us} us\n")
+        (self.root / "power_cap").write_text(f"{self.cap_w} W {self.t_us} us\n")
+        for name, value in (("freshness", self.freshness), ("generation", self.generation), ("startup", self.startup),
+                            ("raw_scan_hz", self.raw_scan_hz), ("version", 2)):
+            (self.root / name).write_text(f"{value}\n")
+
+    def draw(self, seconds: int) -> None:
+        """The node runs `seconds` s at `power_w` and the controller publishes a new set."""
+        for c, w in self.power_w.items():
+            self.energy_j[c] += w * seconds
+            self.truth_j[c] += w * seconds
+        self.t_us += seconds * 1_000_000
+        self.freshness += seconds * self.raw_scan_hz
+        self.write()
+
+    def restart_controller(self) -> None:
+        """The blade controller restarts: a new `startup`, every energy counter from 0."""
+        self.startup += 86_400_000_000
+        self.energy_j = dict.fromkeys(self.energy_j, 0)
+        self.freshness += 1
+        self.write()
+
+
 class BmcGate:
     """Holds every request to a `redfish_bmc` until `release` is set (at most `hold_s`, so that a test whose code
     waits for the answer still ends, and then fails on what it finds); counts the requests that came in."""

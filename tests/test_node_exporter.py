@@ -29,13 +29,16 @@ from aifmon.exporters.slurm_jobs import JobMappings
 from aifmon.exporters.web_config import load_web_config
 from aifmon.telemetry.schema import BY_NAME, THROTTLE_REASONS
 from tests.conftest import free_port, require_binary, wait_for_http, wait_until
-from tests.fake_nvml import h100_node
+from tests.fake_nvml import gh200_node, h100_node
 from tests.golden_files import assert_same_text
 from tests.node_fixtures import BmcGate, Powercap, build_hwmon, redfish_bmc, self_signed_cert
 from tests.servers import prometheus, promql
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_METRICS = {m.name for m in BY_NAME.values()} - {"aif_facility_power_watts"}  # a facility meter is no node's
+# series only Grace Hopper (module power), AMD (packages) or HPE Cray EX nodes (pm_counters) have: tests/test_node_amd.py
+NOT_ON_NVIDIA_BOARDS = {"aif_gpu_module_power_watts", "aif_gpu_package_info", "aif_node_energy_joules_total",
+                        "aif_node_component_power_watts", "aif_node_power_limit_watts"}
 
 
 def samples(body: bytes) -> list:
@@ -92,7 +95,7 @@ def test_every_schema_metric_from_fake_hardware(tmp_path):
     check_schema(body)
     promtool_check(body)
     names = {s.name for s in samples(body)}
-    assert names == NODE_METRICS  # every node metric of the schema, nothing else
+    assert names == NODE_METRICS - NOT_ON_NVIDIA_BOARDS  # every node metric of the schema an H100 node has, nothing else
     by = {}
     for s in samples(body):
         by.setdefault(s.name, []).append(s)
@@ -324,3 +327,32 @@ def test_the_command_serves_cpu_metrics_without_nvml_and_listens_on_loopback(tmp
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
     assert out.count("NVML unavailable") == 1 and "libnvidia-ml.so.1 not found" in out
+
+
+def test_gh200_module_power_is_its_own_series_never_added_to_board_power(tmp_path):
+    """Four GH200 superchips: board power (GPU) and module power (GPU + Grace + memory) each once per GPU, and the
+    estimate takes the module figure, without the board figure or any CPU power beside it (both are inside it)."""
+    lib = gh200_node(4)
+    tree = Powercap(tmp_path, sockets=1)
+    clock = [0.0]
+    exporter = NodeExporter("jpbo-001", nvml=NvmlSource(lib=lib, clock=lambda: clock[0], xid_events=False),
+                            rapl=RaplSource(tmp_path, clock=lambda: clock[0]), baseline_w=100.0)
+    exporter.poll_host()
+    exporter.poll_gpu()
+    tree.draw((0, "package"), 50_000_000)  # 50 W of CPU power that must not be added again
+    clock[0] = 1.0
+    lib.advance(1)
+    exporter.poll_host()
+    exporter.poll_gpu()
+    body = exporter.body()
+    exporter.stop()
+    promtool_check(body)
+    check_schema(body)
+    by: dict[str, dict] = {}
+    for s in samples(body):
+        by.setdefault(s.name, {})[s.labels.get("gpu")] = s.value
+    assert by["aif_gpu_power_watts"] == {str(i): 400.0 + 10 * i for i in range(4)}
+    assert by["aif_gpu_module_power_watts"] == {str(i): 560.0 + 10 * i for i in range(4)}
+    assert by["aif_node_power_watts"] == {None: 100.0 + sum(560.0 + 10 * i for i in range(4))}
+    assert by["aif_gpu_energy_joules_total"] == {str(i): (2_000_000 * (i + 1) + 400_000 + 10_000 * i) / 1000 for i in range(4)}
+    assert "aif_gpu_package_info" not in by  # each superchip is its own package

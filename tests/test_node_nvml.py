@@ -42,8 +42,8 @@ def by_uuid(src: NvmlSource) -> dict:
 def assert_energy_exact(lib: FakeNVML, src: NvmlSource) -> None:
     got = by_uuid(src)
     for g in lib.gpus:
-        assert got[g.uuid].energy_mj == g.lifetime_mj, g.uuid  # integer mJ: exact, not approximately
-        assert got[g.uuid].energy_mj / 1000 == g.lifetime_mj / 1000
+        assert got[g.uuid].energy == g.lifetime_mj, g.uuid  # integer mJ: exact, not approximately
+        assert got[g.uuid].energy_j == g.lifetime_mj / 1000
 
 
 def test_reads_every_field_with_units_and_mig_once_per_physical_gpu():
@@ -58,8 +58,8 @@ def test_reads_every_field_with_units_and_mig_once_per_physical_gpu():
     g0 = gpus[0]
     assert g0.power_w == 300.0 and g0.limit_w == 700.0 and g0.utilization_ratio == 0.87
     assert g0.memory_used_bytes == 40 * 2**30 and g0.temperature_c == 61 and g0.sm_clock_hz == 1755e6
-    assert g0.energy_mj == 1_000_000 and g0.model == "NVIDIA H100 80GB HBM3"
-    assert gpus[1].throttle_mask == pynvml.nvmlClocksThrottleReasonSwPowerCap | pynvml.nvmlClocksThrottleReasonHwThermalSlowdown
+    assert g0.energy == 1_000_000 and g0.model == "NVIDIA H100 80GB HBM3"
+    assert gpus[1].throttled == {"sw_power_cap", "hw_thermal"} and gpus[0].throttled == frozenset()
     # MIG: board power once, on the physical GPU; utilisation is NOT_SUPPORTED in MIG mode, so left out
     assert len(gpus) == 4 and gpus[2].power_w == 320.0 and gpus[2].utilization_ratio is None
     assert gpus[2].mig_uuids == ("MIG-aaaa", "MIG-bbbb", "MIG-cccc")
@@ -74,12 +74,12 @@ def test_energy_exact_across_driver_reload_with_gpus_renumbered():
     for _ in range(5):
         step(lib, clock, src)
     assert_energy_exact(lib, src)
-    before = {g.uuid: g.energy_mj for g in src.gpus()}
+    before = {g.uuid: g.energy for g in src.gpus()}
 
     lib.unload_driver()
     step(lib, clock, src)  # every call now fails: all GPUs down, counters kept
     assert not any(g.up for g in src.gpus()) and src.reason and "Uninitialized" in src.reason
-    assert {g.uuid: g.energy_mj for g in src.gpus()} == before
+    assert {g.uuid: g.energy for g in src.gpus()} == before
     order = [g.uuid for g in reversed(lib.gpus)]
     lib.load_driver(order)  # counters restart from 0 and the indices change
     for _ in range(12):  # the exporter retries every 10 s
@@ -88,7 +88,7 @@ def test_energy_exact_across_driver_reload_with_gpus_renumbered():
     assert all(g.up for g in gpus.values())
     assert [gpus[u].index for u in order] == [0, 1, 2, 3]
     assert_energy_exact(lib, src)
-    assert all(gpus[u].energy_mj > before[u] for u in order)  # monotonic
+    assert all(gpus[u].energy > before[u] for u in order)  # monotonic
 
 
 def test_gpu_lost_mid_run_others_keep_reporting_and_energy_stays_exact(caplog):
@@ -104,7 +104,7 @@ def test_gpu_lost_mid_run_others_keep_reporting_and_energy_stays_exact(caplog):
             step(lib, clock, src)
     gpus = by_uuid(src)
     assert not gpus[lost.uuid].up and gpus[lost.uuid].power_w is None
-    assert gpus[lost.uuid].energy_mj is not None  # the counter stays exported at its last value
+    assert gpus[lost.uuid].energy is not None  # the counter stays exported at its last value
     assert all(g.up and g.power_w for u, g in gpus.items() if u != lost.uuid)
     assert sum("GpuIsLost" in r.message for r in caplog.records) == 1  # logged once, not every poll
     assert src.errors == 1  # the poll that found it lost; it is looked up again only after retry_s (10 s)
@@ -160,7 +160,7 @@ def test_not_supported_energy_counter_is_integrated_from_power():
     for _ in range(10):
         step(lib, clock, src)
     g = src.gpus()[0]
-    assert g.integrated and g.energy_mj == pytest.approx(250 * 10 * 1000, rel=1e-12)  # 250 W for 10 s
+    assert g.integrated and g.energy == pytest.approx(250 * 10 * 1000, rel=1e-12)  # 250 W for 10 s
     assert src.errors == 0
 
 

@@ -24,7 +24,8 @@ def register(commands: Commands) -> None:
     c.add_argument("--poll", type=float, default=1.0, help="re-render the exposition every POLL s")
 
     c = exp.add_parser("node", help="serve this node's GPUs, CPUs, BMC power and Slurm jobs on /metrics",
-                       description="The node agent: NVML, RAPL, hwmon, Redfish BMC and Slurm job files, polled in the "
+                       description="The node agent: NVML or amdsmi, RAPL, hwmon, HPE Cray pm_counters, Redfish BMC and "
+                                   "Slurm job files, polled in the "
                                    "background; a scrape never touches the hardware. BMC credentials come from "
                                    "$AIFMON_BMC_USERNAME/$AIFMON_BMC_PASSWORD or a credentials file, never the command line.")
     c.set_defaults(run=node)
@@ -33,12 +34,17 @@ def register(commands: Commands) -> None:
     c.add_argument("--node", help="node label (default: the short host name)")
     c.add_argument("--poll", type=float, default=1.0, help="GPU power/energy, RAPL and job files every POLL s")
     c.add_argument("--slow-poll", type=float, default=10.0, help="GPU limits, utilisation, memory, clocks every SLOW_POLL s")
-    c.add_argument("--nvml-timeout", type=float, default=0.5, help="time box of one GPU's NVML calls, s")
-    c.add_argument("--no-gpu", action="store_true", help="do not load NVML (CPU-only node)")
+    c.add_argument("--gpu", choices=("nvml", "amdsmi"), default="nvml",
+                   help="GPU library: nvml (NVIDIA, default) or amdsmi (AMD Instinct, ROCm's amdsmi Python package)")
+    c.add_argument("--nvml-timeout", type=float, default=0.5, help="time box of one GPU's library calls (NVML or amdsmi), s")
+    c.add_argument("--no-gpu", action="store_true", help="load no GPU library (CPU-only node)")
     c.add_argument("--nvml-module", default="pynvml", help="test/diagnostic hook: a module with pynvml's functions "
                                                          "(tests use tests.fake_nvml)")
+    c.add_argument("--amdsmi-module", default="amdsmi", help="test/diagnostic hook: a module with amdsmi's functions "
+                                                             "(tests use tests.fake_amdsmi)")
     c.add_argument("--powercap-root", default="/sys/class/powercap", help="RAPL sysfs tree")
     c.add_argument("--hwmon-root", default="/sys/class/hwmon", help="hwmon sysfs tree")
+    c.add_argument("--cray-pm-root", default="/sys/cray/pm_counters", help="HPE Cray EX power counters (read where present)")
     c.add_argument("--bmc-url", help="Redfish BMC, e.g. https://10.0.0.17 (no BMC: node power is estimated)")
     c.add_argument("--bmc-chassis", help="chassis id of this node, where one BMC serves several nodes")
     c.add_argument("--bmc-credentials-file", help="file whose first line is username:password (chmod 600)")
@@ -82,6 +88,8 @@ def node(args: argparse.Namespace) -> None:
     import socket
     from pathlib import Path
 
+    from aifmon.exporters.amdsmi_source import AmdsmiSource
+    from aifmon.exporters.cray_pm import CrayPmSource
     from aifmon.exporters.http import serve_exposition
     from aifmon.exporters.hwmon import HwmonSource
     from aifmon.exporters.node import NodeExporter
@@ -107,15 +115,22 @@ def node(args: argparse.Namespace) -> None:
             client = RedfishClient(args.bmc_url, credentials, verify_tls=not args.bmc_insecure, ca_file=args.bmc_ca_file,
                                    timeout_s=args.bmc_timeout)
         bmc = RedfishPower(client, chassis=args.bmc_chassis)
-    nvml = None
-    if not args.no_gpu:
+    nvml = amdsmi = None
+    if not args.no_gpu and args.gpu == "nvml":
         with user_input(ImportError, about=f"cannot load NVML's Python module {args.nvml_module!r} (no GPU here: --no-gpu)"):
             lib = importlib.import_module(args.nvml_module)
         nvml = NvmlSource(lib=lib, call_timeout_s=args.nvml_timeout, slow_every_s=args.slow_poll)
+    elif not args.no_gpu:
+        # amdsmi loads libamd_smi.so as it is imported; without ROCm the import fails with KeyError or OSError
+        with user_input(ImportError, KeyError, OSError, about=f"cannot load amdsmi's Python module {args.amdsmi_module!r} "
+                                                             "(ROCm's libamd_smi.so missing? set ROCM_PATH; no GPU here: --no-gpu)"):
+            lib = importlib.import_module(args.amdsmi_module)
+        amdsmi = AmdsmiSource(lib=lib, call_timeout_s=args.nvml_timeout, slow_every_s=args.slow_poll)
+    cray = CrayPmSource(Path(args.cray_pm_root))
     exporter = NodeExporter(
-        args.node or socket.gethostname().split(".")[0], nvml=nvml, rapl=RaplSource(Path(args.powercap_root)),
+        args.node or socket.gethostname().split(".")[0], nvml=nvml, amdsmi=amdsmi, rapl=RaplSource(Path(args.powercap_root)),
         hwmon=HwmonSource(Path(args.hwmon_root)), bmc=bmc, jobs=JobMappings(Path(args.job_dir), qos_access_modes),
-        poll_s=args.poll, bmc_poll_s=args.bmc_poll, baseline_w=args.estimate_baseline_watts)
+        cray=cray if cray.present else None, poll_s=args.poll, bmc_poll_s=args.bmc_poll, baseline_w=args.estimate_baseline_watts)
     exporter.start()
     with user_input(OSError, about=f"cannot listen on {args.listen}"):
         server = serve_exposition(args.listen, exporter.body, f"aifmon node exporter {exporter.node}", web=web)
