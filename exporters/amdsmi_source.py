@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 from aifmon.exporters.gpu_poll import ErrorKind, FieldUnavailable, Found, Gpu, GpuPoller
 from aifmon.exporters.timebox import CallTimeout
@@ -111,6 +111,15 @@ class AmdsmiSource(GpuPoller):
     title = "amdsmi"
     fast_fields = ("power", "energy")
     slow_fields = ("limit", "utilization", "memory", "temperature", "sm_clock", "throttle")
+    help_overrides: ClassVar[Mapping[str, str]] = {
+        "aif_gpu_power_watts": "GPU package power draw, W (amdsmi socket power; an MI250X package's on its primary GCD only).",
+        "aif_gpu_energy_joules_total": "GPU package energy, J: amdsmi's energy accumulator since driver load, kept monotonic across "
+                                       "driver reloads and GPU resets (an MI250X package's on its primary GCD only).",
+        "aif_gpu_utilization_ratio": "GPU graphics engine (GFX) activity over the last sample period, 0-1.",
+        "aif_gpu_temperature_celsius": "GPU junction (hotspot) temperature, degrees Celsius.",
+        "aif_gpu_sm_clock_hertz": "GPU GFX clock, Hz.",
+        "aif_gpu_up": "1 while amdsmi answers for this GPU (GCD), else 0.",
+    }
 
     def __init__(self, lib: Any, call_timeout_s: float = 0.5, slow_every_s: float = 10.0, retry_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic):

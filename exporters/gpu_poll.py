@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from aifmon.exporters.timebox import CallTimeout, TimeBox
 
@@ -124,6 +124,7 @@ class GpuPoller(ABC):
     title = "GPU library"  # the library's name in log messages
     fast_fields: tuple[str, ...] = ()
     slow_fields: tuple[str, ...] = ()
+    help_overrides: ClassVar[Mapping[str, str]] = {}  # metric name → HELP text where the schema's (written for NVML) does not hold
 
     def __init__(self, lib: Any, call_timeout_s: float, slow_every_s: float, retry_s: float, clock: Callable[[], float]):
         self.lib = lib

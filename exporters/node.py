@@ -70,6 +70,9 @@ class NodeExporter:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._node_label = label_text({"node": node})
+        # the schema's HELP lines name NVML; a GPU library with other units or meanings says its own
+        overrides = self.gpu.help_overrides if self.gpu is not None else {}
+        self._metrics = {**BY_NAME, **{name: dataclasses.replace(BY_NAME[name], help=text) for name, text in overrides.items()}}
 
     # -- polling ------------------------------------------------------------------------------
     def poll_gpu(self) -> None:
@@ -147,14 +150,14 @@ class NodeExporter:
 
         def family(metric: Metric | str, samples: list[tuple[str, float]]) -> None:
             if samples:
-                m = BY_NAME[metric] if isinstance(metric, str) else metric
+                m = self._metrics[metric] if isinstance(metric, str) else metric
                 out.append(render_family(m, [s[0] for s in samples], [s[1] for s in samples]))
 
         gpus = self.gpu.gpus() if self.gpu is not None else ()
         labelled = [(self._gpu_label(g), g) for g in gpus]
         up = [(lt, g) for lt, g in labelled if g.up]
         family("aif_gpu_power_watts", [(lt, g.power_w) for lt, g in up if g.power_w is not None])
-        energy = BY_NAME["aif_gpu_energy_joules_total"]
+        energy = self._metrics["aif_gpu_energy_joules_total"]
         integrated = [str(g.index) for g in gpus if g.integrated]
         if integrated and self.gpu is not None:  # say which GPUs have no energy counter, where a reader of the HELP looks
             energy = dataclasses.replace(energy, help=f"{energy.help} GPU {', '.join(integrated)}: no {self.gpu.title} energy "

@@ -185,6 +185,8 @@ def test_lumi_node_exposition_every_gcd_its_package_and_promtool_silent():
     exporter.stop()
     promtool_check(body)
     check_schema(body)
+    assert b"# HELP aif_gpu_up 1 while amdsmi answers for this GPU (GCD), else 0.\n" in body  # not the schema's NVML wording
+    assert b"# HELP aif_gpu_sm_clock_hertz GPU GFX clock, Hz.\n" in body
     by: dict[str, list] = {}
     for s in samples(body):
         by.setdefault(s.name, []).append(s)
