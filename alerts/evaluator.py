@@ -40,7 +40,7 @@ import pandas as pd
 
 from aifmon.alerts.config import AlertConfig, AlertRulesError, format_duration, load_alert_config
 from aifmon.alerts.notify import Notice, Notifier, NotifierStats, build_notifiers, deliver, fingerprint
-from aifmon.alerts.rules import Rule, build_rules
+from aifmon.alerts.rules import Rule, build_rules, inhibited, paged
 from aifmon.alerts.state import STATE_VERSION, load_state, state_path_for
 from aifmon.rollups.energy import energy_rollup
 from aifmon.rollups.hourly import TABLE as HOURLY_TABLE
@@ -73,6 +73,8 @@ class Alert:
     """notifier name → [status delivered ("firing"/"resolved"), when (ms)]."""
     rule: str = ""
     """The rule that put it in this state, in words (`Rule.describe`)."""
+    inhibited: bool = False
+    """True while a firing alert inhibits it (`rules.INHIBITIONS`): shown, not sent."""
 
     def notice(self) -> Notice:
         status = "resolved" if self.state == "resolved" else "firing"
@@ -193,6 +195,7 @@ class AlertEvaluator:
                 a.state, a.resolved_ms = "resolved", now_ms
                 changed = True
         changed |= self._forget_old(now_ms)
+        changed |= self._inhibit()
         changed |= self._notify(now_ms)
         if changed:
             self._save(now_ms)
@@ -326,7 +329,19 @@ class AlertEvaluator:
         return energy
 
     # -- notification and state --------------------------------------------------------------------
+    def _inhibit(self) -> bool:
+        """Mark the active alerts that a firing alert inhibits; True when any mark changed. A resolved alert keeps the
+        mark it had, so the resolution of an alert that was never sent is not sent either."""
+        firing = [a.labels for a in self.alerts.values() if a.state == "firing"]
+        changed = False
+        for a in self.alerts.values():
+            if a.state != "resolved" and a.inhibited != (now := inhibited(a.labels, firing)):
+                a.inhibited, changed = now, True
+        return changed
+
     def _owed(self, a: Alert, n: Notifier, now_ms: int) -> bool:
+        if not paged(a.labels, a.inhibited):
+            return False
         last = a.sent.get(n.name)
         if a.state == "firing":
             return last is None or last[0] != "firing" or now_ms - last[1] >= n.repeat_interval_s * 1000

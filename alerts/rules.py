@@ -7,11 +7,12 @@ built from this one list, so the two judge the same numbers against the same thr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
 from aifmon.alerts.config import AlertConfig, format_duration, required
-from aifmon.telemetry.inventory import Factory, Inventory, NodeGroup
+from aifmon.telemetry.inventory import Factory, Inventory
 
 POWER_LEVELS = (
     # level, alert name, severity, strictly above the threshold
@@ -20,9 +21,31 @@ POWER_LEVELS = (
     ("breached", "PowerCapBreached", "critical", True),
 )
 FORECAST, MISSING, BUDGET = "PowerCapForecast", "TelemetryMissing", "EnergyBudgetWarning"
-ALERT_NAMES = tuple(name for _, name, _, _ in POWER_LEVELS) + (FORECAST, MISSING, BUDGET)
-NODE_CPU_ALLOWANCE_WATTS = 300.0
-"""CPUs, memory and fans under load above `node_base_watts` (idle), W: part of a node's estimated limit."""
+SATURATED = "GpuPowerSaturated"
+ALERT_NAMES = tuple(name for _, name, _, _ in POWER_LEVELS) + (FORECAST, MISSING, BUDGET, SATURATED)
+SHOWN_NOT_PAGED = "info"
+"""Severity of what the dashboard shows and nobody is paged for: a GPU at its power limit is how AI training runs."""
+
+
+@dataclass(frozen=True)
+class Inhibition:
+    """While a firing alert matches `source`, alerts matching `target` with the same `equal` labels are not sent
+    (Alertmanager's inhibit rule; the embedded evaluator applies the same list). Matchers are label -> regex."""
+
+    source: dict[str, str]
+    target: dict[str, str]
+    equal: tuple[str, ...]
+
+    def matches(self, matchers: dict[str, str], labels: dict[str, str]) -> bool:
+        return all(re.fullmatch(pattern, labels.get(label, "")) for label, pattern in matchers.items())
+
+
+INHIBITIONS = (
+    # The critical level of a scope makes its warning redundant: page once, at the higher level.
+    Inhibition({"alertname": "PowerCapCritical|PowerCapBreached"}, {"alertname": "PowerCapWarning"}, ("scope", "factory", "system", "node")),
+    # A factory near its cap is the page; its systems' and nodes' warnings are the same event seen closer.
+    Inhibition({"scope": "factory", "alertname": "PowerCap.*"}, {"scope": "system|node|gpu", "severity": "warning"}, ("factory",)),
+)
 
 Kind = Literal["power", "forecast", "missing", "throttle", "budget"]
 
@@ -84,13 +107,19 @@ class Rule:
         return value > threshold if self.strict and not firing else value >= threshold
 
 
-def node_limit_watts(group: NodeGroup) -> float:
-    """Estimated power limit of one node of `group`, W: idle base + every GPU at its board limit + a CPU allowance.
+def paged(labels: dict[str, str], inhibited: bool) -> bool:
+    """Whether notifiers are sent an alert: not inhibited by a firing one, nor of the severity shown and not paged.
+    The evaluator's notifications and the dashboard's counts both ask this."""
+    return not inhibited and labels.get("severity") != SHOWN_NOT_PAGED
 
-    Inventories carry no node power limit; sites that know their BMC's limit set `power_limit_watts`
-    in the alert rules (node scope, per system).
-    """
-    return group.node_base_watts + group.gpus_per_node * group.model.tdp_watts + NODE_CPU_ALLOWANCE_WATTS
+
+def inhibited(labels: dict[str, str], firing: list[dict[str, str]]) -> bool:
+    """Whether an alert with `labels` is inhibited by one of the `firing` alerts' labels (see `INHIBITIONS`)."""
+    return any(
+        i.matches(i.target, labels)
+        and any(i.matches(i.source, f) and all(f.get(k, "") == labels.get(k, "") for k in i.equal) for f in firing)
+        for i in INHIBITIONS
+    )
 
 
 def build_rules(inventory: Inventory, config: AlertConfig) -> list[Rule]:
@@ -101,8 +130,10 @@ def build_rules(inventory: Inventory, config: AlertConfig) -> list[Rule]:
         for s in f.systems:
             rules += _scope_rules(f, s.id, config)
             node = config.settings("node", f.id, s.id)
-            for group in s.node_groups:
-                limit = node.power_limit_watts or node_limit_watts(group)
+            # Only a limit the site states (its BMC's PowerLimit, in the rules file) is worth a page; an estimate from
+            # TDPs would page for every node running flat out, which is normal for AI training.
+            for group in s.node_groups if node.power_limit_watts else ():
+                limit = node.power_limit_watts
                 for level, name, severity, strict in POWER_LEVELS:
                     lv = getattr(node, level)
                     rules.append(Rule(
@@ -111,11 +142,8 @@ def build_rules(inventory: Inventory, config: AlertConfig) -> list[Rule]:
                     ))
             if s.gpu_count:
                 gpu = config.settings("gpu", f.id, s.id)
-                name = POWER_LEVELS[0][1]
-                rules.append(Rule(
-                    name, "throttle", "gpu", {"alertname": name, "scope": "gpu", "factory": f.id, "system": s.id, "severity": "warning"},
-                    1.0, required(gpu.throttled_for_s), factory=f.id, system=s.id,
-                ))
+                labels = {"alertname": SATURATED, "scope": "gpu", "factory": f.id, "system": s.id, "severity": SHOWN_NOT_PAGED}
+                rules.append(Rule(SATURATED, "throttle", "gpu", labels, 1.0, required(gpu.throttled_for_s), factory=f.id, system=s.id))
     live = {f.id for f in inventory.live_factories()}
     for p in inventory.projects:
         if p.allocation_mwh is None or p.factory not in live:

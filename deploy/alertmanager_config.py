@@ -6,7 +6,9 @@ Prometheus (the exported rule file) reach the same people as the embedded evalua
 - `email` → `email_configs` (STARTTLS as `starttls` says);
 - `alertmanager` is this Alertmanager itself (the evaluator posting to it): not a receiver.
 
-Grouping and repetition follow the rules file: `group_by`, `repeat_interval`. Secrets are never
+Grouping and repetition follow the rules file: `group_by`, `repeat_interval`. Inhibitions are the embedded
+evaluator's own list (`aifmon.alerts.rules.INHIBITIONS`), and alerts of severity `info` (shown, not paged) go to
+a receiver without notifiers. Secrets are never
 written into the file: Alertmanager reads them from files (`credentials_file`, `auth_password_file`).
 A notifier whose secret comes from a file names that file; one whose secret comes from an environment
 variable gets `<secrets_dir>/<variable>` (Alertmanager cannot read the environment), which the site
@@ -20,10 +22,12 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from aifmon.alerts.config import AlertConfig, NotifierConfig, format_duration
+from aifmon.alerts.rules import INHIBITIONS, SHOWN_NOT_PAGED
 from aifmon.deploy.prometheus_config import generated_header
 from aifmon.telemetry.inventory import Inventory
 
 RECEIVER = "aifmon"
+SILENT_RECEIVER = "aifmon-shown-not-paged"
 DEFAULT_SECRETS_DIR = "/run/secrets"
 
 
@@ -71,14 +75,15 @@ def alertmanager_config(config: AlertConfig, secrets_dir: str = DEFAULT_SECRETS_
             "group_wait": "30s",
             "group_interval": "5m",
             "repeat_interval": format_duration(config.repeat_interval_s),
+            # what the dashboard shows and nobody is paged for goes to a receiver without notifiers
+            "routes": [{"matchers": [f'severity="{SHOWN_NOT_PAGED}"'], "receiver": SILENT_RECEIVER}],
         },
-        # A critical power alert makes the warning of the same scope redundant: page once, at the higher level.
         "inhibit_rules": [{
-            "source_matchers": ['alertname=~"PowerCapCritical|PowerCapBreached"'],
-            "target_matchers": ['alertname="PowerCapWarning"'],
-            "equal": ["scope", "factory", "system", "node"],
-        }],
-        "receivers": [receiver],
+            "source_matchers": [f'{label}=~"{pattern}"' for label, pattern in i.source.items()],
+            "target_matchers": [f'{label}=~"{pattern}"' for label, pattern in i.target.items()],
+            "equal": list(i.equal),
+        } for i in INHIBITIONS],
+        "receivers": [receiver, {"name": SILENT_RECEIVER}],
     }
 
 

@@ -1,13 +1,16 @@
 """End to end with real servers: a simulated factory over its cap → Prometheus evaluating the exported rules →
 Alertmanager → a webhook in this test; and the embedded evaluator on the same scenario notifies the same alerts."""
 
+import json
 import subprocess
 import sys
 import threading
 
 import pytest
 
+from aifmon.alerts.config import load_alert_config
 from aifmon.alerts.evaluator import AlertEvaluator
+from aifmon.deploy.alertmanager_config import alertmanager_config
 from aifmon.ingest.collector import Collector, targets_of
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.telemetry.inventory import load_inventory
@@ -23,8 +26,8 @@ def _scope_alerts(alerts: list[dict]) -> set[tuple]:
 
 
 EXPECTED = {
-    # alpha draws its idle load or more (4 nodes x >= 730 W x PUE 1.2 > 3.5 kW) against a 2 kW cap
-    ("PowerCapWarning", "factory", "alpha", None, "warning"),
+    # alpha draws its idle load or more (4 nodes x >= 730 W x PUE 1.2 > 3.5 kW) against a 2 kW cap; its warning
+    # fires too, and is inhibited by the critical alerts on both paths (the same INHIBITIONS)
     ("PowerCapCritical", "factory", "alpha", None, "critical"),
     ("PowerCapBreached", "factory", "alpha", None, "critical"),
     # beta has no exporter at all: every one of its series is missing
@@ -66,6 +69,7 @@ route: {{receiver: hook, group_by: [alertname, factory], group_wait: 1s, group_i
 receivers:
   - name: hook
     webhook_configs: [{{url: "{hook.url('/prometheus')}", send_resolved: true}}]
+inhibit_rules: {json.dumps(alertmanager_config(load_alert_config(rules_path, inventory))["inhibit_rules"])}
 """
         (tmp_path / "am").mkdir()
         (tmp_path / "prom").mkdir()

@@ -53,3 +53,23 @@ def test_alerts_page_shows_active_and_resolved_alerts_with_their_rule(tmp_path):
             WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.factory-row"))
             assert console_errors(driver) == []
         store.close()
+
+
+def test_alerts_are_grouped_by_rule_and_place_with_counts():
+    """120 GPUs at their limit are one closed group of 120 (shown, not paged); a lone factory alert is its own open group."""
+    from aifmon.dashboard.pages.alerts import _groups, _kpis
+
+    def alert(name: str, severity: str, scope: str, **labels: str) -> dict:
+        return {"labels": {"alertname": name, "scope": scope, "factory": "alpha", "severity": severity, **labels}, "annotations": {},
+                "state": "firing", "active_ms": 1, "fired_ms": 2, "resolved_ms": None, "inhibited": False}
+
+    gpus = [alert("GpuPowerSaturated", "info", "gpu", system="alpha-gpu", node=f"n{i // 4}", gpu=str(i % 4)) for i in range(120)]
+    warning = alert("PowerCapWarning", "warning", "system", system="alpha-gpu") | {"inhibited": True}
+    active = [alert("PowerCapCritical", "critical", "factory"), warning, *gpus]
+    groups = _groups(active, "active").children
+    summaries = ["".join(c if isinstance(c, str) else c.children for c in g.children[0].children) for g in groups]
+    assert len(groups) == 3 and [g.open for g in groups] == [True, True, False]
+    assert summaries[2].endswith("gpu alpha / alpha-gpu: 120 alerts (shown, not paged)") and len(groups[2].children[1].children[1].children) == 120
+    assert summaries[1].endswith("system alpha / alpha-gpu: 1 alert (shown, not paged)"), "inhibited by the factory's critical alert"
+    kpis = {k.children[1].children: k.children[0].children for k in _kpis(active, [])}
+    assert kpis == {"firing, critical": "1", "firing, warning": "0", "pending": "0", "shown, not paged": "121", "resolved (24 h)": "0"}

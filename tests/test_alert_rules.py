@@ -8,7 +8,7 @@ import pytest
 
 from aifmon.alerts.config import AlertRulesError, load_alert_config, parse_alert_config, parse_duration
 from aifmon.alerts.prometheus import render_rules
-from aifmon.alerts.rules import ALERT_NAMES, build_rules, node_limit_watts
+from aifmon.alerts.rules import ALERT_NAMES, SATURATED, build_rules, inhibited
 from aifmon.telemetry.inventory import load_inventory, parse_inventory
 from tests.conftest import inventory_text, require_binary
 
@@ -66,12 +66,13 @@ def test_rules_cover_every_scope_of_the_inventory(inventory):
     for f, s in (("alpha", "alpha-gpu"), ("beta", "beta-gpu")):
         for name in ("PowerCapWarning", "PowerCapCritical", "PowerCapBreached", "PowerCapForecast", "TelemetryMissing"):
             assert (name, "factory", f, None) in by and (name, "system", f, s) in by
-        assert ("PowerCapBreached", "node", f, s) in by and ("PowerCapWarning", "gpu", f, s) in by
+        assert (SATURATED, "gpu", f, s) in by
     caps = {(r.scope, r.factory, r.alertname): r.cap_watts for r in rules if r.kind == "power"}
     assert caps[("factory", "alpha", "PowerCapWarning")] == 15_000.0  # 0.015 MW
     assert caps[("system", "alpha", "PowerCapWarning")] == 20_000.0  # 20 kW
-    assert caps[("node", "alpha", "PowerCapWarning")] == 450 + 4 * 700 + 300  # estimated from the inventory
-    assert caps[("node", "beta", "PowerCapWarning")] == 2500  # the override
+    assert caps[("node", "beta", "PowerCapWarning")] == 2500  # the site's stated node limit
+    assert ("node", "alpha", "PowerCapWarning") not in caps, "no node page without a stated limit (an estimate pages for normal training)"
+    assert {r.labels["severity"] for r in rules if r.scope == "gpu"} == {"info"}, "GPUs at their limit are shown, not paged"
     missing = next(r for r in rules if r.alertname == "TelemetryMissing" and r.factory == "alpha" and r.system is None)
     assert (missing.expected_gpus, missing.expected_nodes) == (16, 4)
     breached = next(r for r in rules if r.alertname == "PowerCapBreached" and r.scope == "factory")
@@ -114,9 +115,15 @@ def test_every_problem_is_listed_at_once(inventory):
     assert len(e.value.problems) == 3 and "invalid alert rules rules.yaml" in str(e.value)
 
 
-def test_node_limit_estimate():
-    group = load_inventory().factory("pharos").systems[0].node_groups[0]
-    assert node_limit_watts(group) == group.node_base_watts + 4 * 700 + 300
+def test_a_firing_factory_alert_inhibits_its_own_systems_warnings():
+    system_warning = {"alertname": "PowerCapWarning", "scope": "system", "factory": "alpha", "system": "alpha-gpu", "severity": "warning"}
+    factory_critical = {"alertname": "PowerCapCritical", "scope": "factory", "factory": "alpha", "severity": "critical"}
+    assert inhibited(system_warning, [factory_critical])
+    assert not inhibited(system_warning, [factory_critical | {"factory": "beta"}]), "another factory's alert inhibits nothing here"
+    assert not inhibited(system_warning | {"alertname": "PowerCapBreached", "severity": "critical"}, [factory_critical]), \
+        "a system's own breach is still paged"
+    assert inhibited(system_warning, [system_warning | {"alertname": "PowerCapBreached", "severity": "critical"}]), "critical over warning"
+    assert not inhibited(system_warning, []), "only firing alerts inhibit"
 
 
 def _export(*args: str) -> subprocess.CompletedProcess:
@@ -134,11 +141,11 @@ def test_export_rules_of_the_demo_inventory_pass_promtool_check(tmp_path):
         assert f"alert: {name}" in text, name
     check = subprocess.run([promtool, "check", "rules", str(out)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
-    # 13 live factories x (3 levels + forecast + missing) x (factory + its one system), nodes and GPUs per system
-    # x 3 levels and 1, and 3 budget levels per project with an allocation
+    # 13 live factories x (3 levels + forecast + missing) x (factory + its one system), GPU saturation per system,
+    # no node rules (the demo states no node limit), and 3 budget levels per project with an allocation
     inv = load_inventory()
     budgets = sum(1 for p in inv.projects if p.allocation_mwh and not inv.factory(p.factory).planning_only)
-    assert text.count("- alert:") == 13 * (5 * 2 + 3 + 1) + 3 * budgets
+    assert text.count("- alert:") == 13 * (5 * 2 + 1) + 3 * budgets
 
 
 def test_promtool_rule_tests_pass_on_the_committed_rules():
@@ -164,5 +171,5 @@ def test_export_refuses_a_bad_rules_file_naming_the_key(tmp_path):
 
 def test_render_rules_labels(inventory):
     text = render_rules(inventory, load_alert_config(None, inventory))
-    assert "scope: factory" in text and "scope: system" in text and "scope: node" in text and "scope: gpu" in text
+    assert "scope: factory" in text and "scope: system" in text and "scope: gpu" in text and "scope: node" not in text
     assert "percentage: '{{ $value | humanizePercentage }}'" in text and "cap: 15000 W" in text

@@ -11,6 +11,7 @@ import time
 import dash
 from dash import Input, Output, dcc, html
 
+from aifmon.alerts.rules import paged
 from aifmon.alerts.state import load_state
 from aifmon.dashboard.pages import OPERATOR, PageContext
 
@@ -20,6 +21,8 @@ PREFIX = "alerts-"
 ROLES = OPERATOR
 _ORDER = {"firing": 0, "pending": 1, "resolved": 2}
 _SEVERITY = {"critical": 0, "warning": 1}
+GROUP_OPEN_UP_TO = 5
+"""A group of at most this many alerts is shown open; larger ones show their count until clicked."""
 
 
 def layout(ctx: PageContext, query: dict[str, list[str]]) -> html.Div:
@@ -27,8 +30,10 @@ def layout(ctx: PageContext, query: dict[str, list[str]]) -> html.Div:
         [
             html.H1("Alerts: power caps, MW budgets, telemetry"),
             html.P(
-                "Pending and firing alerts of the embedded evaluator, and those resolved in the last 24 hours. "
-                "Each row names the rule that put it there: its threshold, its duration and its hysteresis.",
+                "Pending and firing alerts of the embedded evaluator, and those resolved in the last 24 hours, grouped by "
+                "rule and place. Each row names the rule that put it there: its threshold, its duration and its hysteresis. "
+                "GPUs held at their power limit are shown, not paged; an alert inhibited by a firing one (a factory's "
+                "cap above its systems' warnings) is shown, not sent.",
                 className="lede",
             ),
             html.Div(id=PREFIX + "banner"),
@@ -67,25 +72,48 @@ def register(app: dash.Dash, ctx: PageContext) -> None:
         saved = state.get("saved_ms")
         updated = (f"State {state_path}, saved {_utc(saved)} (written when an alert changes state); "
                    f"rules {state.get('rules_source', 'not evaluated yet')}." if saved else f"No evaluation saved yet in {state_path}.")
-        return banner, _kpis(active, recent), _table(active, "active"), _table(recent, "recent"), updated
+        return banner, _kpis(active, recent), _groups(active, "active"), _groups(recent, "recent"), updated
 
 
 def _kpis(active: list[dict], recent: list[dict]) -> list[html.Div]:
     def kpi(label: str, value: int, kid: str) -> html.Div:
         return html.Div([html.Div(str(value), className="kpi-value", id=PREFIX + kid), html.Div(label, className="kpi-label")], className="kpi")
 
-    firing = [a for a in active if a["state"] == "firing"]
+    paged = [a for a in active if a["state"] == "firing" and _paged(a)]
     return [
-        kpi("firing, critical", sum(a["labels"].get("severity") == "critical" for a in firing), "critical"),
-        kpi("firing, warning", sum(a["labels"].get("severity") == "warning" for a in firing), "warning"),
-        kpi("pending", len(active) - len(firing), "pending"),
+        kpi("firing, critical", sum(a["labels"].get("severity") == "critical" for a in paged), "critical"),
+        kpi("firing, warning", sum(a["labels"].get("severity") == "warning" for a in paged), "warning"),
+        kpi("pending", sum(a["state"] == "pending" and _paged(a) for a in active), "pending"),
+        kpi("shown, not paged", sum(not _paged(a) for a in active), "not-paged"),
         kpi("resolved (24 h)", len(recent), "resolved"),
     ]
 
 
-def _table(alerts: list[dict], kind: str) -> html.Table | html.P:
+def _paged(alert: dict) -> bool:
+    return paged(alert["labels"], alert.get("inhibited", False))
+
+
+def _groups(alerts: list[dict], kind: str) -> html.Div | html.P:
+    """One collapsible group per rule and place (alert name, severity, state, factory, system), with its count; small
+    groups open. Hundreds of GPUs at their limit are then one line, not hundreds."""
     if not alerts:
         return html.P("None.", className="empty", id=f"{PREFIX}{kind}-empty")
+    groups: dict[tuple, list[dict]] = {}
+    for a in alerts:
+        labels = a["labels"]
+        key = (a["state"], labels["alertname"], labels.get("severity", ""), labels.get("scope", ""), labels.get("factory", ""), labels.get("system", ""))
+        groups.setdefault(key, []).append(a)
+    parts = []
+    for (state, name, severity, scope, factory, system), members in groups.items():
+        where = " / ".join(x for x in (factory, system) if x)
+        note = "" if all(_paged(a) for a in members) else " (shown, not paged)"
+        summary = html.Summary([html.Span(state, className=f"state-{state}"), f" {name} ", html.Span(severity, className=f"level-{severity}"),
+                                f" {scope} {where}: {len(members)} alert{'s' if len(members) > 1 else ''}{note}"])
+        parts.append(html.Details([summary, _table(members, kind)], open=len(members) <= GROUP_OPEN_UP_TO, className="alert-group"))
+    return html.Div(parts, id=f"{PREFIX}{kind}-table")
+
+
+def _table(alerts: list[dict], kind: str) -> html.Table:
     head = ["State", "Alert", "Severity", "Where", "Value", "Cap", "Share", "Since", "Resolved" if kind == "recent" else "Rule"]
     rows = []
     for a in alerts[:500]:
@@ -93,14 +121,15 @@ def _table(alerts: list[dict], kind: str) -> html.Table | html.P:
         where = " ".join(f"{k}={v}" for k, v in labels.items() if k not in ("alertname", "severity"))
         ann = a["annotations"]
         last = _utc(a["resolved_ms"]) if kind == "recent" else a.get("rule", "")
+        state = a["state"] + (" (inhibited)" if a.get("inhibited") else "")
         rows.append(html.Tr(
-            [html.Td(a["state"], className=f"state-{a['state']}"), html.Td(labels["alertname"], title=ann.get("summary", "")),
+            [html.Td(state, className=f"state-{a['state']}"), html.Td(labels["alertname"], title=ann.get("summary", "")),
              html.Td(labels.get("severity", ""), className=f"level-{labels.get('severity', '')}"), html.Td(where),
              html.Td(ann.get("value", "")), html.Td(ann.get("cap", "")), html.Td(ann.get("percentage", "")),
              html.Td(_utc(a["fired_ms"] or a["active_ms"])), html.Td(last)],
             className=f"alert-row alert-{kind}",
         ))
-    return html.Table([html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(rows)], className="table", id=f"{PREFIX}{kind}-table")
+    return html.Table([html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(rows)], className="table")
 
 
 def _utc(ms: int | None) -> str:

@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import Input, Output, dcc, html
 
+from aifmon.alerts.rules import paged
 from aifmon.alerts.state import load_state
 from aifmon.dashboard.pages import EVERYONE, GRAPH_CONFIG, PageContext, kpi, timed, utc
 from aifmon.dashboard.panels import (
@@ -90,7 +91,7 @@ def register(app: dash.Dash, ctx: PageContext) -> None:
             history = factory_power_history(store, inventory, now_ms - _HISTORY_H * 3_600_000, now_ms)
             midnight_ms = now_ms // 86_400_000 * 86_400_000
             energy_j = facility_energy(store, midnight_ms, now_ms)
-            active = [a for a in load_state(ctx.alert_state)["alerts"] if a["state"] != "resolved"]
+            active = [a for a in load_state(ctx.alert_state)["alerts"] if a["state"] != "resolved" and paged(a["labels"], a.get("inhibited", False))]
             updated = f"Updated {utc(now_ms)}; store {store.url}."
             out = (_kpis(status, energy_j, active), map_figure(status), _bars(status), _alerts(active), _history(history, inventory),
                    _table(status), updated)
@@ -110,7 +111,7 @@ def _kpis(status: pd.DataFrame, energy_j: pd.Series, active: list[dict]) -> list
         kpi("factories reporting", f"{reporting} / {len(status)}", PREFIX + "reporting"),
         kpi("highest share of cap", f"{worst['share_of_cap']:.0%} ({worst['name']})" if worst is not None else "no data", PREFIX + "worst",
             level_of(worst["share_of_cap"]) if worst is not None else ""),
-        kpi("alerts firing / pending", f"{firing} / {len(active) - firing}", PREFIX + "alert-count", "critical" if firing else ""),
+        kpi("alerts firing / pending (paged)", f"{firing} / {len(active) - firing}", PREFIX + "alert-count", "critical" if firing else ""),
     ]
 
 
