@@ -132,13 +132,13 @@ def build_rules(inventory: Inventory, config: AlertConfig) -> list[Rule]:
             node = config.settings("node", f.id, s.id)
             # Only a limit the site states (its BMC's PowerLimit, in the rules file) is worth a page; an estimate from
             # TDPs would page for every node running flat out, which is normal for AI training.
-            for group in s.node_groups if node.power_limit_watts else ():
-                limit = node.power_limit_watts
+            limit = node.power_limit_watts
+            for group in s.node_groups if limit else ():
                 for level, name, severity, strict in POWER_LEVELS:
                     lv = getattr(node, level)
                     rules.append(Rule(
                         name, "power", "node", {"alertname": name, "scope": "node", "factory": f.id, "system": s.id, "severity": severity},
-                        lv.percent / 100, lv.for_s, strict, required(node.hysteresis_percent) / 100, limit, f.id, s.id, group.prefix,
+                        lv.percent / 100, lv.for_s, strict, required(node.hysteresis_percent) / 100, required(limit), f.id, s.id, group.prefix,
                     ))
             if s.gpu_count:
                 gpu = config.settings("gpu", f.id, s.id)
