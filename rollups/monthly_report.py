@@ -32,6 +32,7 @@ import plotly.graph_objects as go
 from aifmon.rollups.efficiency import TOP500_SOURCE, league_table, measured_runs
 from aifmon.rollups.energy import JOB_KEYS, EnergyRollup, carbon_source, summarise
 from aifmon.rollups.hourly import HOUR_MS, NODE_TABLE, SETTLE_MS, SITE_COLUMNS, SITE_TABLE, TABLE, hour_rows
+from aifmon.rollups.report_format import GPU_ENERGY_SOURCE
 from aifmon.stores.store import RowStore, SampleReader
 from aifmon.telemetry.csv_cells import csv_safe
 from aifmon.telemetry.errors import UserError
@@ -124,8 +125,7 @@ def build_monthly_report(store: SampleReader, inventory: Inventory, month: str, 
         "inventory_illustrative": inventory.illustrative,
         "software_version": software_version(),
         "carbon_intensity_source": carbon_source(), "league_source": TOP500_SOURCE,
-        "energy_source": "GPU energy counters (aif_gpu_energy_joules_total) per scrape interval, no extrapolation; node "
-                         "energy from node power (BMC) or RAPL; facility energy from aif_facility_power_watts",
+        "energy_source": f"{GPU_ENERGY_SOURCE}; node energy from node power (BMC) or RAPL; facility energy from aif_facility_power_watts",
         "attribution": "aif_gpu_job_info per GPU; a node's non-GPU energy split by the GPU-seconds each job held on it",
         "cost_basis": "attributed IT energy (GPU + node share) x each factory's energy price (EUR/kWh) from the inventory",
     }

@@ -12,6 +12,10 @@ from aifmon.telemetry.csv_cells import csv_safe
 if TYPE_CHECKING:  # annotations only: `inventory show` formats tables without loading pandas
     from aifmon.rollups.energy import EnergyRollup
 
+GPU_ENERGY_SOURCE = ("GPU energy counters (aif_gpu_energy_joules_total, or dcgm-exporter's DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION "
+                     "through the mapping of rollups/dcgm.py), increments per scrape interval, no extrapolation")
+"""Where every GPU energy figure comes from: the rollup's JSON and the monthly report say it the same way."""
+
 _COLUMNS = [  # (column, heading with unit, format); columns a rollup lacks (pue outside factory/country/total) are left out
     ("energy_kwh", "GPU energy kWh", "{:,.3f}"),
     ("node_other_kwh", "node other kWh", "{:,.3f}"),
@@ -47,7 +51,7 @@ def provenance(r: EnergyRollup) -> dict:
         "start": _iso(r.start_ms),
         "end": _iso(r.end_ms),
         "hours": (r.end_ms - r.start_ms) / 3.6e6,
-        "energy_source": "GPU board energy counters (aif_gpu_energy_joules_total), increments, no extrapolation",
+        "energy_source": GPU_ENERGY_SOURCE,
         "coverage": r.coverage,
         "total_energy_kwh": r.total_energy_kwh,
         "cost_basis": "each factory's energy price (EUR/kWh) from the inventory",
