@@ -287,7 +287,7 @@ def format_problem(source: str, lines: dict[tuple, int], loc: tuple, msg: str) -
 
 
 def _cross_check(inv: _InventoryFile) -> Iterator[tuple[tuple, str]]:
-    """Checks that span several objects: unique ids and names, references, known countries."""
+    """Checks that span several objects: unique ids and names, references, known countries, caps within their site's."""
     intensity = carbon_intensity_table()
     yield from _unique(((("factories", i, "id"), f.id) for i, f in enumerate(inv.factories)), "factory id")
     yield from _unique(((("projects", i, "id"), p.id) for i, p in enumerate(inv.projects)), "project id")
@@ -300,6 +300,11 @@ def _cross_check(inv: _InventoryFile) -> Iterator[tuple[tuple, str]]:
         if f.planning_only and f.targets:
             yield ("factories", i, "targets"), "a planning-only factory is not scraped; remove its targets"
         yield from _unique(((("factories", i, "systems", j, "id"), s.id) for j, s in enumerate(f.systems)), "system id")
+        for j, s in enumerate(f.systems):
+            if s.power_cap_kw is not None and s.power_cap_kw > f.power_cap_mw * 1000:
+                yield ("factories", i, "systems", j, "power_cap_kw"), (
+                    f"{s.power_cap_kw:g} kW is above its factory's power_cap_mw ({f.power_cap_mw:g} MW = {f.power_cap_mw * 1000:g} kW)"
+                )
         prefixes = ((("factories", i, "systems", j, "node_groups", k, "prefix"), g.prefix)
                     for j, s in enumerate(f.systems) for k, g in enumerate(s.node_groups))
         yield from _unique(prefixes, "node prefix within a factory")

@@ -69,7 +69,8 @@ def wait_until(condition: Callable[[], T | None], timeout_s: float, what: str, p
 
 
 def inventory_text(targets: dict[str, str] | None = None, gpus_per_node: int = 4, nodes: int = 4) -> str:
-    """A small two-factory inventory; `targets` maps factory id to host:port."""
+    """A small two-factory inventory; `targets` maps factory id to host:port. Each system's IT power cap is 80 % of its
+    factory's facility cap (alpha 12 kW of 15 kW, beta 8 kW of 10 kW)."""
     targets = targets or {}
 
     def factory(fid: str, name: str, country: str, lat: float, lon: float, model: str, cap_mw: float) -> str:
@@ -85,7 +86,7 @@ def inventory_text(targets: dict[str, str] | None = None, gpus_per_node: int = 4
     systems:
       - id: {fid}-gpu
         name: {name} GPU partition
-        power_cap_kw: 20
+        power_cap_kw: {cap_mw * 800:g}
         node_groups:
           - prefix: {fid[:4]}n
             count: {nodes}

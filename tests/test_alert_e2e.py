@@ -39,7 +39,8 @@ EXPECTED = {
 def test_simulator_over_its_cap_pages_through_prometheus_and_alertmanager_and_the_embedded_evaluator(tmp_path, sim_server):
     address = f"127.0.0.1:{free_port()}"
     inv_path = tmp_path / "inv.yaml"
-    inv_path.write_text(inventory_text({"alpha": address}).replace("power_cap_mw: 0.015", "power_cap_mw: 0.002"))
+    # alpha's factory cap at 2 kW, its system without a cap of its own (so only factory power alerts)
+    inv_path.write_text(inventory_text({"alpha": address}).replace("power_cap_mw: 0.015", "power_cap_mw: 0.002").replace("        power_cap_kw: 12\n", "", 1))
     inventory = load_inventory(inv_path)
     sim_server(inventory, "alpha", address=address)
     hook = WebhookReceiver()

@@ -69,7 +69,7 @@ def test_rules_cover_every_scope_of_the_inventory(inventory):
         assert (SATURATED, "gpu", f, s) in by
     caps = {(r.scope, r.factory, r.alertname): r.cap_watts for r in rules if r.kind == "power"}
     assert caps[("factory", "alpha", "PowerCapWarning")] == 15_000.0  # 0.015 MW
-    assert caps[("system", "alpha", "PowerCapWarning")] == 20_000.0  # 20 kW
+    assert caps[("system", "alpha", "PowerCapWarning")] == 12_000.0  # 12 kW
     assert caps[("node", "beta", "PowerCapWarning")] == 2500  # the site's stated node limit
     assert ("node", "alpha", "PowerCapWarning") not in caps, "no node page without a stated limit (an estimate pages for normal training)"
     assert {r.labels["severity"] for r in rules if r.scope == "gpu"} == {"info"}, "GPUs at their limit are shown, not paged"

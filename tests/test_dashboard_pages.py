@@ -216,7 +216,7 @@ def test_sign_in_refuses_a_wrong_password_and_anonymous_requests(tmp_path, site)
 
 def _big_inventory():
     """Alpha: 3,125 nodes x 8 H100 = 25,000 GPUs (beta, the second factory of the test inventory, too)."""
-    text = inventory_text(gpus_per_node=8, nodes=3125).replace("power_cap_kw: 20", "power_cap_kw: 20000")
+    text = inventory_text(gpus_per_node=8, nodes=3125).replace("power_cap_kw: 12", "power_cap_kw: 20000").replace("power_cap_kw: 8", "power_cap_kw: 20000")
     return parse_inventory(text.replace("power_cap_mw: 0.015", "power_cap_mw: 25").replace("power_cap_mw: 0.01", "power_cap_mw: 20"),
                            "big.yaml")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -65,6 +66,8 @@ INVENTORIES = [
     ("boolean cap", (_BC := _broken("power_cap_mw: 0.015", "power_cap_mw: yes")), [_at(_BC, "power_cap_mw: yes"), "factories[0].power_cap_mw", "number"]),
     ("number as text", (_S := _broken("gpus_per_node: 4", 'gpus_per_node: "4"')), [_at(_S, 'gpus_per_node: "4"'), "node_groups[0].gpus_per_node"]),
     ("empty name", (_E := _broken("name: Alpha AI Factory", 'name: ""')), [_at(_E, 'name: ""'), "factories[0].name: a name is required"]),
+    ("system cap above its factory's", (_CAP := re.sub(r"power_cap_kw: \S+", "power_cap_kw: 900", inventory_text(), count=1)),
+     [_at(_CAP, "power_cap_kw: 900"), "factories[0].systems[0].power_cap_kw: 900 kW is above its factory's power_cap_mw"]),
     ("blank project name", (_W := _broken("name: Alpha training", 'name: "   "')), [_at(_W, 'name: "   "'), "projects[0].name: a name is required"]),
 ]
 
