@@ -102,7 +102,7 @@ class Settings(_Strict):
     forecast: Forecast | None = None
     missing: Missing | None = None
     power_limit_watts: Annotated[float, Field(gt=0)] | None = None
-    """Node scope: the node's power limit, W (default: estimated from the inventory, see `node_limit_watts`)."""
+    """Node scope: the node's power limit, W, as its BMC enforces it (Redfish `PowerLimit`); without it, no node rules."""
     throttled_for_s: Annotated[Duration | None, Field(alias="throttled_for")] = None
     """GPU scope: how long a GPU must be held at its power limit (sw_power_cap throttling) before it alerts."""
     budget_percent: Annotated[list[Percent], Field(min_length=1, max_length=5)] | None = None
