@@ -11,9 +11,10 @@ import dash
 from dash import Input, Output, State, dcc, html
 
 from aifmon.alerts.state import state_path_for
-from aifmon.dashboard.auth import Users, install
+from aifmon.dashboard.auth import Users, install, signed_in
 from aifmon.dashboard.pages import PageContext, budgets, efficiency, factories, factory, parse_query, projects, reports
 from aifmon.dashboard.pages import alerts as alerts_page
+from aifmon.dashboard.signin import SignInPolicy
 from aifmon.stores.store import SampleReader
 from aifmon.telemetry.config import is_loopback, parse_listen
 from aifmon.telemetry.inventory import Inventory
@@ -27,10 +28,11 @@ _DASH_PATHS = ("/_dash-update-component",)
 
 
 def create_app(store: SampleReader, inventory: Inventory, refresh_s: float = 5.0, users: Users | None = None,
-               reports_dir: Path = DEFAULT_REPORTS_DIR) -> dash.Dash:
+               reports_dir: Path = DEFAULT_REPORTS_DIR, signin: SignInPolicy | None = None) -> dash.Dash:
     """A Dash app reading `store`; `refresh_s` is the live pages' refresh period in seconds.
 
-    With `users`, every request needs a signed-in user whose role may open the page (see `aifmon.dashboard.auth`);
+    With `users`, every request needs a signed-in user whose role may open the page (see `aifmon.dashboard.auth`),
+    under the throttling and session lifetimes of `signin` (defaults: `SignInPolicy()`);
     `reports_dir` holds the monthly reports, one folder per month (`aifmon report monthly --out DIR/YYYY-MM`).
     """
     app = dash.Dash(
@@ -47,9 +49,8 @@ def create_app(store: SampleReader, inventory: Inventory, refresh_s: float = 5.0
         """The signed-in role; everything is open (`operator`) when no users are configured (loopback only)."""
         if users is None:
             return "operator"
-        from flask import session
-
-        return session.get("role", "")
+        who = signed_in()
+        return who[1] if who else ""
 
     def shell() -> html.Div:
         r = role()
@@ -88,14 +89,13 @@ def create_app(store: SampleReader, inventory: Inventory, refresh_s: float = 5.0
         return page.layout(ctx, parse_query(search))
 
     if users is not None:
-        install(app.server, users, _allowed)
+        install(app.server, users, _allowed, signin)
     return app
 
 
 def _user() -> str:
-    from flask import session
-
-    return session.get("user", "")
+    who = signed_in()
+    return who[0] if who else ""
 
 
 def _page_of(component_id: object) -> ModuleType | None:
@@ -120,11 +120,13 @@ def _allowed(role: str, path: str, body: dict | None) -> bool:
     return True
 
 
-def make_server(app: dash.Dash, listen: str):
+def make_server(app: dash.Dash, listen: str, trusted_proxy: str | None = None):
     """A waitress (production WSGI) server for the app; call `.run()` to serve and `.close()` to stop.
 
     Beyond loopback only with users configured: the dashboard shows who draws power and what projects
-    cost, so it is not served to a network without sign-in.
+    cost, so it is not served to a network without sign-in. From `trusted_proxy` (an IP address) only,
+    X-Forwarded-For names the client (for sign-in throttling) and X-Forwarded-Proto https marks the request
+    as HTTPS (Secure cookies); waitress drops those headers from any other peer.
     """
     from waitress import create_server
 
@@ -137,4 +139,6 @@ def make_server(app: dash.Dash, listen: str):
             )
         log.warning("dashboard on %s: passwords and session cookies cross the network in clear unless a TLS proxy "
                     "fronts it; terminate TLS in front of it", host)
-    return create_server(app.server, host=host, port=port, threads=8, ident="aifmon")
+    proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1, "trusted_proxy_headers": "x-forwarded-for x-forwarded-proto",
+             "clear_untrusted_proxy_headers": True} if trusted_proxy else {}
+    return create_server(app.server, host=host, port=port, threads=8, ident="aifmon", **proxy)

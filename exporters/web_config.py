@@ -9,6 +9,10 @@ exporter-toolkit `web.yml`, so one file serves node_exporter and aifmon alike:
       min_version: TLS12                           # optional: TLS12 (default) or TLS13
     basic_auth_users:
       prometheus: $2y$10$...                       # bcrypt hash (htpasswd -nBC 10 "" | tr -d ':\\n')
+
+Basic auth answers an unknown user as slowly as a known one (a dummy hash of the same cost) and runs at
+most two bcrypt checks at once; a request beyond that is refused at once with 401, as a wrong password
+is, rather than queued (telemetry/passwords.py).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import NoReturn
 
 import yaml
 
-from aifmon.telemetry.passwords import BcryptChecker
+from aifmon.telemetry.passwords import HASH_PREFIXES, BcryptChecker, PasswordCheckBusy, bcrypt_cost
 
 _TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"}
 _CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
@@ -34,11 +38,16 @@ class WebConfig:
     _checker: BcryptChecker = field(default_factory=BcryptChecker)
 
     def check(self, username: str, password: str) -> bool:
-        """True if the pair matches; bcrypt (~50 ms by design) runs once per distinct good password."""
-        hashed = self.basic_auth_users.get(username)
-        if hashed is None:
+        """True if the pair matches; bcrypt (~50 ms at cost 10, by design) runs once per distinct good password.
+        An unknown user costs the same as a wrong password; with every bcrypt slot busy the answer is False at once."""
+        try:
+            return self._checker.check(username, password, self.basic_auth_users.get(username), self._unknown_cost)
+        except PasswordCheckBusy:
             return False
-        return self._checker.check(username, password, hashed)
+
+    @property
+    def _unknown_cost(self) -> int:
+        return max(map(bcrypt_cost, self.basic_auth_users.values()), default=10)
 
 
 def load_web_config(path: str) -> WebConfig:
@@ -61,8 +70,8 @@ def load_web_config(path: str) -> WebConfig:
     if not isinstance(users, dict):
         raise ValueError(f"web config {path}: basic_auth_users must map user names to bcrypt hashes")
     for user, hashed in users.items():
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            raise ValueError(f"web config {path}: basic_auth_users.{user}: expected a bcrypt hash ($2y$...), "
+        if not isinstance(hashed, str) or not hashed.startswith(HASH_PREFIXES) or not hashed[4:6].isdigit():
+            raise ValueError(f"web config {path}: basic_auth_users.{user}: expected a bcrypt hash ($2y$10$...), "
                              "never a plain password")
         config.basic_auth_users[str(user)] = hashed.encode()
     if config.basic_auth_users:
@@ -70,6 +79,7 @@ def load_web_config(path: str) -> WebConfig:
             import bcrypt  # noqa: F401
         except ImportError:
             raise ValueError(f"web config {path}: basic_auth_users needs the bcrypt package (pip install bcrypt)") from None
+        config._checker.prepare(config._unknown_cost)
     return config
 
 

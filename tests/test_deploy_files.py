@@ -16,7 +16,7 @@ from tests.conftest import require_binary, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 SITE_SERVICES = {"config", "prometheus", "victoria-metrics", "alertmanager", "influxdb", "influx-sink", "rollups", "alerts",
-                 "dashboard", "dashboard-proxy"}
+                 "dashboard"}
 SECRET_WORDS = re.compile(r"PASSWORD|TOKEN|SECRET|CREDENTIAL|KEY", re.I)
 
 
@@ -65,12 +65,12 @@ def test_only_the_dashboard_is_published_and_only_on_the_hosts_loopback():
     assert set(published) == {"dashboard"}
     assert all(p.startswith("127.0.0.1:") for p in published["dashboard"])
     assert services["embedded"]["network_mode"] == "host" and services["embedded"]["profiles"] == ["embedded"]
-    # the dashboard itself stays on loopback inside its namespace; the authenticating proxy shares that namespace
+    # the dashboard signs users in itself (users file from a compose secret; tests/test_security.py runs it), so it
+    # listens on its container's network, on the port the host publishes
     dashboard = services["dashboard"]["command"]
-    assert dashboard[dashboard.index("--listen") + 1].startswith("127.0.0.1:")
-    assert services["dashboard-proxy"]["network_mode"] == "service:dashboard"
-    proxy = (ROOT / "deploy/compose/dashboard-proxy.conf").read_text()
-    assert "auth_basic_user_file /run/secrets/dashboard_htpasswd;" in proxy and "proxy_pass http://127.0.0.1:8050;" in proxy
+    listen = dashboard[dashboard.index("--listen") + 1]
+    assert dashboard[dashboard.index("--users") + 1] == "/run/secrets/dashboard_users" and services["dashboard"]["secrets"] == ["dashboard_users"]
+    assert published["dashboard"] == [f"127.0.0.1:{listen.rsplit(':', 1)[1]}:{listen.rsplit(':', 1)[1]}"]
 
 
 def test_every_aifmon_service_runs_a_command_aifmon_accepts():
@@ -138,7 +138,11 @@ notifiers:
     assert "password:" not in text and "credentials:" not in text, "no secret is written into the file"
     config = yaml.safe_load(text)
     assert config["route"]["group_by"] == ["alertname", "factory", "severity"] and config["route"]["repeat_interval"] == "2h"
-    (receiver,) = config["receivers"]
+    receiver, silent = config["receivers"]
+    assert config["route"]["routes"] == [{"matchers": ['severity="info"'], "receiver": silent["name"]}] and set(silent) == {"name"}, \
+        "what is shown, not paged, reaches no notifier"
+    assert {"source_matchers": ['scope=~"factory"', 'alertname=~"PowerCap.*"'], "target_matchers": ['scope=~"system|node|gpu"', 'severity=~"warning"'],
+            "equal": ["factory"]} in config["inhibit_rules"], "a factory's page inhibits its systems' warnings, as the embedded evaluator does"
     assert [w["url"] for w in receiver["webhook_configs"]] == ["https://chat.example.org/hooks/aifmon", "http://127.0.0.1:9/hook"]
     assert receiver["webhook_configs"][0]["http_config"]["authorization"]["credentials_file"] == "/run/secrets/AIFMON_WEBHOOK_TOKEN"
     (email,) = receiver["email_configs"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 import threading
 from contextlib import closing
@@ -27,9 +28,47 @@ def register(commands: Commands) -> None:
 
 def add_options(c: argparse.ArgumentParser) -> None:
     """The dashboard's options that `aifmon up` shares."""
+    from aifmon.dashboard.signin import SignInPolicy
+    from aifmon.telemetry.passwords import DEFAULT_CONCURRENCY
+
+    d = SignInPolicy()
     c.add_argument("--users", help="dashboard users YAML (roles operator|board, bcrypt hashes; default: $AIFMON_DASHBOARD_USERS); "
-                                   "sign-in is required beyond loopback")
+                                   "sign-in is required beyond loopback; the file is re-read when it changes")
     c.add_argument("--reports-dir", default="data/reports", help="monthly reports to list, one folder per month (default data/reports)")
+    s = c.add_argument_group("sign-in (with users; docs/security.md)")
+    s.add_argument("--secure-cookie", action="store_true",
+                   help="mark the session cookie Secure on every request (it is on HTTPS requests without this flag)")
+    s.add_argument("--trusted-proxy", metavar="IP", type=_ip,
+                   help="the TLS proxy in front: only from this address are X-Forwarded-For and X-Forwarded-Proto believed")
+    s.add_argument("--signin-attempts", type=_positive(int), default=d.attempts, metavar="N",
+                   help=f"failed sign-ins per user name or client before a lock (default {d.attempts})")
+    s.add_argument("--signin-backoff", type=_positive(float), default=d.backoff_s, metavar="S",
+                   help=f"the first lock, s; doubles with every further failure, up to {d.max_backoff_s:g} s (default {d.backoff_s:g})")
+    s.add_argument("--signin-concurrency", type=_positive(int), default=DEFAULT_CONCURRENCY, metavar="N",
+                   help=f"password (bcrypt) checks at once; more are refused at once with 503 (default {DEFAULT_CONCURRENCY})")
+    s.add_argument("--session-idle", type=_positive(float), default=d.idle_s, metavar="S",
+                   help=f"a session ends after this long without a request, s (default {d.idle_s:g}: 8 h)")
+    s.add_argument("--session-max", type=_positive(float), default=d.max_age_s, metavar="S",
+                   help=f"a session ends this long after its sign-in, s (default {d.max_age_s:g}: 7 days)")
+
+
+def _positive(kind: type[int] | type[float]):
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number above 0")
+        return value
+    return parse
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address (waitress compares the peer's address with it)") from None
 
 
 def start(store: SampleReader, inventory: Inventory, args: argparse.Namespace, **kwargs: Any) -> Any:
@@ -37,12 +76,15 @@ def start(store: SampleReader, inventory: Inventory, args: argparse.Namespace, *
     and reports from `args.reports_dir`; `kwargs` go to `create_app`. Returns the server: `close()` it."""
     from aifmon.dashboard.app import create_app, make_server
     from aifmon.dashboard.auth import load_users
+    from aifmon.dashboard.signin import SignInPolicy
 
-    users = load_users(args.users)
-    app = create_app(store, inventory, users=users, reports_dir=Path(args.reports_dir), **kwargs)
+    users = load_users(args.users, concurrency=args.signin_concurrency)
+    policy = SignInPolicy(attempts=args.signin_attempts, backoff_s=args.signin_backoff, idle_s=args.session_idle,
+                          max_age_s=args.session_max, secure_cookie=args.secure_cookie)
+    app = create_app(store, inventory, users=users, reports_dir=Path(args.reports_dir), signin=policy, **kwargs)
     # ValueError: refused beyond loopback without users (the message says what to do)
     with user_input(ValueError), user_input(OSError, about=f"cannot listen on {args.listen}"):
-        server = make_server(app, args.listen)
+        server = make_server(app, args.listen, trusted_proxy=args.trusted_proxy)
     threading.Thread(target=server.run, name="dashboard", daemon=True).start()
     return server
 
