@@ -2,15 +2,27 @@
 
 Same data, same run: a simulated factory's exposition (default 25,000 GPUs) is ingested K times with
 new timestamps, by
-  - aifmon: compiled parse (Numba) → series ids (byte comparison with the last scrape, Arrow hash lookup for the
-    rest) → one DuckDB transaction per scrape;
-  - VictoriaMetrics (Debian package, started here on a free loopback port): POST to
-    /api/v1/import/prometheus, then /internal/force_flush so the samples are durable and queryable.
+  - aifmon, in a child process of its own (its peak RSS is the whole ingest process's: interpreter, libraries,
+    the first scrape's series registration and the steady scrapes): compiled parse (Numba) → series ids (byte
+    comparison with the last scrape, Arrow hash lookup for the rest; new series registered columnar, in DuckDB) →
+    one DuckDB transaction per scrape, durable when `append` returns (DuckDB syncs its write-ahead log on commit);
+  - VictoriaMetrics (Debian package, started here on a free loopback port), fed the same text with timestamps by
+    curl (`--data-binary @file`, files written before the clock starts) to /api/v1/import/prometheus, then
+    /internal/force_flush, after which the samples are on disk and queryable (VictoriaMetrics acknowledges an
+    import when the rows are in its in-memory buffers). curl's CPU time is reported beside the wall time: a
+    client that is not the bottleneck spends a small share of it.
+Both are timed after a first scrape that registers the series. Rounds alternate (VictoriaMetrics, then aifmon);
+medians over the rounds are reported, and each round's ratio.
 Also times the reads the live panels need: 1 h of per-GPU power for the factory page (25,000 GPUs ×
 1 h at 15 s), and the latest value per series for 100,000 GPUs.
 
 Run by hand (not in the test suite):  .venv/bin/python bench/ingest.py [--gpus 25000] [--scrapes 5]
 Writes its figures to bench/results/ingest.json (bench/capacity_plan.py reads them).
+
+    .venv/bin/python bench/ingest.py --gpus 100000 --gpus-per-node 8 --scrapes 4 --one-core
+
+times aifmon alone, pinned to one core (taskset), on a gigafactory's exposition: seconds per scrape against a 15 s
+interval, and its memory; figures to bench/results/ingest_one_core.json.
 """
 
 from __future__ import annotations
@@ -33,17 +45,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aifmon.exporters.sim import SimExporter
 from aifmon.exporters.simulation import FactorySimulation
-from aifmon.ingest.parser import parse_exposition
+from aifmon.ingest.parser import parse_exposition, warm_up
 from aifmon.ingest.series_index import SeriesIndex
+from aifmon.ingest.series_keys import warm_up as warm_up_keys
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import series_key
 from aifmon.telemetry.inventory import parse_inventory
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for_http
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ingest.json"
 
-def factory_inventory(gpus: int):
-    nodes = gpus // 4
+def factory_inventory(gpus: int, per_node: int = 4):
+    nodes = gpus // per_node
     return parse_inventory(f"""
 name: bench
 factories:
@@ -59,7 +72,7 @@ factories:
       - id: big-gpu
         name: Booster
         node_groups:
-          - {{prefix: bign, count: {nodes}, gpus_per_node: 4, gpu_model: H100-SXM5-80GB}}
+          - {{prefix: bign, count: {nodes}, gpus_per_node: {per_node}, gpu_model: H100-SXM5-80GB}}
 projects:
   - {{id: p1, name: P1, access_mode: Large Scale, sector: Technology & Digital, factory: big}}
   - {{id: p2, name: P2, access_mode: Fast Lane, sector: Health & Life Sciences, factory: big}}
@@ -83,16 +96,31 @@ def peak_rss_mb(pid: int | None = None) -> float:
     return float("nan")
 
 
-def bench_aifmon(body: bytes, scrapes: int, work: Path) -> tuple[float, float, float, float, float]:
-    """(samples/s, seconds, and the seconds of those spent parsing, finding series ids and committing) of the
-    embedded path, after the scrapes that register the series and compile the parser."""
+def rss_mb() -> float:
+    """This process's resident memory now, MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_aifmon(body_path: Path, scrapes: int, work: Path) -> tuple[float, float, float, float, float, float, float]:
+    """(samples/s, seconds, and the seconds of those spent parsing, finding series ids and committing; RSS MB before
+    the first scrape and after it) of the embedded path, timed after the scrapes that register the series and compile
+    the parser. Each scrape reads the body from the file, untimed: like a fetch, a new body each time, while the series
+    index keeps the last one."""
     store = DuckDBStore(work / "bench.duckdb")
     index = SeriesIndex(store, {"instance": "bench"})
+    warm_up()
+    warm_up_keys()
+    before = rss_mb()
     for _ in range(2):  # the first scrape registers the series, the second compiles the series comparison
-        index.ids(parse_exposition(body))  # (Numba compiles on first use): steady state is what we time
+        index.ids(parse_exposition(body_path.read_bytes()))  # (Numba compiles on first use): steady state is what we time
+    after_first = rss_mb()
     n = 0
     phases = np.zeros(3)
     for k in range(scrapes):
+        body = body_path.read_bytes()
         t0 = time.perf_counter()
         s = parse_exposition(body)
         t1 = time.perf_counter()
@@ -104,7 +132,7 @@ def bench_aifmon(body: bytes, scrapes: int, work: Path) -> tuple[float, float, f
     store.close()
     elapsed = float(phases.sum())
     parse_s, ids_s, commit_s = phases.tolist()
-    return n / elapsed, elapsed, parse_s, ids_s, commit_s
+    return n / elapsed, elapsed, parse_s, ids_s, commit_s, before, after_first
 
 
 def small_body_parse_us(body: bytes, calls: int = 2000) -> tuple[int, float]:
@@ -118,36 +146,43 @@ def small_body_parse_us(body: bytes, calls: int = 2000) -> tuple[int, float]:
     return small.count(b"\n"), (time.perf_counter() - started) / calls * 1e6
 
 
-def bench_vm(body: bytes, scrapes: int, work: Path) -> tuple[float, float, float]:
+def stamp(body: bytes, t_ms: int) -> bytes:
+    """The exposition's sample lines with timestamp `t_ms` appended (what VictoriaMetrics imports)."""
+    lines = [line for line in body.split(b"\n") if line and not line.startswith(b"#")]
+    return b"".join(line + b" %d\n" % t_ms for line in lines)
+
+
+def post_file(url: str, path: Path) -> None:
+    """POST the file's bytes with curl, which streams it from disk; raises if the server refuses it."""
+    subprocess.run(["curl", "-sSf", "-o", "/dev/null", "--data-binary", f"@{path}", url], check=True)
+
+
+def bench_vm(body: bytes, scrapes: int, work: Path) -> tuple[float, float, float, float]:
+    """(samples/s, seconds, peak RSS MB, curl's CPU seconds) of VictoriaMetrics importing `scrapes` stamped copies of
+    the exposition, durable (force_flush), after a first import that registers the series."""
     port = free_port()
-    proc = subprocess.Popen([installed("victoria-metrics", "victoria-metrics"), f"-storageDataPath={work}", f"-httpListenAddr=127.0.0.1:{port}", "-loggerLevel=ERROR"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([installed("victoria-metrics", "victoria-metrics"), f"-storageDataPath={work / 'data'}",
+                             f"-httpListenAddr=127.0.0.1:{port}", "-loggerLevel=ERROR"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
-        lines = [line for line in body.split(b"\n") if line and not line.startswith(b"#")]
-
-        def post(k: int) -> None:
-            stamped = b"".join(line + b" %d\n" % (1_790_000_000_000 + k * 15_000) for line in lines)
-            request = urllib.request.Request(url + "/api/v1/import/prometheus", data=stamped, method="POST")
-            urllib.request.urlopen(request, timeout=600).read()
-
-        post(-1)  # the first import registers the series, as for aifmon
+        wait_for_http(url + "/health")
+        files = []
+        for k in range(-1, scrapes):  # stamping is done before the clock starts: VictoriaMetrics is timed on the import alone
+            files.append(work / f"scrape{k}.prom")
+            files[-1].write_bytes(stamp(body, 1_790_000_000_000 + k * 15_000))
+        samples = files[0].read_bytes().count(b"\n")
+        post_file(url + "/api/v1/import/prometheus", files[0])  # the first import registers the series, as for aifmon
         urllib.request.urlopen(url + "/internal/force_flush", timeout=600).read()
-        # stamping is done before the clock starts: VictoriaMetrics is timed on the import alone
-        bodies = [b"".join(line + b" %d\n" % (1_790_000_000_000 + k * 15_000) for line in lines) for k in range(scrapes)]
+        cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        for stamped in bodies:
-            request = urllib.request.Request(url + "/api/v1/import/prometheus", data=stamped, method="POST")
-            urllib.request.urlopen(request, timeout=600).read()
+        for path in files[1:]:
+            post_file(url + "/api/v1/import/prometheus", path)
         urllib.request.urlopen(url + "/internal/force_flush", timeout=600).read()
         elapsed = time.perf_counter() - started
-        return len(lines) * scrapes / elapsed, elapsed, peak_rss_mb(proc.pid)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        curl_cpu_s = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+        return samples * scrapes / elapsed, elapsed, peak_rss_mb(proc.pid), curl_cpu_s
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -181,26 +216,54 @@ def child_ingest(body_path: Path, scrapes: int) -> None:
     """Run in a child process, so its peak memory is the ingest path's alone: prints rate, seconds, peak RSS and
     the seconds spent parsing, finding ids and committing."""
     with tempfile.TemporaryDirectory() as tmp:
-        rate, seconds, parse_s, ids_s, commit_s = bench_aifmon(body_path.read_bytes(), scrapes, Path(tmp))
-    print(rate, seconds, peak_rss_mb(), parse_s, ids_s, commit_s)
+        result = bench_aifmon(body_path, scrapes, Path(tmp))
+    print(peak_rss_mb(), *result)
+
+
+def one_core(body: bytes, samples: int, args: argparse.Namespace) -> None:
+    """aifmon's ingest pinned to CPU 0 (parser threads and DuckDB's included): median seconds per scrape and memory."""
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        body_path = Path(tmp) / "body.prom"
+        body_path.write_bytes(body)
+        for _ in range(args.rounds):
+            out = subprocess.run(["taskset", "-c", "0", sys.executable, __file__, "--child-ingest", str(body_path), "--scrapes", str(args.scrapes)],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            rounds.append([float(x) for x in out])
+    rss, rate, seconds, parse_s, ids_s, commit_s, before, after_first = np.median(np.array(rounds), axis=0).tolist()
+    per_scrape = seconds / args.scrapes
+    print(f"one core: {samples:,} samples per scrape in {per_scrape:.2f} s (parse {parse_s / args.scrapes:.2f} s, series ids "
+          f"{ids_s / args.scrapes:.2f} s, DuckDB commit {commit_s / args.scrapes:.2f} s), {rate:,.0f} samples/s: "
+          f"{per_scrape / 15:.0%} of a 15 s interval; RSS {before:.0f} MB before the first scrape, {after_first:.0f} MB after "
+          f"two, peak {rss:.0f} MB (medians of {args.rounds} rounds)")
+    (RESULTS.parent / "ingest_one_core.json").write_text(json.dumps({
+        "gpus": args.gpus, "gpus_per_node": args.gpus_per_node, "samples_per_scrape": samples, "scrapes": args.scrapes,
+        "rounds": args.rounds, "seconds_per_scrape": per_scrape, "samples_per_s": rate, "rss_before_mb": before,
+        "rss_after_first_scrape_mb": after_first, "peak_rss_mb": rss}, indent=2) + "\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpus", type=int, default=25_000)
     ap.add_argument("--scrapes", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each side is reported")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median of each side is reported")
+    ap.add_argument("--gpus-per-node", type=int, default=4)
+    ap.add_argument("--one-core", action="store_true", help="aifmon alone, pinned to one core (no VictoriaMetrics, no reads)")
+    ap.add_argument("--no-reads", action="store_true", help="skip the read timings (and do not write the results file)")
     ap.add_argument("--child-ingest", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_ingest:
         child_ingest(args.child_ingest, args.scrapes)
         return
-    inv = factory_inventory(args.gpus)
+    inv = factory_inventory(args.gpus, args.gpus_per_node)
     f = inv.factory("big")
     body = SimExporter(FactorySimulation(f, inv.projects_of("big"), epoch=time.time() - 4 * 3600, step_s=15.0)).body()
     samples = len(parse_exposition(body))
     print(f"exposition: {args.gpus:,} GPUs, {samples:,} samples, {len(body) / 1e6:.1f} MB per scrape; "
-          f"{args.scrapes} scrapes per round, best of {args.rounds} alternating rounds")
+          f"{args.scrapes} scrapes per round, medians of {args.rounds} alternating rounds")
+    if args.one_core:
+        one_core(body, samples, args)
+        return
     ours, vms = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -208,21 +271,31 @@ def main() -> None:
         body_path.write_bytes(body)
         for k in range(args.rounds):
             vms.append(bench_vm(body, args.scrapes, work / f"vm{k}"))
+            shutil.rmtree(work / f"vm{k}")
             out = subprocess.run([sys.executable, __file__, "--child-ingest", str(body_path), "--scrapes", str(args.scrapes)],
                                  capture_output=True, text=True, check=True).stdout.split()
-            ours.append(tuple(float(x) for x in out))
-        range_s, arrays_s, latest_s, page_rows, latest_rows = bench_reads(work)
-    ours_rate, ours_s, ours_rss, parse_s, ids_s, commit_s = max(ours)
+            ours.append([float(x) for x in out])
+            print(f"round {k + 1}: aifmon {ours[-1][1]:,.0f} samples/s, peak RSS {ours[-1][0]:.0f} MB; "
+                  f"VictoriaMetrics {vms[-1][0]:,.0f} samples/s, peak RSS {vms[-1][2]:.0f} MB", flush=True)
+        reads = None if args.no_reads else bench_reads(work)
+    ours_rss, ours_rate, ours_s, parse_s, ids_s, commit_s, rss_before, rss_after_first = np.median(np.array(ours), axis=0).tolist()
+    vm_rate, vm_s, vm_rss, curl_cpu_s = np.median(np.array(vms), axis=0).tolist()
     lines, small_us = small_body_parse_us(body)
-    vm_rate, vm_s, vm_rss = max(vms)
-    print(f"{'path':<44}{'samples/s':>12}{'time s':>9}{'peak RSS MB':>13}")
+    print(f"{'path (medians)':<44}{'samples/s':>12}{'time s':>9}{'peak RSS MB':>13}")
     print(f"{'aifmon parse + DuckDB commit (durable)':<44}{ours_rate:>12,.0f}{ours_s:>9.2f}{ours_rss:>13.0f}")
     print(f"{'VictoriaMetrics import + force_flush':<44}{vm_rate:>12,.0f}{vm_s:>9.2f}{vm_rss:>13.0f}")
     print(f"ratio aifmon / VictoriaMetrics: {ours_rate / vm_rate:.2f}x (rounds: "
-          + ", ".join(f"{o[0] / v[0]:.2f}x" for o, v in zip(ours, vms)) + ")")
+          + ", ".join(f"{o[1] / v[0]:.2f}x" for o, v in zip(ours, vms)) + ")")
+    print(f"curl's CPU time while VictoriaMetrics imported: {curl_cpu_s:.2f} s of {vm_s:.2f} s wall ({curl_cpu_s / vm_s:.0%})")
+    print(f"aifmon RSS: {rss_before:.0f} MB with libraries loaded and the parser compiled, {rss_after_first:.0f} MB after the first "
+          f"two scrapes (series registered), peak {ours_rss:.0f} MB; ({rss_after_first - rss_before:.0f} MB for {samples:,} series: "
+          f"{(rss_after_first - rss_before) * 2**20 / samples:.0f} bytes per series)")
     per_scrape = 1000 / args.scrapes
-    print(f"aifmon per scrape (best round): parse {parse_s * per_scrape:.0f} ms, series ids {ids_s * per_scrape:.0f} ms, "
+    print(f"aifmon per scrape (medians): parse {parse_s * per_scrape:.0f} ms, series ids {ids_s * per_scrape:.0f} ms, "
           f"DuckDB commit {commit_s * per_scrape:.0f} ms; one node's {lines}-line body parses in {small_us:.0f} µs")
+    if reads is None:
+        return
+    range_s, arrays_s, latest_s, page_rows, latest_rows = reads
     print(f"factory page read, 25,000 GPUs x 1 h at 15 s ({page_rows:,} rows): {range_s:.2f} s sorted with labels on every row "
           f"(`range`), {arrays_s:.2f} s unsorted with labels once per series (`range_arrays`)")
     print(f"latest value per series, 100,000 GPUs ({latest_rows:,} rows): {latest_s:.3f} s")
@@ -230,7 +303,8 @@ def main() -> None:
     RESULTS.write_text(json.dumps({
         "gpus": args.gpus, "samples_per_scrape": samples, "scrapes": args.scrapes, "rounds": args.rounds, "cpus": os.cpu_count(),
         "aifmon_duckdb_samples_per_s": ours_rate, "victoriametrics_import_samples_per_s": vm_rate,
-        "victoriametrics_peak_rss_mb": vm_rss, "factory_page_read_s": range_s, "factory_page_read_arrays_s": arrays_s, "latest_read_s": latest_s,
+        "aifmon_peak_rss_mb": ours_rss, "aifmon_rss_before_mb": rss_before, "aifmon_rss_after_first_scrape_mb": rss_after_first,
+        "victoriametrics_peak_rss_mb": vm_rss, "curl_cpu_s": curl_cpu_s, "victoriametrics_s": vm_s, "factory_page_read_s": range_s, "factory_page_read_arrays_s": arrays_s, "latest_read_s": latest_s,
     }, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 

@@ -33,8 +33,9 @@ import numpy as np
 
 from aifmon.ingest.parser import parse_exposition, warm_up
 from aifmon.ingest.series_index import SeriesIndex
+from aifmon.ingest.series_keys import warm_up as warm_up_keys
 from aifmon.ingest.window import NO_TIMESTAMP, SCRAPE_WINDOW, SampleWindow
-from aifmon.stores.store import SampleWriter, series_key
+from aifmon.stores.store import SampleWriter, SeriesKey, series_key
 from aifmon.telemetry.inventory import Inventory
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ class Collector:
         self.max_body_bytes = max_body_bytes
         self.window = window
         warm_up()  # the first cycle is on time, not late by the parser's compilation
+        warm_up_keys()
         self._indexes = {t.address: SeriesIndex(store, t.labels) for t in targets}
         self._live = {t.address: np.zeros(0, dtype=np.int64) for t in targets}  # series of each target's last scrape
         self._pool = ThreadPoolExecutor(max_workers=min(32, max(1, len(targets))), thread_name_prefix="scrape")
@@ -190,12 +192,13 @@ class Collector:
         self.samples_written = 0
         self.failures: Counter[tuple[str, str]] = Counter()  # failed scrapes by (target address, reason)
         self.refused: Counter[tuple[str, str]] = Counter()  # samples refused for their timestamp by (target address, reason)
+        self._own: dict[SeriesKey, int] = {}
 
     def collect_once(self) -> int:
         """One scrape of every target, written durably in one transaction; returns the number of samples stored."""
         results = list(self._pool.map(
             lambda t: scrape(t, self._indexes[t.address], self.timeout_s, self.max_body_bytes, self.window), self.targets))
-        health = self.store.series_ids([series_key(m, r.target.labels) for r in results for m in ("up", "scrape_duration_seconds")])
+        health = self._own_ids([series_key(m, r.target.labels) for r in results for m in ("up", "scrape_duration_seconds")])
         ids, t_ms, values = [health], [], []
         for r in results:
             self._log_state(r)
@@ -235,7 +238,14 @@ class Collector:
                   for (address, reason), n in counter.items()]
         t_ms.append(np.array([started[address] for _, address, _, _ in counts], dtype=np.int64))
         values.append(np.array([n for *_, n in counts], dtype=np.float64))
-        return self.store.series_ids([series_key(metric, {**labels[address], "reason": reason}) for metric, address, reason, _ in counts])
+        return self._own_ids([series_key(metric, {**labels[address], "reason": reason}) for metric, address, reason, _ in counts])
+
+    def _own_ids(self, keys: list[SeriesKey]) -> np.ndarray:
+        """Ids of the collector's own series (`up`, the counters), remembered here: a few per target, where the store
+        would search its whole series table on every cycle."""
+        if missing := [k for k in keys if k not in self._own]:
+            self._own.update(zip(missing, self.store.series_ids(missing).tolist()))
+        return np.array([self._own[k] for k in keys], dtype=np.int64)
 
     def _log_state(self, r: ScrapeResult) -> None:
         """Log a target going down or coming back once, not on every cycle."""

@@ -16,8 +16,10 @@ from typing import NamedTuple, NoReturn, TextIO
 import numpy as np
 
 from aifmon.ingest.parser import parse_exposition
-from aifmon.ingest.series_index import BadSeries, SeriesIndex
+from aifmon.ingest.series_index import SeriesIndex
+from aifmon.ingest.series_keys import BadSeries
 from aifmon.ingest.window import IMPORT_WINDOW, NO_TIMESTAMP, SampleWindow
+from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import SampleReader, SampleWriter
 from aifmon.telemetry.exposition import ExpositionError, format_value, label_text
 from aifmon.telemetry.schema import BY_NAME
@@ -75,8 +77,6 @@ def import_openmetrics(store: SampleWriter, path: str | Path, progress: Callable
     Other stores take it chunk by chunk (32 MB), and the error says up to which line the file was stored.
     The file is read in chunks whatever the store: memory is bounded by the chunk, not the file.
     """
-    from aifmon.stores.duckdb_store import DuckDBStore  # here: the embedded store's dependencies only where it is used
-
     index = SeriesIndex(store)
     stored = 0
     bounds: tuple[int, int] | None = None  # first and last sample time, ms

@@ -19,7 +19,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache, cached_property
+from functools import cache
 from typing import NamedTuple
 
 import numba
@@ -102,9 +102,10 @@ class Samples:
     def __len__(self) -> int:
         return len(self.values)
 
-    @cached_property
+    @property
     def series(self) -> pa.StringArray:
-        """Every sample's series text, e.g. `aif_gpu_power_watts{node="n1",gpu="0"}`."""
+        """Every sample's series text, e.g. `aif_gpu_power_watts{node="n1",gpu="0"}`: built on each use, not kept (a
+        collector keeps the last scrape's Samples, and the texts would double its memory)."""
         return _strings(np.frombuffer(self.body, np.uint8), self.series_start, self.series_end)
 
     def series_of(self, rows: np.ndarray) -> pa.StringArray:

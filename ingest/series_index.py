@@ -8,26 +8,23 @@ registered in the store.
 
 from __future__ import annotations
 
+import ctypes
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from aifmon.ingest.parser import Samples
-from aifmon.stores.store import SampleWriter, series_key
-from aifmon.telemetry.exposition import ExpositionError, parse_series
+from aifmon.ingest.series_keys import series_keys
+from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import SampleWriter
+from aifmon.telemetry.exposition import ExpositionError
 
-_SLICE = 20_000
+_SLICE = 50_000
 MAX_SERIES_BYTES = 64 * 2**10
 """Longest series text (name and labels) accepted, bytes: a 10 MB line would cost seconds of label parsing when it
 is registered. Prometheus has no such limit; no exporter of this schema comes near it."""
-
-
-class BadSeries(ExpositionError):
-    """A new series text that is not a valid series; `text` is the text."""
-
-    def __init__(self, text: str, message: str):
-        super().__init__(message)
-        self.text = text
 
 
 class SeriesIndex:
@@ -41,8 +38,8 @@ class SeriesIndex:
         self._last: tuple[Samples | None, np.ndarray] = (None, np.zeros(0, dtype=np.int64))
 
     def ids(self, samples: Samples) -> np.ndarray:
-        """Store ids, one per sample; raises ExpositionError if a new series text is too long, BadSeries if it does not
-        parse or repeats a label name.
+        """Store ids, one per sample; raises ExpositionError if a new series text is too long, BadSeries
+        (`aifmon.ingest.series_keys`) if it does not parse or repeats a label name.
 
         Lines whose series text is that of the same line of the previous batch (an exporter renders in a
         stable order) reuse its id after one byte comparison; only the others are hashed.
@@ -65,32 +62,57 @@ class SeriesIndex:
         return ids
 
     def _register(self, texts: pa.StringArray) -> np.ndarray:
-        # parse_series keeps the last of a repeated label name; Prometheus fails the scrape instead ("label name is not
-        # unique"), and so do we. Each label value is one pair of quotes once escapes are taken out, so a text that parses
-        # into fewer labels than it has pairs repeats a name.
-        pairs = pc.count_substring(pc.replace_substring_regex(texts, r"\\.", ""), '"').to_numpy() // 2
-        keys = []
-        for text, quoted in zip(texts.to_pylist(), pairs.tolist()):
-            try:
-                name, labels = parse_series(text)
-            except ExpositionError as e:
-                raise BadSeries(text, str(e)) from None
-            if len(labels) != quoted:
-                raise BadSeries(text, f"a label name is repeated in {text[:120]!r} (Prometheus refuses such a series)")
-            keys.append(series_key(name, {**self.labels, **labels}))
-        return self.store.series_ids(keys).astype(np.int64)
+        metrics, labels = series_keys(texts, self.labels)
+        if isinstance(self.store, DuckDBStore):
+            return self.store.register(metrics, labels).astype(np.int64)
+        # Other stores take Python keys: one object per series, but they keep their series elsewhere (a server).
+        return self.store.series_ids([(m, tuple(json.loads(text).items())) for m, text in zip(metrics.to_pylist(), labels.to_pylist())]
+                                     ).astype(np.int64)
 
     def _lookup(self, series: pa.StringArray) -> np.ndarray:
-        where = pc.index_in(series, value_set=self._texts)
-        if where.null_count:
-            new = pc.unique(series.filter(where.is_null()))
-            longest = pc.max(pc.binary_length(new)).as_py()
-            if longest > MAX_SERIES_BYTES:  # checked on new series only: a scrape of known ones pays nothing
-                raise ExpositionError(f"a series text of {longest} bytes, over the limit of {MAX_SERIES_BYTES}")
-            # Labels are parsed in slices: a first scrape of a whole factory (400,000 series) would
-            # otherwise hold every parsed label dict at once.
-            parts = [self._register(new.slice(i, _SLICE)) for i in range(0, len(new), _SLICE)]
-            self._texts = pa.concat_arrays([self._texts, new])
-            self._ids = np.concatenate([self._ids, *parts])
+        if not len(series):
+            return np.zeros(0, np.int64)
+        if len(self._texts):
             where = pc.index_in(series, value_set=self._texts)
-        return self._ids[where.to_numpy(zero_copy_only=False)]
+            if not where.null_count:
+                return self._ids[where.to_numpy(zero_copy_only=False)]
+            missing = where.is_null()
+            ids = self._ids[where.fill_null(0).to_numpy()]
+            rows: np.ndarray | slice = np.flatnonzero(missing.to_numpy(zero_copy_only=False))
+            fresh = series.filter(missing)
+        else:  # the first batch: every text is new
+            ids, rows, fresh = np.empty(len(series), np.int64), slice(None), series
+        if not len(fresh):
+            return ids
+        longest = pc.max(pc.binary_length(fresh)).as_py()
+        if longest > MAX_SERIES_BYTES:  # checked on new series only: a scrape of known ones pays nothing
+            raise ExpositionError(f"a series text of {longest} bytes, over the limit of {MAX_SERIES_BYTES}")
+        # Not deduplicated here (a hash table over a first scrape's 400,000 texts peaks at four times their size): the
+        # store gives a repeated text the same id, and Prometheus text repeats none. Registered in slices, so the
+        # label texts and the store's join are never held for all of them at once.
+        new_ids = np.concatenate([self._register(fresh.slice(i, _SLICE)) for i in range(0, len(fresh), _SLICE)])
+        ids[rows] = new_ids
+        self._texts = pa.concat_arrays([self._texts, fresh]) if len(self._texts) else fresh
+        self._ids = np.concatenate([self._ids, new_ids])
+        _return_memory()
+        return ids
+
+
+def _return_memory() -> None:
+    """Give the memory freed after registering new series back to the system: Arrow's pool (mimalloc or jemalloc) and
+    glibc's heap keep freed blocks for reuse, and a first scrape of a whole factory frees hundreds of MB that the
+    scrapes after it never need again."""
+    pa.default_memory_pool().release_unused()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_LIBC = _glibc()

@@ -103,14 +103,12 @@ class DuckDBStore(SampleWriter, RollupStore):
         self._write_lock = threading.RLock()  # re-entered by the writes inside `transaction()`
         self._transaction: duckdb.DuckDBPyConnection | None = None  # the cursor of the open `transaction()`
         self._closed = False
-        # Series are known by one compact string (metric, newline, canonical JSON labels): a few hundred
-        # bytes each, where tuples of label pairs would cost kilobytes per series at 100,000 GPUs.
-        self._ids: dict[str, int] = {}
-        self._metrics: set[str] = set()
+        # Series ids are looked up in the series table itself (a hash join in DuckDB), not in a map held here: a
+        # factory's 400,000 series would cost 130 MB of Python strings. The series index of each scrape target keeps
+        # the texts it has seen, so the table is asked only about new ones.
+        self._metrics: set[str] = {m for (m,) in self._con.execute("SELECT DISTINCT metric FROM series").fetchall()}
+        self._generation = 0  # changes whenever series are added: the key of `_labels_cache`
         self._labels_cache: dict[str, tuple[int, pd.DataFrame]] = {}
-        for sid, metric, labels in self._con.execute("SELECT id, metric, labels FROM series").fetchall():
-            self._ids[f"{metric}\n{labels}"] = sid
-            self._metrics.add(metric)
 
     @contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -142,13 +140,11 @@ class DuckDBStore(SampleWriter, RollupStore):
         so a large import does not have to fit in memory."""
         self._check_writable()
         with self._write_lock, self._cursor() as cur:
-            known, metrics = len(self._ids), set(self._metrics)
+            metrics = set(self._metrics)
 
             def forget() -> None:
-                while len(self._ids) > known:  # ids were added in order: the newest are the transaction's
-                    self._ids.popitem()
                 self._metrics = metrics
-                self._labels_cache.clear()  # keyed by the number of series, which is back to an earlier count
+                self._generation += 1  # labels read inside the transaction may name series that are gone
 
             cur.execute("BEGIN TRANSACTION")
             self._transaction = cur
@@ -167,22 +163,27 @@ class DuckDBStore(SampleWriter, RollupStore):
                 raise StoreError(f"committing to {self.path} failed, nothing of the transaction was stored: {e}") from None
 
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
-        names = [f"{metric}\n{json.dumps(dict(labels), sort_keys=True)}" for metric, labels in keys]
-        new = list(dict.fromkeys(n for n in names if n not in self._ids))
-        if new:
-            self._check_writable()
-            with self._write_lock:
-                new = [n for n in new if n not in self._ids]
-                first = len(self._ids) + 1
-                metric, _, labels = zip(*(n.partition("\n") for n in new)) if new else ((), (), ())
-                rows = pd.DataFrame({"id": np.arange(first, first + len(new), dtype=np.int32),  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
-                                     "metric": list(metric), "labels": list(labels)})
-                with self._writer() as cur:
-                    cur.execute("INSERT INTO series SELECT * FROM rows")
-                for n, sid in zip(new, range(first, first + len(new))):
-                    self._ids[n] = sid
-                self._metrics.update(metric)
-        return np.fromiter((self._ids[n] for n in names), dtype=np.int32, count=len(names))
+        return self.register(pa.array([metric for metric, _ in keys], pa.string()),
+                             pa.array([json.dumps(dict(labels), sort_keys=True) for _, labels in keys], pa.string()))
+
+    def register(self, metrics: pa.StringArray, labels: pa.StringArray) -> np.ndarray:
+        """Ids (int32) of the series (metric name, labels as canonical JSON: `json.dumps(labels, sort_keys=True)`), one per
+        item, registering new ones: the columnar `series_ids`, with no Python object per series."""
+        batch = pa.table({"pos": np.arange(len(metrics)), "metric": metrics, "labels": labels})  # noqa: F841 - SQL reads it by name
+        lookup = "SELECT s.id FROM batch b LEFT JOIN series s USING (metric, labels) ORDER BY b.pos"
+        with self._write_lock, self._writer() as cur:
+            ids = cur.execute(lookup).to_arrow_table().column(0)
+            if ids.null_count:
+                self._check_writable()
+                # New ids continue from the largest; numbered in order of first appearance in the batch.
+                cur.execute("""INSERT INTO series
+                               SELECT (SELECT coalesce(max(id), 0) FROM series) + row_number() OVER (ORDER BY first), metric, labels
+                               FROM (SELECT metric, labels, min(pos) AS first FROM batch b ANTI JOIN series s USING (metric, labels)
+                                     GROUP BY metric, labels)""")
+                self._metrics.update(m for (m,) in cur.execute("SELECT DISTINCT metric FROM batch").fetchall())
+                self._generation += 1
+                ids = cur.execute(lookup).to_arrow_table().column(0)
+        return ids.to_numpy().astype(np.int32, copy=False)
 
     def append(self, series_ids: np.ndarray, t_ms: np.ndarray, values: np.ndarray) -> None:
         self._check_writable()
@@ -245,7 +246,7 @@ class DuckDBStore(SampleWriter, RollupStore):
     # -- reads ---------------------------------------------------------------------------------
     def _series_of(self, metric: str) -> pd.DataFrame:
         """series_id (sorted) and one column per label, for every series of `metric` (cached until new series appear)."""
-        known = len(self._ids)
+        known = self._generation
         cached = self._labels_cache.get(metric)
         if cached and cached[0] == known:
             return cached[1]

@@ -126,3 +126,64 @@ def test_series_of_a_target_that_went_down_are_stale_at_once(tmp_path, sim_serve
     assert store.latest("up", lookback_s=300).set_index("factory")["value"].to_dict() == {"alpha": 1.0, "beta": 0.0}
     assert len(store.range("aif_gpu_power_watts", 0, 2**62)) == 16 + 16 + 16, "markers hide nothing from range reads"
     store.close()
+
+
+TRICKY_SERIES = [
+    "m", "m{}", ' m_1:x { a = "1" , b="2",} ', 'm{a="x\\"y",b="C:\\\\",c="l1\\nl2"}', 'm{z="é",y="😀",x="\x01\x7f\t\x08\x0c\r"}',
+    'm{instance="set by the exporter",a="b"}', 'aif_gpu_power_watts{node="n00001",gpu="0",factory="big"}', 'm{a="\\é"}',
+    'm{a="1" b="2"}', 'm{path="C:\\\\",source="bmc"}', 'm{a="=\\"{,}"}', 'm{a=""}',
+]
+
+
+def test_series_keys_are_json_dumps_of_parse_series_byte_for_byte():
+    """The compiled key builder and the Python path (parse_series, json.dumps) give the same key for every text, so a
+    series registered by either (collector, backfill, import) is one series."""
+    import json
+
+    import pyarrow as pa
+
+    from aifmon.ingest.series_keys import series_keys
+    from aifmon.stores.store import series_key
+    from aifmon.telemetry.exposition import parse_series
+
+    target = {"instance": 'h:91"00', "factory": "fé"}
+    metrics, labels = series_keys(pa.array(TRICKY_SERIES), target)
+    for text, metric, label_text in zip(TRICKY_SERIES, metrics.to_pylist(), labels.to_pylist()):
+        name, parsed = parse_series(text)
+        key = series_key(name, {**target, **parsed})
+        assert (metric, label_text) == (key[0], json.dumps(dict(key[1]), sort_keys=True)), text
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('m{a="1",a="2"}', "a label name is repeated"), ("1m", "invalid metric name"), ("m{a=1}", "invalid labels"),
+    ('m{a="1"', "unterminated label set"), ('m{a="x}', "invalid labels"), ('m{a="1", }', "invalid labels"),
+])
+def test_series_keys_refuse_what_prometheus_refuses(text, problem):
+    import pyarrow as pa
+
+    from aifmon.ingest.series_keys import BadSeries, series_keys
+
+    with pytest.raises(BadSeries, match=problem) as refused:
+        series_keys(pa.array(["fine", text]), {})
+    assert refused.value.text == text
+
+
+def test_columnar_registration_and_python_keys_give_the_same_ids(tmp_path):
+    import pyarrow as pa
+
+    from aifmon.ingest.series_keys import series_keys
+    from aifmon.stores.store import series_key
+    from aifmon.telemetry.exposition import parse_series
+
+    store = DuckDBStore(tmp_path / "k.duckdb")
+    target = {"instance": "x:1"}
+    keys = [series_key(name, {**target, **labels}) for name, labels in map(parse_series, TRICKY_SERIES)]
+    ids = store.register(*series_keys(pa.array(TRICKY_SERIES + TRICKY_SERIES[:3]), target))
+    assert len(set(ids.tolist())) == len(set(keys)) == len(TRICKY_SERIES) - 1, "m and m{} are one series"
+    assert ids[-3:].tolist() == ids[:3].tolist()
+    assert store.series_ids(keys).tolist() == ids[:len(TRICKY_SERIES)].tolist()
+    assert store.series_ids([("new", ())]).tolist() == [len(set(keys)) + 1], "ids continue after the largest"
+    store.close()
+    reopened = DuckDBStore(tmp_path / "k.duckdb")
+    assert reopened.series_ids(keys[:2]).tolist() == ids[:2].tolist() and "aif_gpu_power_watts" in reopened.metric_names()
+    reopened.close()
