@@ -76,9 +76,11 @@ class Level(_Strict):
 
 
 class Forecast(_Strict):
-    """Fire when the linear trend of the last `window` reaches `percent` of the cap within `horizon`."""
+    """Fire when the linear trend of the last `window` reaches `percent` of the cap within `horizon`, once power is at
+    least `from_percent` of the cap (below it, a job starting on an idle machine is a steep trend, not a risk)."""
 
     percent: Percent | None = None
+    from_percent: Percent | None = None
     window_s: Annotated[Duration | None, Field(alias="window")] = None
     horizon_s: Annotated[Duration | None, Field(alias="horizon")] = None
     for_s: Annotated[Duration | None, Field(alias="for")] = None
@@ -173,12 +175,12 @@ class _RulesFile(_Strict):
 DEFAULTS: dict[str, Settings] = {
     "factory": Settings(
         warning=Level(percent=85, for_s=300), critical=Level(percent=95, for_s=120), breached=Level(percent=100, for_s=60),
-        hysteresis_percent=2, forecast=Forecast(percent=100, window_s=900, horizon_s=1800, for_s=300),
+        hysteresis_percent=2, forecast=Forecast(percent=100, from_percent=75, window_s=900, horizon_s=1800, for_s=300),
         missing=Missing(percent=10, for_s=120),
     ),
     "system": Settings(
         warning=Level(percent=85, for_s=300), critical=Level(percent=95, for_s=120), breached=Level(percent=100, for_s=60),
-        hysteresis_percent=2, forecast=Forecast(percent=100, window_s=900, horizon_s=1800, for_s=300),
+        hysteresis_percent=2, forecast=Forecast(percent=100, from_percent=75, window_s=900, horizon_s=1800, for_s=300),
         missing=Missing(percent=10, for_s=120),
     ),
     "node": Settings(

@@ -298,8 +298,8 @@ class AlertEvaluator:
 
     def _forecast_candidate(self, rule: Rule, now_ms: int, watts: float) -> list[_Candidate]:
         pts = [(t, w) for t, w in self._history.get((rule.factory, rule.system), ()) if t >= now_ms - rule.window_s * 1000]
-        if len(pts) < 2 or not math.isfinite(watts) or watts / rule.cap_watts > 1.0:
-            return []  # no trend yet, or already over the cap (PowerCapBreached's business)
+        if len(pts) < 2 or not math.isfinite(watts) or not rule.from_share <= watts / rule.cap_watts <= 1.0:
+            return []  # no trend yet, too far below the cap to matter, or already over it (PowerCapBreached's business)
         t = np.array([p[0] for p in pts], dtype=float) / 1000.0 - now_ms / 1000.0
         w = np.array([p[1] for p in pts])
         slope = float(np.sum((t - t.mean()) * (w - w.mean())) / np.sum((t - t.mean()) ** 2)) if np.ptp(t) > 0 else 0.0

@@ -99,7 +99,7 @@ def _forecast_rule(rule: Rule) -> dict:
     power = _scope_power(rule)
     window, horizon = format_duration(rule.window_s), format_duration(rule.horizon_s)
     predicted = f"predict_linear({power}[{window}], {_num(rule.horizon_s)}) / {_num(rule.cap_watts)}"
-    not_over = f" and ({power} / {_num(rule.cap_watts)}) <= 1"
+    not_over = f" and ({power} / {_num(rule.cap_watts)}) <= 1 and ({power} / {_num(rule.cap_watts)}) >= {_num(rule.from_share)}"
     on = ("factory", "system") if rule.system else ("factory",)
     what = f"system {rule.system}" if rule.system else f"factory {rule.factory}"
     return {

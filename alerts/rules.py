@@ -78,6 +78,8 @@ class Rule:
     facility_meter: bool = True
     window_s: float = 0.0
     horizon_s: float = 0.0
+    from_share: float = 0.0
+    """forecast rules: only from this share of the cap now (ratio)."""
     expected_gpus: int = 0
     expected_nodes: int = 0
     project: str | None = None
@@ -90,7 +92,7 @@ class Rule:
         basis = {"factory": "facility power", "system": "IT power", "node": "node BMC power"}.get(self.scope, "")
         text = {
             "power": f"{basis} {op} {pct} of {self.cap_watts:.0f} W",
-            "forecast": f"{basis}: trend of the last {format_duration(self.window_s)} reaches {pct} of {self.cap_watts:.0f} W "
+            "forecast": f"{basis} >= {self.from_share * 100:g}% and its trend of the last {format_duration(self.window_s)} reaches {pct} of {self.cap_watts:.0f} W "
                         f"within {format_duration(self.horizon_s)}",
             "missing": f">= {pct} of {self.expected_gpus + self.expected_nodes} expected power series missing or stale",
             "throttle": "GPU held at its power limit (sw_power_cap)",
@@ -187,7 +189,7 @@ def _scope_rules(f: Factory, system: str | None, config: AlertConfig) -> list[Ru
         fc = required(s.forecast)
         rules.append(Rule(FORECAST, "forecast", scope, {"alertname": FORECAST, "scope": scope, **ids, "severity": "warning"},
                           required(fc.percent) / 100, required(fc.for_s), False, hyst, cap,
-                          window_s=required(fc.window_s), horizon_s=required(fc.horizon_s), **common))
+                          window_s=required(fc.window_s), horizon_s=required(fc.horizon_s), from_share=required(fc.from_percent) / 100, **common))
     m = required(s.missing)
     rules.append(Rule(MISSING, "missing", scope, {"alertname": MISSING, "scope": scope, **ids, "severity": "critical"},
                       required(m.percent) / 100, required(m.for_s), False, hyst, expected_gpus=gpus, expected_nodes=nodes, **common))

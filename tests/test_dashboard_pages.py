@@ -293,8 +293,8 @@ def test_budget_tree_site_hall_system():
     giga = next(f for f in inventory.factories if f.kind == "gigafactory")
     tree = budget_tree(inventory, {"bsc-aif": 60_000.0}, {("bsc-aif", "bsc-aif-gpu"): 50_000.0})
     site = tree.set_index("id").loc["bsc-aif"]
-    assert site["budget_w"] == 85_000 and site["headroom_w"] == 25_000 and site["basis"] == "live"
-    assert tree.set_index("id").loc["bsc-aif/bsc-aif-gpu", "headroom_w"] == pytest.approx(75_700 - 50_000)
+    assert site["budget_w"] == 123_000 and site["headroom_w"] == 63_000 and site["basis"] == "live"  # the demo's 0.123 MW cap
+    assert tree.set_index("id").loc["bsc-aif/bsc-aif-gpu", "headroom_w"] == pytest.approx(103_000 - 50_000)  # 103 kW
     halls = tree[(tree["level"] == "hall") & (tree["parent"] == giga.id)]
     assert len(halls) == 4 and halls["budget_w"].sum() == 120e6
     g = tree.set_index("id").loc[giga.id]
