@@ -11,9 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from aifmon.exporters.node import NodeExporter
 from aifmon.exporters.nvml_source import NvmlSource
 from aifmon.exporters.slurm_jobs import JobMappings, load_qos_access_modes
+from aifmon.rollups.slurm_accounting import JobAllocation, parse_sacct
 from tests.fake_nvml import h100_node
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "exporters" / "slurm"
+CAPTURES = Path(__file__).resolve().parent / "fixtures" / "slurm"  # from a real Slurm 22.05; see its README.md
 
 
 def gpu_table(lib) -> str:
@@ -125,3 +127,49 @@ def test_the_prolog_never_fails_the_job(tmp_path):
     assert run("prolog.sh", tmp_path / "cpu", "", SLURM_JOB_ID="3").returncode == 0  # a CPU-only job: nothing
     assert not (tmp_path / "cpu").exists()
     assert run("epilog.sh", tmp_path / "none", SLURM_JOB_ID="4").returncode == 0
+
+
+def captured_env(name: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (CAPTURES / name).read_text().splitlines())
+
+
+def test_prolog_and_epilog_with_the_environment_a_real_slurmd_gave_them(tmp_path):
+    """Slurm 22.05 sets no SLURM_JOB_QOS: the QoS comes from `scontrol show job` (here its captured answer)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\ncat {CAPTURES / 'scontrol-show-job.txt'}\n")
+    os.chmod(bin_dir / "scontrol", 0o755)
+    lib = node_with_swapped_minors()
+    prolog_env = captured_env("prolog-env.txt")
+    assert "SLURM_JOB_QOS" not in prolog_env and prolog_env["SLURM_JOB_GPUS"] == "0,1"
+    jobs = tmp_path / "jobs"
+    r = run("prolog.sh", jobs, gpu_table(lib), extra_path=f"{bin_dir}:", **prolog_env)
+    assert r.returncode == 0 and r.stderr == "", r
+    by_minor = {g.minor: g.uuid for g in lib.gpus}
+    assert sorted(p.name for p in jobs.iterdir()) == sorted(f"{by_minor[m]}_1" for m in (0, 1))
+    assert (jobs / f"{by_minor[0]}_1").read_text() == "job=1\naccount=alpha-train\npartition=booster\nqos=normal\n"
+    assert run("epilog.sh", jobs, **captured_env("epilog-env.txt")).returncode == 0
+    assert list(jobs.iterdir()) == []
+
+
+def test_a_cluster_without_accounting_has_no_qos(tmp_path):
+    """scontrol's `QOS=(null)` (no slurmdbd) is no QoS, reported as access_mode "unknown", not "(null)"."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho 'JobId=7 JobName=wrap Account=alpha-train QOS=(null) JobState=RUNNING'\n")
+    os.chmod(bin_dir / "scontrol", 0o755)
+    env = slurm_env("7", "GPU-1")
+    env.pop("SLURM_JOB_QOS")
+    assert run("prolog.sh", tmp_path / "jobs", "", extra_path=f"{bin_dir}:", **env).returncode == 0
+    assert (tmp_path / "jobs" / "GPU-1_7").read_text() == "job=7\naccount=alpha-train\npartition=booster\nqos=\n"
+    assert JobMappings(tmp_path / "jobs").access_mode("") == "unknown"
+
+
+def test_sacct_output_of_a_real_slurmdbd():
+    """Steps and the CPU-only job are left out; the running job has no end; times are the daemons' Europe/Helsinki
+    local time (EET, UTC+2 in December)."""
+    jobs = parse_sacct((CAPTURES / "sacct.txt").read_text(), "sacct.txt", tz="Europe/Helsinki")
+    t = 1796124051000  # 2026-12-01T13:20:51 EET = 11:20:51 UTC
+    assert jobs == [JobAllocation("1", "alpha-train", "booster", "normal", t, t, ("aifn1",), 2),
+                    JobAllocation("2", "beta-science", "booster", "normal", t, t, ("aifn1",), 1),
+                    JobAllocation("5", "alpha-train", "booster", "normal", t + 3000, None, ("aifn1",), 1)]

@@ -4,7 +4,7 @@
 # already handed to the next job keeps that job's file. Never fails the job (see prolog.sh).
 #   AIFMON_JOB_DIR  mapping directory (default /run/aifmon/jobs)
 
-PATH=/usr/bin:/bin:/usr/sbin:/sbin:${PATH:-}
+PATH=${PATH:+$PATH:}/usr/bin:/bin:/usr/sbin:/sbin   # slurmd sets no PATH; a wrapper may
 DIR=${AIFMON_JOB_DIR:-/run/aifmon/jobs}
 JOB=${SLURM_JOB_ID:-}
 [ -n "$JOB" ] || exit 0

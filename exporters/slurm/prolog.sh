@@ -7,9 +7,11 @@
 # job: a prolog that exits non-zero drains the node, so every problem is only reported on stderr.
 #
 # Reads the environment slurmd gives a prolog: SLURM_JOB_ID, SLURM_JOB_ACCOUNT,
-# SLURM_JOB_PARTITION, SLURM_JOB_QOS (where the Slurm version sets it; otherwise from
-# `scontrol show job`), and SLURM_JOB_GPUS (else CUDA_VISIBLE_DEVICES): the job's GPUs on this node
-# as device numbers (/dev/nvidiaN, as gres.conf's File= names them) or as GPU/MIG UUIDs.
+# SLURM_JOB_PARTITION, SLURM_JOB_QOS (where the Slurm version sets it; 22.05 does not, so it is
+# read from `scontrol show job`), and SLURM_JOB_GPUS (else CUDA_VISIBLE_DEVICES): the job's GPUs on
+# this node as Slurm's GRES indices or as GPU/MIG UUIDs. A GRES index is the GPU's position in
+# gres.conf's device list, which is its /dev/nvidiaN number when gres.conf lists the devices in
+# order from 0 (`File=/dev/nvidia[0-7]`), as this prolog assumes; see docs/slurm.md.
 # Device numbers are turned into UUIDs with `nvidia-smi --query-gpu=minor_number,uuid`, because the
 # NVML index, Slurm's index and /dev/nvidiaN can differ; the exporter maps UUIDs to NVML indices.
 #
@@ -20,7 +22,7 @@
 #
 # File: $AIFMON_JOB_DIR/<UUID>_<job id>, lines job=, account=, partition=, qos=.
 
-PATH=/usr/bin:/bin:/usr/sbin:/sbin:${PATH:-}
+PATH=${PATH:+$PATH:}/usr/bin:/bin:/usr/sbin:/sbin   # slurmd sets no PATH; a wrapper may (e.g. /opt/slurm/bin for scontrol)
 DIR=${AIFMON_JOB_DIR:-/run/aifmon/jobs}
 JOB=${SLURM_JOB_ID:-}
 [ -n "$JOB" ] || exit 0
@@ -33,6 +35,7 @@ QOS=${SLURM_JOB_QOS:-}
 if [ -z "$QOS" ] && command -v scontrol >/dev/null 2>&1; then
     QOS=$(scontrol show job -o "$JOB" 2>/dev/null | sed -n 's/.* QOS=\([^ ]*\).*/\1/p')
 fi
+case "$QOS" in "(null)") QOS= ;; esac   # scontrol's word for none (a cluster without accounting)
 
 gpu_table() {
     if [ -n "${AIFMON_GPU_TABLE:-}" ]; then
