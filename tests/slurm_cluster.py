@@ -101,8 +101,8 @@ def _write(path: Path, text: str, mode: int = 0o644) -> Path:
 
 
 def _gpu_devices(dev: Path, count: int) -> None:
-    """/dev/nvidia0..N-1 look-alikes: character devices (slurmd refuses regular files: "not a valid character or
-    block device"). Nothing opens them; slurmd only stats them for the GRES list."""
+    """/dev/nvidia0..N-1 look-alikes: character devices, as regular files are a gres.conf error to slurmd ("not a valid
+    character or block device, fix your gres.conf"). Nothing opens them; slurmd only stats them for the GRES list."""
     dev.mkdir()
     for i in range(count):
         os.mknod(dev / f"nvidia{i}", 0o600 | stat.S_IFCHR, os.makedev(NVIDIA_MAJOR, i))
