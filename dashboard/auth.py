@@ -34,11 +34,10 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-import yaml
-
 from aifmon.dashboard.signin import Sessions, SignInPolicy, Throttle
 from aifmon.telemetry.errors import UserError
 from aifmon.telemetry.passwords import DEFAULT_CONCURRENCY, HASH_PREFIXES, BcryptChecker, PasswordCheckBusy, bcrypt_cost
+from aifmon.telemetry.safe_yaml import YAMLFileError, load_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +134,9 @@ def _entry(source: str, user: str, role: object, hashed: object) -> tuple[str, U
 
 def _read_file(path: Path) -> dict[str, User]:
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise UsersError(f"users file {path}: {e}") from None
+        doc = load_yaml_file(str(path), default={})
+    except YAMLFileError as e:
+        raise UsersError(f"users file {e}") from None
     users = doc.get("users") if isinstance(doc, dict) else None
     if not isinstance(users, dict) or not users:
         raise UsersError(f"users file {path}: expected a mapping 'users:' of name -> {{role, password_hash}}")

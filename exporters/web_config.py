@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NoReturn
 
-import yaml
-
 from aifmon.telemetry.passwords import HASH_PREFIXES, BcryptChecker, PasswordCheckBusy, bcrypt_cost
+from aifmon.telemetry.safe_yaml import YAMLFileError, load_yaml_file
 
 _TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"}
 _CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
@@ -53,9 +51,9 @@ class WebConfig:
 def load_web_config(path: str) -> WebConfig:
     """Parse and check a web config file; errors name the file and key and say what is expected."""
     try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"web config {path}: {e}") from None
+        doc = load_yaml_file(path, default={})
+    except YAMLFileError as e:
+        raise ValueError(f"web config {e}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"web config {path}: expected a mapping with tls_server_config and/or basic_auth_users")
     unknown = set(doc) - {"tls_server_config", "basic_auth_users"}
