@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from aifmon.telemetry.safe_yaml import YAMLFileError, load_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,9 @@ def load_qos_access_modes(path: str | None) -> dict[str, str]:
     if not path:
         return {}
     try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"QoS access-mode file {path}: {e}") from None
+        doc = load_yaml_file(path, default={})
+    except YAMLFileError as e:
+        raise ValueError(f"QoS access-mode file {e}") from None
     if not isinstance(doc, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in doc.items()):
         raise ValueError(f"QoS access-mode file {path}: expected a mapping of QoS name to access mode, e.g. 'normal: Regular'")
     return doc
