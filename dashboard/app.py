@@ -105,9 +105,12 @@ def _page_of(component_id: object) -> ModuleType | None:
 
 
 def _allowed(role: str, path: str, body: dict | None) -> bool:
-    """Whether `role` may have this request: the callbacks of a page only for the roles that may open it,
-    report files for the roles of the reports page; the page shell and its scripts for every signed-in role
-    (the router shows a refusal in place of a page the role may not open)."""
+    """Whether `role` may have this request: a page's address and its callbacks only for the roles that may open it,
+    report files for the roles of the reports page; the app's scripts for every signed-in role (in-app navigation to
+    a page the role may not open shows the router's refusal, and its callbacks are refused here)."""
+    page = next((p for p in PAGES if path == p.PATH), None)
+    if page is not None and role not in page.ROLES:
+        return False
     if path in _DASH_PATHS:
         outputs = (body or {}).get("outputs", [])
         for out in outputs if isinstance(outputs, list) else [outputs]:

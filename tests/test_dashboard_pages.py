@@ -167,13 +167,17 @@ def test_board_role_sees_only_its_pages(tmp_path, site):
         _wait(driver, "tr.factory-row", count=13)
         nav = driver.execute_script("return Array.from(document.querySelectorAll('.topbar .nav a')).map(a => a.innerText)")
         assert nav == ["Overview", "Projects", "Efficiency", "Reports"]
-        for path in ("/factory", "/budgets", "/alerts"):
-            driver.get(base + path)
-            _wait(driver, "#forbidden")
-            assert not driver.find_elements(By.CSS_SELECTOR, "#factory-heatmap, #budgets-tree, #alerts-active")
-        save_screenshot(driver, "board-refused-alerts")
-        # The server refuses an operator page's callbacks too, not only the page shell.
         cookie = driver.get_cookie("session")["value"]
+        for path in ("/factory", "/budgets", "/alerts"):  # the operator pages' addresses: 403 from the server
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(base + path, headers={"Cookie": f"session={cookie}"}), timeout=10)
+            assert refused.value.code == 403
+        # in-app navigation to one (no link leads there) gets the router's refusal, and no operator data
+        driver.execute_script("window.history.pushState({}, '', '/alerts'); window.dispatchEvent(new PopStateEvent('popstate'))")
+        _wait(driver, "#forbidden")
+        assert not driver.find_elements(By.CSS_SELECTOR, "#factory-heatmap, #budgets-tree, #alerts-active")
+        save_screenshot(driver, "board-refused-alerts")
+        # The server refuses an operator page's callbacks too, not only the page.
         body = json.dumps({"output": "factory-kpis.children", "outputs": {"id": "factory-kpis", "property": "children"},
                            "inputs": [{"id": "factory-tick", "property": "n_intervals", "value": 1}], "changedPropIds": []}).encode()
         request = urllib.request.Request(base + "/_dash-update-component", data=body, method="POST",
