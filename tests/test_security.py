@@ -339,7 +339,8 @@ def test_compose_dashboard_signs_users_in_with_their_roles(tmp_path):
         assert d.callback(board).status == 403
         assert d.request("GET", "/factory").status == 302 and d.callback("session=x").status == 401  # nobody signed in
         for path, title in (("/factory", "Factory live"), ("/budgets", "Gigafactory budgets"), ("/alerts", "Alerts")):
-            assert f"{title}: not for the board role" in d.page_for(board, path).body
+            assert d.request("GET", path, headers={"Cookie": board}).status == 403  # the page's address
+            assert f"{title}: not for the board role" in d.page_for(board, path).body  # and in-app navigation to it
         assert "projects-" in d.page_for(board, "/projects").body  # the board's own pages render
         operator = d.session("operator", passwords["operator"])
         assert d.callback(operator).status == 200
