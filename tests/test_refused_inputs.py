@@ -139,8 +139,10 @@ def test_the_installed_command_refuses_an_alias_bomb_without_growing(tmp_path):
     is built. Memory is the figure asserted (the child's peak RSS), not time: a 1 GB bound is 30 times what it takes."""
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(_B)
-    probe = ("import resource, sys; from aifmon.cli import main; rc = main(sys.argv[1:]); "
-             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across exec, so a child of a large pytest process
+    # would report pytest's peak (1.2 GB late in the suite); VmHWM belongs to the new address space.
+    probe = ("import re, sys; from aifmon.cli import main; rc = main(sys.argv[1:]); "
+             "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1), file=sys.stderr); sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", probe, "--quiet", "inventory", "show", "--inventory", str(bomb)],
                          capture_output=True, text=True, timeout=120)
     *message, peak_kib = out.stderr.splitlines()
