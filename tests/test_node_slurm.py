@@ -104,14 +104,20 @@ def test_uuids_and_mig_instances_pass_through(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["GPU-abc_31", "MIG-def_31"]
 
 
-def test_qos_from_scontrol_when_slurm_does_not_set_it(tmp_path):
+def fake_scontrol(tmp_path: Path, script: str) -> str:
+    """A `scontrol` that runs `script` (sh), in a folder of its own; returns the PATH prefix that puts it first."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text("#!/bin/sh\necho 'JobId=55 JobName=x UserId=a(1) Account=p QOS=fastlane JobState=RUNNING'\n")
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\n{script}\n")
     os.chmod(bin_dir / "scontrol", 0o755)
+    return f"{bin_dir}:"
+
+
+def test_qos_from_scontrol_when_slurm_does_not_set_it(tmp_path):
+    path = fake_scontrol(tmp_path, "echo 'JobId=55 JobName=x UserId=a(1) Account=p QOS=fastlane JobState=RUNNING'")
     env = slurm_env("55", "GPU-1")
     env.pop("SLURM_JOB_QOS")
-    assert run("prolog.sh", tmp_path / "jobs", "", extra_path=f"{bin_dir}:", **env).returncode == 0
+    assert run("prolog.sh", tmp_path / "jobs", "", extra_path=path, **env).returncode == 0
     assert "qos=fastlane\n" in (tmp_path / "jobs" / "GPU-1_55").read_text()
 
 
@@ -135,15 +141,12 @@ def captured_env(name: str) -> dict[str, str]:
 
 def test_prolog_and_epilog_with_the_environment_a_real_slurmd_gave_them(tmp_path):
     """Slurm 22.05 sets no SLURM_JOB_QOS: the QoS comes from `scontrol show job` (here its captured answer)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f"#!/bin/sh\ncat {CAPTURES / 'scontrol-show-job.txt'}\n")
-    os.chmod(bin_dir / "scontrol", 0o755)
+    path = fake_scontrol(tmp_path, f"cat {CAPTURES / 'scontrol-show-job.txt'}")
     lib = node_with_swapped_minors()
     prolog_env = captured_env("prolog-env.txt")
     assert "SLURM_JOB_QOS" not in prolog_env and prolog_env["SLURM_JOB_GPUS"] == "0,1"
     jobs = tmp_path / "jobs"
-    r = run("prolog.sh", jobs, gpu_table(lib), extra_path=f"{bin_dir}:", **prolog_env)
+    r = run("prolog.sh", jobs, gpu_table(lib), extra_path=path, **prolog_env)
     assert r.returncode == 0 and r.stderr == "", r
     by_minor = {g.minor: g.uuid for g in lib.gpus}
     assert sorted(p.name for p in jobs.iterdir()) == sorted(f"{by_minor[m]}_1" for m in (0, 1))
@@ -154,13 +157,10 @@ def test_prolog_and_epilog_with_the_environment_a_real_slurmd_gave_them(tmp_path
 
 def test_a_cluster_without_accounting_has_no_qos(tmp_path):
     """scontrol's `QOS=(null)` (no slurmdbd) is no QoS, reported as access_mode "unknown", not "(null)"."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text("#!/bin/sh\necho 'JobId=7 JobName=wrap Account=alpha-train QOS=(null) JobState=RUNNING'\n")
-    os.chmod(bin_dir / "scontrol", 0o755)
+    path = fake_scontrol(tmp_path, "echo 'JobId=7 JobName=wrap Account=alpha-train QOS=(null) JobState=RUNNING'")
     env = slurm_env("7", "GPU-1")
     env.pop("SLURM_JOB_QOS")
-    assert run("prolog.sh", tmp_path / "jobs", "", extra_path=f"{bin_dir}:", **env).returncode == 0
+    assert run("prolog.sh", tmp_path / "jobs", "", extra_path=path, **env).returncode == 0
     assert (tmp_path / "jobs" / "GPU-1_7").read_text() == "job=7\naccount=alpha-train\npartition=booster\nqos=\n"
     assert JobMappings(tmp_path / "jobs").access_mode("") == "unknown"
 
