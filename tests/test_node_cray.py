@@ -11,7 +11,7 @@ from aifmon.exporters.cray_pm import CrayPmSource
 from aifmon.exporters.node import NodeExporter
 from tests.fake_amdsmi import mi250x_node
 from tests.node_fixtures import CrayPmCounters
-from tests.test_node_exporter import check_schema, promtool_check, samples
+from tests.test_node_exporter import checked_body, samples
 
 EX235A = {"node": 2150, "cpu": 180, "memory": 60, "accel0": 460, "accel1": 440, "accel2": 450, "accel3": 430}  # LUMI-G, W
 EX425 = {"node": 610, "cpu0": 250, "cpu1": 240, "memory": 70}  # a two-socket CPU blade
@@ -93,12 +93,7 @@ def test_lumi_g_node_series_node_power_from_pm_counters_and_promtool_silent(tmp_
     pm.draw(1)
     lib.advance(1)
     clock[0] = 1.0
-    exporter.poll_host()
-    exporter.poll_gpu()
-    body = exporter.body()
-    exporter.stop()
-    promtool_check(body)
-    check_schema(body)
+    body = checked_body(exporter)
     by: dict[str, list] = {}
     for s in samples(body):
         by.setdefault(s.name, []).append(s)

@@ -58,6 +58,17 @@ def promtool_check(body: bytes) -> None:
     assert result.returncode == 0 and result.stdout == b"" and result.stderr == b"", result
 
 
+def checked_body(exporter: NodeExporter) -> bytes:
+    """Poll the exporter once more, stop it, and return its body after `promtool check metrics` and the schema check."""
+    exporter.poll_host()
+    exporter.poll_gpu()
+    body = exporter.body()
+    exporter.stop()
+    promtool_check(body)
+    check_schema(body)
+    return body
+
+
 def fake_hardware_node(tmp_path: Path) -> NodeExporter:
     """Node gn001 on fake hardware, polled twice one second apart on a fixed clock: 8 H100s (GPU 2 in MIG mode with
     two instances, GPU 5 capped by software, GPU 7 without an energy counter, GPU 0 running job 12 of project p1),
@@ -342,12 +353,7 @@ def test_gh200_module_power_is_its_own_series_never_added_to_board_power(tmp_pat
     tree.draw((0, "package"), 50_000_000)  # 50 W of CPU power that must not be added again
     clock[0] = 1.0
     lib.advance(1)
-    exporter.poll_host()
-    exporter.poll_gpu()
-    body = exporter.body()
-    exporter.stop()
-    promtool_check(body)
-    check_schema(body)
+    body = checked_body(exporter)
     by: dict[str, dict] = {}
     for s in samples(body):
         by.setdefault(s.name, {})[s.labels.get("gpu")] = s.value
