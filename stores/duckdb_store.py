@@ -239,6 +239,13 @@ class DuckDBStore(SampleWriter, RollupStore):
                 f"SELECT * FROM {name} WHERE window_start_ms >= ? AND window_start_ms < ? ORDER BY window_start_ms", [start_ms, end_ms]
             ).df()
 
+    def first_window_ms(self) -> int | None:
+        with self._cursor() as cur:
+            names = [r[0] for r in cur.execute("SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'derived_%'").fetchall()]
+            firsts = [_one(cur, f'SELECT min(window_start_ms) FROM "{name}"')[0] for name in names]
+        firsts = [int(f) for f in firsts if f is not None]
+        return min(firsts) if firsts else None
+
     def _check_writable(self) -> None:
         if self.read_only:
             raise StoreError(f"store {self.path} is open read-only")

@@ -1,7 +1,7 @@
 """A store that reads samples from one backend and keeps rollup rows in another.
 
 For `aifmon rollup schedule` over Prometheus or VictoriaMetrics, which keep no derived tables: the hourly
-rows go to the InfluxDB sink or a DuckDB file.
+rows go to PostgreSQL (readable by every process at once), the InfluxDB sink or a DuckDB file.
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import time
 
 import pandas as pd
 
-from aifmon.stores.store import RollupStore, RowStore, RowWriter, SampleReader, SeriesSamples
+from aifmon.stores.store import RollupStore, RowStore, RowWriter, SampleReader, SeriesSamples, StoreError
 
 
 class SplitStore(RollupStore):
     """Samples from one store (a PromQL server), hourly rollup rows to another (the InfluxDB sink, a DuckDB file).
 
-    A PromQL server knows neither its time bounds nor derived tables: the first hour is `since_ms` (ms since the
-    epoch), and rows a write-only sink cannot give back are recomputed once per process (writing them again is
-    idempotent).
+    A PromQL server knows neither its time bounds nor derived tables: the first hour is the earlier of `since_ms` (ms
+    since the epoch) and the rows store's first row, and rows a write-only sink cannot give back are recomputed once
+    per process (writing them again is idempotent).
     """
 
     def __init__(self, samples: SampleReader, rows: RowWriter, since_ms: int):
@@ -38,8 +38,17 @@ class SplitStore(RollupStore):
     def metric_names(self) -> list[str]:
         return self.samples.metric_names()
 
-    def time_bounds(self) -> tuple[int, int]:
-        return self.since_ms, int(time.time() * 1000)
+    def time_bounds(self) -> tuple[int, int] | None:
+        """The samples store's bounds where it knows them (DuckDB). A PromQL server does not say: from the earlier of
+        `since_ms` and the first row the rows store holds (the months a dashboard lists), to now."""
+        try:
+            return self.samples.time_bounds()
+        except StoreError:
+            first = self.first_window_ms()
+            return min(self.since_ms, first) if first is not None else self.since_ms, int(time.time() * 1000)
+
+    def first_window_ms(self) -> int | None:
+        return self.rows.first_window_ms() if isinstance(self.rows, RowStore) else None
 
     def read_rows(self, table: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         if isinstance(self.rows, RowStore):

@@ -182,6 +182,10 @@ class RowStore(RowWriter):
         """Rows of derived table `table` whose window starts in [start_ms, end_ms); empty if there is none."""
         raise NotImplementedError
 
+    def first_window_ms(self) -> int | None:
+        """The earliest window start of any derived table, ms; None when there are no rows."""
+        raise NotImplementedError
+
 
 class RollupStore(SampleReader, RowStore):
     """Gives samples back and keeps the rows computed from them: what the hourly rollups run over."""
@@ -209,7 +213,8 @@ def open_store(url: str = DEFAULT_STORE_URL, read_only: bool = False, *, needs: 
     `duckdb:///relative/path.duckdb` or `duckdb:////absolute/path.duckdb` (as SQLAlchemy counts slashes),
     optionally `?raw_days=7&minute_days=400` (retention of raw samples and per-minute aggregates);
     `prometheus+http://host:9090`, `victoriametrics+http://host:8428` (a path prefix is kept, e.g. a
-    vmselect `.../select/0/prometheus`); `influxdb+http://host:8086?org=O&bucket=B` (write-only).
+    vmselect `.../select/0/prometheus`); `influxdb+http://host:8086?org=O&bucket=B` (write-only); `postgresql://host:5432/database` (rollup rows only: a
+    `--rows-store`).
     Credentials never go in the URL (`user:pass@` is refused: URLs end up in logs and process lists); a
     Prometheus or VictoriaMetrics behind basic auth takes them from the environment (see `promql_store`).
     A URL that does not parse, or a store without `needs`, raises StoreConfigError; its messages show the URL
@@ -264,7 +269,11 @@ def _backend(url: str, read_only: bool) -> tuple[type[Store], Callable[[], Store
         if read_only:
             raise StoreConfigError(f"store URL {shown!r}: {InfluxSink.instead(SampleReader)}")
         return InfluxSink, lambda: open_influx_sink(url)
+    if parts.scheme == "postgresql":
+        from aifmon.stores.postgres_store import PostgresRowStore, open_postgres
+
+        return PostgresRowStore, lambda: open_postgres(url, parts)
     raise StoreConfigError(
         f"store URL {shown!r} is not understood; expected duckdb:///path.duckdb, prometheus+http://host:9090, "
-        "victoriametrics+http://host:8428 or influxdb+http://host:8086?org=O&bucket=B"
+        "victoriametrics+http://host:8428, influxdb+http://host:8086?org=O&bucket=B or postgresql://host:5432/database"
     )

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import os
+import secrets
+import shutil
 import subprocess
+import tempfile
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import free_port, require_binary, wait_for_http
@@ -136,3 +142,45 @@ def alertmanager(config: str, workdir: Path) -> Iterator[str]:
         workdir, "alertmanager", "/-/ready",
     ) as url:
         yield url
+
+
+@dataclass(frozen=True)
+class PostgreSQL:
+    """A PostgreSQL server of this test: the rows store URL, and the environment that gives it its credentials."""
+
+    url: str
+    env: dict[str, str]
+
+
+def _postgres_program(name: str) -> str:
+    """A PostgreSQL server program: Debian keeps them off PATH, in /usr/lib/postgresql/<version>/bin."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else require_binary(name)
+
+
+@contextlib.contextmanager
+def postgresql() -> Iterator[PostgreSQL]:
+    """A PostgreSQL server of its own (initdb, pg_ctl) on a free loopback port, with user `aifmon` (password in a
+    file, scram-sha-256) and database `aifmon`. Run as the `postgres` user when the tests run as root, as initdb
+    refuses root; in a folder of its own under /tmp, since pytest's are closed to other users."""
+    initdb, pg_ctl = _postgres_program("initdb"), _postgres_program("pg_ctl")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    home = Path(tempfile.mkdtemp(prefix="aifmon-pg-"))
+    port, password = free_port(), secrets.token_urlsafe(16)
+    (home / "password").write_text(password)
+    if as_postgres:
+        shutil.chown(home, "postgres")
+        shutil.chown(home / "password", "postgres")
+    data, log = home / "data", home / "server.log"
+    try:
+        subprocess.run([*as_postgres, initdb, "-D", str(data), "-U", "aifmon", "--auth=scram-sha-256", f"--pwfile={home / 'password'}",
+                        "--no-sync"], check=True, capture_output=True, timeout=120)
+        subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "start",
+                        "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"], check=True, capture_output=True, timeout=90)
+        subprocess.run([*as_postgres, _postgres_program("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "aifmon", "aifmon"],
+                       check=True, capture_output=True, timeout=60, env={**os.environ, "PGPASSWORD": password})
+        yield PostgreSQL(f"postgresql://127.0.0.1:{port}/aifmon",
+                         {"AIFMON_POSTGRES_USER": "aifmon", "AIFMON_POSTGRES_PASSWORD_FILE": str(home / "password")})
+    finally:
+        subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(home, ignore_errors=True)

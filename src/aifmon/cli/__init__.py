@@ -17,7 +17,7 @@ from aifmon.stores.store import StoreError
 from aifmon.telemetry.errors import UserError
 
 SITE_MODULES = frozenset({"dash", "plotly", "pandas", "duckdb", "pydantic", "pyarrow", "numba", "influxdb_client",
-                          "prometheus_client", "tqdm", "waitress"})
+                          "prometheus_client", "tqdm", "waitress", "psycopg"})
 """What `aifmon[site]` brings and a compute node's install (the node agent alone) lacks."""
 
 GROUPS = (inventory, exporter, ingest, deploy, rollup, efficiency, report, alerts, dashboard, up)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aifmon.cli.arguments import Commands, command, group
+from aifmon.cli.arguments import Commands, add_rows_store, command, group, samples_and_rows
 from aifmon.telemetry.errors import user_input
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ def register(commands: Commands) -> None:
     c = command(al, "evaluate", evaluate, "evaluate the alert rules over the store and notify (every interval, or --once)")
     c.add_argument("--rules", help="alert rules YAML (default: the built-in thresholds); re-read when it changes")
     c.add_argument("--once", action="store_true", help="evaluate once, print the pending and firing alerts, and exit")
+    add_rows_store(c)
     c.add_argument("--format", choices=["table", "json"], default="table")
 
 
@@ -60,12 +61,11 @@ def export_rules(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from aifmon.stores.store import SampleReader, open_store
     from aifmon.supervisor import run_workers
     from aifmon.telemetry.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)
-    with open_store(args.store, read_only=args.once, needs=SampleReader) as store:
+    with samples_and_rows(args, read_only=args.once) as store:
         evaluator = alert_evaluator(store, inventory, args.rules)
         if not args.once:
             log.info("evaluating %d alert rules every %g s", len(evaluator.rules), evaluator.config.evaluation_interval_s)

@@ -10,7 +10,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aifmon.cli.arguments import Commands, command
+from aifmon.cli.arguments import Commands, add_rows_store, command, samples_and_rows
 from aifmon.telemetry.config import DEFAULT_DASHBOARD_LISTEN
 from aifmon.telemetry.errors import user_input
 
@@ -23,6 +23,7 @@ def register(commands: Commands) -> None:
     c = command(commands, "dashboard", serve, "serve the dashboard")
     c.add_argument("--listen", default=DEFAULT_DASHBOARD_LISTEN)
     c.add_argument("--refresh", type=float, default=5.0, help="live page refresh, s")
+    add_rows_store(c)
     add_options(c)
 
 
@@ -90,11 +91,10 @@ def start(store: SampleReader, inventory: Inventory, args: argparse.Namespace, *
 
 
 def serve(args: argparse.Namespace) -> None:
-    from aifmon.stores.store import SampleReader, open_store
     from aifmon.supervisor import wait_for_signal
     from aifmon.telemetry.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)
-    with open_store(args.store, read_only=True, needs=SampleReader) as store, closing(start(store, inventory, args, refresh_s=args.refresh)):
+    with samples_and_rows(args) as store, closing(start(store, inventory, args, refresh_s=args.refresh)):
         print(f"aifmon: dashboard on http://{args.listen}/", file=sys.stderr, flush=True)
         wait_for_signal()
