@@ -1,12 +1,20 @@
 """A small month written into a store sample by sample, and its energy per project worked out by hand.
 
 Four GPUs of the test inventory (`tests.conftest.inventory_text`) scraped every minute for three hours from
-2025-03-10T00:00Z: on alpha, job 101 of alpha-train holds GPUs 0 and 1 of alphn0001 for the first two hours,
+2025-03-01T00:00Z: on alpha, job 101 of alpha-train holds GPUs 0 and 1 of alphn0001 for the first two hours,
 then job 102 of alpha-play holds GPU 0 for the third while GPU 1 idles; job 103 of alpha-play holds GPU 0 of
 alphn0002 from minute 31 to minute 150; on beta, job 201 of beta-science holds GPU 0 of betan0001 throughout.
 Each GPU draws a whole number of watts that changes every minute; its counter starts at (index + 1) MJ.
 Beside them: each node's BMC power and alpha's facility meter, so that node, IT and facility figures exist.
 The first two hours are rolled up into the hourly tables; the third is left for each reader to compute.
+
+With `previous_month=True` the store also holds two hours of February, 20:00 to 22:00 on the 28th (`PREVIOUS_*`, for
+month-over-month):
+only alphn0001 reports; job 091 of alpha-train holds GPU 0 at 500 W throughout, GPU 1 idles at 100 W and misses the
+scrapes of minutes 61 to 69 (one 10-minute interval: its energy still counts, its time is not covered), the node's
+BMC reads 1500 W and alpha's facility meter 2500 W; alphn0002 and beta are silent. The GPU counters restarted
+between the months (a reboot); the two hours between February's last scrape and March's first are more than an
+hour's ledger looks across (its hour and 15 minutes either side), so no interval joins them.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from aifmon.stores.store import series_key
 from aifmon.telemetry.inventory import Inventory
 
 MONTH = "2025-03"
-START_MS = int(datetime(2025, 3, 10, tzinfo=UTC).timestamp() * 1000)
+START_MS = int(datetime(2025, 3, 1, tzinfo=UTC).timestamp() * 1000)
 REPORT_AT_MS = int(datetime(2025, 4, 1, 6, tzinfo=UTC).timestamp() * 1000)  # when the monthly report is made: the month is over
 STEP_MS = 60_000
 SCRAPES = 181  # minute 0 to minute 180: three hours of intervals
@@ -38,6 +46,24 @@ GPUS = [  # factory, system, node, gpu, model
 NODE_POWER_W = {("alpha", "alpha-gpu", "alphn0001"): 1900.0, ("alpha", "alpha-gpu", "alphn0002"): 1300.0,
                 ("beta", "beta-gpu", "betan0001"): 1100.0}
 ALPHA_FACILITY_W = 4000.0
+
+PREVIOUS_MONTH = "2025-02"
+PREVIOUS_START_MS = int(datetime(2025, 2, 28, 20, tzinfo=UTC).timestamp() * 1000)
+PREVIOUS_SCRAPES = 121  # minute 0 (20:00) to minute 120 (22:00): two hours of intervals
+PREVIOUS_GPU_W = (500.0, 100.0)  # GPUs 0 and 1 of alphn0001
+PREVIOUS_MISSED = range(61, 70)  # scrapes GPU 1 misses
+PREVIOUS_NODE_W = 1500.0
+PREVIOUS_FACILITY_W = 2500.0
+ALLOCATION_MWH = {"alpha-train": 0.0015, "alpha-play": 0.002}  # beta-science has none
+
+
+def with_allocations(inventory_text: str) -> str:
+    """The test inventory's text with `ALLOCATION_MWH` added to its projects."""
+    for project, mwh in ALLOCATION_MWH.items():
+        head = f"  - id: {project}\n"
+        at = inventory_text.index(head)
+        inventory_text = inventory_text[:at] + head + f"    allocation_mwh: {mwh}\n" + inventory_text[at + len(head):]
+    return inventory_text
 
 
 def job_of(gpu: int, minute: int) -> tuple[str, str] | None:
@@ -97,14 +123,17 @@ def truth() -> Truth:
                  {p: j / 3.6e6 for p, j in other_j.items()})
 
 
-def write_store(path: Path, inventory: Inventory) -> None:
-    """Write the three hours into a new DuckDB store at `path` and roll up the first two."""
+def write_store(path: Path, inventory: Inventory, previous_month: bool = False) -> None:
+    """Write the three hours into a new DuckDB store at `path` (with `previous_month`, February's two hours before
+    them) and roll up every hour up to March's first two."""
     store = DuckDBStore(path)
     energy = store.series_ids([series_key("aif_gpu_energy_joules_total", {
         "factory": f, "system": s, "node": n, "gpu": g, "uuid": f"GPU-{i:08x}", "model": m}) for i, (f, s, n, g, m) in enumerate(GPUS)])
     nodes = store.series_ids([series_key("aif_node_power_watts", {"factory": f, "system": s, "node": n, "source": "bmc"})
                               for f, s, n in NODE_POWER_W])
     facility = store.series_ids([series_key("aif_facility_power_watts", {"factory": "alpha", "feed": "main"})])
+    if previous_month:
+        _write_previous(store, energy[:2], nodes[:1], facility)
     jobs: dict[tuple[int, str], int] = {}
     counters = np.array([1e6 * (i + 1) for i in range(len(GPUS))])
     for minute in range(SCRAPES):
@@ -124,3 +153,15 @@ def write_store(path: Path, inventory: Inventory) -> None:
         store.append(ids, np.full(len(ids), t_ms, dtype=np.int64), values)
     HourlyRollups(store, inventory).catch_up(now_ms=START_MS + 2 * HOUR_MS + SETTLE_MS)
     store.close()
+
+
+def _write_previous(store: DuckDBStore, energy: np.ndarray, node: np.ndarray, facility: np.ndarray) -> None:
+    """February's two hours (module docstring): GPUs 0 and 1 of alphn0001, its BMC and alpha's facility meter."""
+    job = store.series_ids([series_key("aif_gpu_job_info", {"factory": "alpha", "system": "alpha-gpu", "node": "alphn0001", "gpu": "0",
+                                                            "job": "091", "project": "alpha-train", "access_mode": "Large Scale"})])
+    for minute in range(PREVIOUS_SCRAPES):
+        counters = np.array([50_000.0 + w * 60.0 * minute for w in PREVIOUS_GPU_W])
+        gpus = [0] if minute in PREVIOUS_MISSED else [0, 1]
+        ids = np.concatenate([energy[gpus], node, facility, job if minute else job[:0]])
+        values = np.concatenate([counters[gpus], [PREVIOUS_NODE_W, PREVIOUS_FACILITY_W], np.ones(1 if minute else 0)])
+        store.append(ids, np.full(len(ids), PREVIOUS_START_MS + minute * STEP_MS, dtype=np.int64), values)

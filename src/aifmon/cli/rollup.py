@@ -1,17 +1,19 @@
-"""`aifmon rollup energy|hourly|schedule`: energy per group over a range, and the hourly rollups behind it."""
+"""`aifmon rollup energy|hourly|schedule`: energy per group over a range, the hourly rollups behind it, and (schedule
+--reports-dir) the board's monthly reports written from them."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aifmon.cli.arguments import Commands, command, group
 from aifmon.telemetry.errors import UserError
 
 if TYPE_CHECKING:
-    from aifmon.stores.store import RollupStore
+    from aifmon.stores.store import RollupStore, SampleReader
     from aifmon.telemetry.inventory import Inventory
 
 log = logging.getLogger("aifmon")
@@ -31,12 +33,16 @@ def register(commands: Commands) -> None:
                    help="compute every hour from samples, not settled hours from the hourly rollups (a cross-check)")
     c = command(roll, "hourly", hourly, "compute every finished hour missing from the hourly rollup table")
     c.add_argument("--from", dest="reopen_from", help="also recompute every hour from this time on (history loaded late)")
-    c = command(roll, "schedule", schedule, "keep the hourly rollups up to date, checking every --every s, until stopped; "
-                "with a PromQL --store, the rows go to --rows-store")
-    c.add_argument("--every", type=float, default=60.0, help="check for finished hours every EVERY s (default 60)")
+    c = command(roll, "schedule", schedule, "keep the hourly rollups (and with --reports-dir the board's monthly reports) up to date, "
+                "checking every --every s, until stopped; with a PromQL --store, the rows go to --rows-store")
+    c.add_argument("--every", type=float, default=60.0, help="check for finished hours (and reports due) every EVERY s (default 60)")
     c.add_argument("--rows-store", help="where the hourly rows go when --store keeps none (a PromQL server): "
                                         "influxdb+http://… (the sink) or duckdb:///rollups.duckdb")
     c.add_argument("--since", default="now-24h", help="with --rows-store: the first hour to roll up at start (default now-24h)")
+    c.add_argument("--reports-dir", help="also write the board's monthly reports into this folder (the dashboard's --reports-dir): "
+                                         "YYYY-MM-to-date daily, YYYY-MM once the month has settled (docs/reports.md)")
+    c.add_argument("--no-pdf", action="store_true", help="with --reports-dir: no report.pdf (it needs Chromium; without it the "
+                                                         "reports are written without one and a warning is logged)")
 
 
 def energy(args: argparse.Namespace) -> None:
@@ -78,24 +84,32 @@ def hourly(args: argparse.Namespace) -> None:
 
 def schedule(args: argparse.Namespace) -> None:
     from aifmon.stores.split_store import SplitStore
-    from aifmon.stores.store import RollupStore, RowWriter, SampleReader, open_store
+    from aifmon.stores.store import RollupStore, RowStore, RowWriter, SampleReader, open_store
     from aifmon.telemetry.config import parse_time
     from aifmon.telemetry.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)
     if not args.rows_store:
         with open_store(args.store, needs=RollupStore) as store:
-            _keep_up(store, inventory, args.every)
+            _keep_up(store, store, inventory, args)
         return
     since_ms = parse_time(args.since) // 3_600_000 * 3_600_000
     with open_store(args.store, needs=SampleReader) as samples, open_store(args.rows_store, needs=RowWriter) as rows:
-        _keep_up(SplitStore(samples, rows, since_ms), inventory, args.every)
+        split = SplitStore(samples, rows, since_ms)
+        # a rows store that gives its rows back serves the reports; from a write-only sink (InfluxDB) they cannot be read,
+        # so the reports compute every hour from the samples, as `aifmon report monthly` does on a PromQL store
+        _keep_up(split, split if isinstance(rows, RowStore) else samples, inventory, args)
 
 
-def _keep_up(store: RollupStore, inventory: Inventory, every_s: float) -> None:
-    """Run the hourly rollups over `store` until stopped."""
+def _keep_up(store: RollupStore, reports_store: SampleReader, inventory: Inventory, args: argparse.Namespace) -> None:
+    """Run the hourly rollups over `store` (and with --reports-dir the report scheduler over `reports_store`) until stopped."""
     from aifmon.rollups.hourly import HourlyRollups
-    from aifmon.supervisor import run_workers
+    from aifmon.rollups.report_schedule import ReportScheduler
+    from aifmon.supervisor import Worker, run_workers
 
-    log.info("hourly rollups over %s, checked every %g s", store.url, every_s)
-    run_workers([HourlyRollups(store, inventory, check_every_s=every_s)])
+    log.info("hourly rollups over %s, checked every %g s", store.url, args.every)
+    workers: list[Worker] = [HourlyRollups(store, inventory, check_every_s=args.every)]
+    if args.reports_dir:
+        log.info("monthly reports from %s into %s", reports_store.url, args.reports_dir)
+        workers.append(ReportScheduler(reports_store, inventory, Path(args.reports_dir), pdf=not args.no_pdf, check_every_s=args.every))
+    run_workers(workers)
