@@ -64,6 +64,24 @@ def _memcmp(typingctx, a, b, length):
     return types.int32(types.uint64, types.uint64, types.uint64), codegen
 
 
+@intrinsic
+def _byte(typingctx, address):
+    """The byte at `address`."""
+    def codegen(context, builder, signature, args):
+        return builder.load(builder.inttoptr(args[0], _BYTES))
+
+    return types.uint8(types.uint64), codegen
+
+
+@intrinsic
+def _load64(typingctx, address):
+    """The 8 bytes at `address` (any alignment) as a little-endian uint64."""
+    def codegen(context, builder, signature, args):
+        return builder.load(builder.inttoptr(args[0], ir.IntType(64).as_pointer()), align=1)
+
+    return types.uint64(types.uint64), codegen
+
+
 def _compiled(fn):
     """`fn` compiled by Numba, releasing the GIL, and cached on disk so that a new process loads the machine code
     (tens of ms) instead of compiling it again (about 1 s).
@@ -89,15 +107,17 @@ def _warn_uncached() -> None:
 class Samples:
     """The samples of one exposition, as columns: value, timestamp (ms; NO_TIMESTAMP (-1) where none, NOT_A_TIME where
     it is no time, see `aifmon.ingest.window`), and each sample's
-    series text as a byte range [series_start, series_end) of `body`. The texts become strings only when
-    asked for (`series`, `series_of`): a scrape whose series are those of the last one never needs them
-    (`same_series`)."""
+    series text as a byte range [series_start, series_end) of `body` and a 128-bit hash of it. The texts become
+    strings only when asked for (`series`, `series_of`): a scrape whose series are those of the last one never needs
+    them (its hashes say so)."""
 
     body: bytes
     series_start: np.ndarray
     series_end: np.ndarray
     values: np.ndarray
     t_ms: np.ndarray
+    hashes: np.ndarray
+    """Per sample, a 128-bit hash of its series text: two uint64 columns (`series_hashes`)."""
 
     def __len__(self) -> int:
         return len(self.values)
@@ -139,7 +159,7 @@ def parse_exposition(body: bytes, timestamp_unit: str = "ms") -> Samples:
     for lines in scans:
         if lines.bad >= 0:
             _raise_at(body, lines.start[lines.bad], lines.end[lines.bad], lines.line_no[lines.bad])
-    start, series_end, value_end, end, line_no, value, ts = (
+    start, series_end, value_end, end, line_no, value, ts, hashes = (
         np.concatenate([getattr(s, f)[:s.n] for s in scans]) if len(scans) > 1 else getattr(scans[0], f)[:scans[0].n]
         for f in _Lines._fields[2:])
     has_ts = value_end < end
@@ -156,7 +176,7 @@ def parse_exposition(body: bytes, timestamp_unit: str = "ms") -> Samples:
     t_ms = np.full(len(value), NO_TIMESTAMP, dtype=np.int64)
     if has_ts.any():
         t_ms[has_ts] = _times_ms(np.round(ts[has_ts] * 1000) if timestamp_unit == "s" else ts[has_ts])
-    return Samples(body, start, series_end, value, t_ms)
+    return Samples(body, start, series_end, value, t_ms, hashes)
 
 
 def _times_ms(ms: np.ndarray) -> np.ndarray:
@@ -170,11 +190,9 @@ def _times_ms(ms: np.ndarray) -> np.ndarray:
 
 
 def warm_up() -> None:
-    """Compile the parser's scan, string views and series comparison now, or load them from Numba's cache (about
+    """Compile the parser's scan (series hashes included) and string views now, or load them from Numba's cache (about
     0.1 s): Numba does either on first use, and a collector's first scrape would be that late (about 1 s uncached)."""
-    samples = parse_exposition(b'm{a="1"} 0.5 1790000000000\n')
-    samples.same_series(samples)
-    samples.series_of(np.zeros(1, np.int64))
+    parse_exposition(b'm{a="1"} 0.5 1790000000000\n').series_of(np.zeros(1, np.int64))
 
 
 _PARALLEL_FROM_BYTES = 8 * 1024 * 1024
@@ -200,8 +218,8 @@ def _pieces(body: bytes) -> list[tuple[int, int, int]]:
 class _Lines(NamedTuple):
     """What `_scan` found, per data line (the first `n` entries are filled): byte offsets of the line's
     start, series end, value end and end; its line number in the body; and the numbers the fast
-    path converted (NaN where it could not; `ts` is NaN also where there is no timestamp). `bad` is the
-    index of the first malformed line (the scan stops there), or -1."""
+    path converted (NaN where it could not; `ts` is NaN also where there is no timestamp); the series text's
+    hash (`_hash_series`). `bad` is the index of the first malformed line (the scan stops there), or -1."""
 
     n: int
     bad: int
@@ -212,6 +230,7 @@ class _Lines(NamedTuple):
     line_no: np.ndarray
     value: np.ndarray
     ts: np.ndarray
+    hashes: np.ndarray
 
 
 def _scan(buf: np.ndarray, lo: int, hi: int, lines_before: int) -> _Lines:
@@ -232,6 +251,7 @@ def _scan_lines(buf, lo, hi, lines_before, pow10):  # pragma: no cover - compile
     line_no = np.empty(cap, np.int64)
     value = np.empty(cap, np.float64)
     ts = np.empty(cap, np.float64)
+    hashes = np.empty((cap, 2), np.uint64)
     base = buf.ctypes.data
     n = 0
     pos = lo
@@ -260,11 +280,50 @@ def _scan_lines(buf, lo, hi, lines_before, pow10):  # pragma: no cover - compile
         v = last_space if last_space > s else b
         start[n], series_end[n], value_end[n], end[n], line_no[n] = a, s, v, b, line
         if s >= b or s <= a or v <= s + 1 or buf[s] != _SPACE:
-            return n + 1, n, start, series_end, value_end, end, line_no, value, ts
+            return n + 1, n, start, series_end, value_end, end, line_no, value, ts, hashes
+        hashes[n, 0], hashes[n, 1] = _hash_series(base, a, s)
         value[n] = _decimal(buf, s + 1, v, pow10)
         ts[n] = _decimal(buf, v + 1, b, pow10) if v < b else np.nan
         n += 1
-    return n, -1, start, series_end, value_end, end, line_no, value, ts
+    return n, -1, start, series_end, value_end, end, line_no, value, ts, hashes
+
+
+_M1, _M2, _M3, _M4 = (np.uint64(0x87C37B91114253D5), np.uint64(0x4CF5AD432745937F), np.uint64(0x9E3779B97F4A7C15),
+                      np.uint64(0xC2B2AE3D27D4EB4F))
+
+
+@_compiled
+def _fmix(h):  # pragma: no cover - compiled
+    """MurmurHash3's 64-bit finaliser: every input bit flips each output bit with probability about 1/2."""
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h
+
+
+@_compiled
+def _hash_series(base, a, b):  # pragma: no cover - compiled; tested through SeriesIndex
+    """Two independent 64-bit hashes of the bytes [a, b) at address `base`, eight at a time (murmur-style lanes with
+    different constants): 128 bits, so two different series texts of one target share both with probability 2**-128.
+    The bytes are the line's, which memchr has just read: they are in cache."""
+    h1 = np.uint64(b - a) ^ _M3
+    h2 = np.uint64(b - a) ^ _M4
+    p = a
+    while p + 8 <= b:
+        w = _load64(base + np.uint64(p))
+        k1 = w * _M1
+        h1 = ((h1 ^ ((k1 << np.uint64(31)) | (k1 >> np.uint64(33)))) * _M2) + _M3
+        k2 = w * _M2
+        h2 = ((h2 ^ ((k2 << np.uint64(33)) | (k2 >> np.uint64(31)))) * _M1) + _M4
+        p += 8
+    w = np.uint64(0)
+    for k in range(b - p):  # the last 0-7 bytes
+        w |= np.uint64(_byte(base + np.uint64(p + k))) << np.uint64(8 * k)
+    h1 = _fmix(h1 ^ (w * _M1))
+    h2 = _fmix(h2 ^ (w * _M2) ^ h1)
+    return h1, h2
 
 
 @_compiled

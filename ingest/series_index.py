@@ -1,9 +1,15 @@
 """Series texts → store series ids, in bulk, for one source (a scrape target or an imported file).
 
-An exporter sends the same series texts scrape after scrape, in the same order: a line whose text is
-that of the same line of the last scrape (one memcmp) keeps its id. The other texts are matched with
-one vectorised hash lookup (Arrow's `index_in`); only new texts have their labels parsed and are
-registered in the store.
+The parser gives each sample a 128-bit hash of its series text (`Samples.hashes`). An exporter sends the same
+series texts scrape after scrape, in the same order: a line whose hash is that of the same line of the last scrape
+keeps its id. The others are looked up in a sorted array of the hashes seen (binary search); only texts not found
+have their labels parsed (`aifmon.ingest.series_keys`) and are registered in the store, which matches series by
+their labels exactly: the hashes are a cache in front of it. Held per source: 48 bytes a series (the last scrape's
+hashes and ids, the sorted hashes and their ids), not the texts nor the last body.
+
+Two different texts of one source share both 64-bit halves of the hash with probability 2**-128 per pair: that is
+the only way a sample could get another series' id. Texts that share only one half are told apart (a miss, then the
+store).
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from aifmon.ingest.parser import Samples
 from aifmon.ingest.series_keys import series_keys
@@ -33,32 +38,33 @@ class SeriesIndex:
     def __init__(self, store: SampleWriter, labels: dict[str, str] | None = None):
         self.store = store
         self.labels = labels or {}
-        self._texts = pa.array([], pa.string())
-        self._ids = np.zeros(0, dtype=np.int64)
-        self._last: tuple[Samples | None, np.ndarray] = (None, np.zeros(0, dtype=np.int64))
+        empty = np.zeros(0, np.uint64)
+        self._h1, self._h2, self._ids = empty, empty, np.zeros(0, np.int64)  # sorted by _h1
+        self._last_hashes, self._last_ids = np.zeros((0, 2), np.uint64), np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        """Series hashes held (a series that came twice in a first batch counts twice)."""
+        return len(self._ids)
 
     def ids(self, samples: Samples) -> np.ndarray:
         """Store ids, one per sample; raises ExpositionError if a new series text is too long, BadSeries
-        (`aifmon.ingest.series_keys`) if it does not parse or repeats a label name.
-
-        Lines whose series text is that of the same line of the previous batch (an exporter renders in a
-        stable order) reuse its id after one byte comparison; only the others are hashed.
-        """
-        last, last_ids = self._last
-        if last is not None and len(last) == len(samples):
-            same = samples.same_series(last)
+        (`aifmon.ingest.series_keys`) if it does not parse or repeats a label name."""
+        hashes = samples.hashes
+        if len(hashes) == len(self._last_hashes):
+            last = self._last_hashes
+            same = (hashes[:, 0] == last[:, 0]) & (hashes[:, 1] == last[:, 1])
             if same.all():
-                self._last = (samples, last_ids)
-                return last_ids
-            ids = last_ids.copy()
-            ids[~same] = self._lookup(samples.series_of(np.flatnonzero(~same)))
+                self._last_hashes = hashes
+                return self._last_ids
+            ids = self._last_ids.copy()
+            changed = np.flatnonzero(~same)
+            ids[changed] = self._lookup(samples, changed)
         else:
-            ids = self._lookup(samples.series)
-        self._last = (samples, ids)
-        if len(self._texts) > 2 * len(samples) + 1024:
+            ids = self._lookup(samples, np.arange(len(samples)))
+        self._last_hashes, self._last_ids = hashes, ids
+        if len(self._ids) > 2 * len(samples) + 1024:
             # Series come and go (a job's info): keep what this batch used, so the index does not grow forever.
-            self._texts = pc.unique(samples.series)
-            self._ids = ids[pc.index_in(self._texts, value_set=samples.series).to_numpy()]
+            self._h1, self._h2, self._ids = _sorted(hashes, ids)
         return ids
 
     def _register(self, texts: pa.StringArray) -> np.ndarray:
@@ -69,33 +75,36 @@ class SeriesIndex:
         return self.store.series_ids([(m, tuple(json.loads(text).items())) for m, text in zip(metrics.to_pylist(), labels.to_pylist())]
                                      ).astype(np.int64)
 
-    def _lookup(self, series: pa.StringArray) -> np.ndarray:
-        if not len(series):
-            return np.zeros(0, np.int64)
-        if len(self._texts):
-            where = pc.index_in(series, value_set=self._texts)
-            if not where.null_count:
-                return self._ids[where.to_numpy(zero_copy_only=False)]
-            missing = where.is_null()
-            ids = self._ids[where.fill_null(0).to_numpy()]
-            rows: np.ndarray | slice = np.flatnonzero(missing.to_numpy(zero_copy_only=False))
-            fresh = series.filter(missing)
-        else:  # the first batch: every text is new
-            ids, rows, fresh = np.empty(len(series), np.int64), slice(None), series
-        if not len(fresh):
+    def _lookup(self, samples: Samples, rows: np.ndarray) -> np.ndarray:
+        """Ids of the samples at `rows`: from the hashes seen, else registered."""
+        hashes = samples.hashes[rows]
+        ids = np.empty(len(rows), np.int64)
+        miss = np.arange(len(rows))
+        if len(self._ids) and len(rows):
+            at = np.searchsorted(self._h1, hashes[:, 0]).clip(max=len(self._h1) - 1)
+            hit = (self._h1[at] == hashes[:, 0]) & (self._h2[at] == hashes[:, 1])
+            ids[hit] = self._ids[at[hit]]
+            miss = np.flatnonzero(~hit)
+        if not len(miss):
             return ids
-        longest = pc.max(pc.binary_length(fresh)).as_py()
+        new = rows[miss]
+        longest = int((samples.series_end[new] - samples.series_start[new]).max())
         if longest > MAX_SERIES_BYTES:  # checked on new series only: a scrape of known ones pays nothing
             raise ExpositionError(f"a series text of {longest} bytes, over the limit of {MAX_SERIES_BYTES}")
-        # Not deduplicated here (a hash table over a first scrape's 400,000 texts peaks at four times their size): the
-        # store gives a repeated text the same id, and Prometheus text repeats none. Registered in slices, so the
-        # label texts and the store's join are never held for all of them at once.
-        new_ids = np.concatenate([self._register(fresh.slice(i, _SLICE)) for i in range(0, len(fresh), _SLICE)])
-        ids[rows] = new_ids
-        self._texts = pa.concat_arrays([self._texts, fresh]) if len(self._texts) else fresh
-        self._ids = np.concatenate([self._ids, new_ids])
+        # Not deduplicated here: the store gives a repeated text one id, and Prometheus text repeats none. Registered in
+        # slices, so the texts, their label texts and the store's join are never held for all of them at once.
+        ids[miss] = np.concatenate([self._register(samples.series_of(new[i:i + _SLICE])) for i in range(0, len(new), _SLICE)])
+        h1, h2, added = _sorted(hashes[miss], ids[miss])
+        at = np.searchsorted(self._h1, h1)
+        self._h1, self._h2, self._ids = np.insert(self._h1, at, h1), np.insert(self._h2, at, h2), np.insert(self._ids, at, added)
         _return_memory()
         return ids
+
+
+def _sorted(hashes: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first halves, second halves, ids) sorted by the first half."""
+    order = np.argsort(hashes[:, 0], kind="stable")
+    return hashes[order, 0], hashes[order, 1], ids[order]
 
 
 def _return_memory() -> None:

@@ -101,7 +101,7 @@ def test_series_index_reuses_ids_and_forgets_series_that_left(tmp_path):
     assert shifted[0] == first[1] and shifted[2] == first[0] and shifted[1] not in first
     for k in range(600):  # many short-lived series (jobs) come and go
         index.ids(scrape(f'j{{job="{k}"}}', 'a{n="1"}'))
-    assert len(index._texts) <= 2 * 2 + 1024
+    assert len(index) <= 2 * 2 + 1024
     assert index.ids(scrape('a{n="1"}')).tolist() == [first[0]]
     store.close()
 
@@ -187,3 +187,20 @@ def test_columnar_registration_and_python_keys_give_the_same_ids(tmp_path):
     reopened = DuckDBStore(tmp_path / "k.duckdb")
     assert reopened.series_ids(keys[:2]).tolist() == ids[:2].tolist() and "aif_gpu_power_watts" in reopened.metric_names()
     reopened.close()
+
+
+def test_series_hashes_depend_on_the_text_alone_not_its_place_in_the_body():
+    """The series index trusts the parser's 128-bit hashes: the same text hashes alike at any offset (the hash reads 8
+    unaligned bytes at a time) and in a body cut into pieces for the parser's threads; texts differing in one byte, or
+    only in length, differ."""
+    from aifmon.ingest import parser
+
+    texts = [f'm{{a="{"x" * n}"}}' for n in range(20)] + [f'm{{a="{"x" * 9}{c}"}}' for c in "yz"] + ["m", "mm", "m_total"]
+    base = parser.parse_exposition("".join(f"{t} 1\n" for t in texts).encode()).hashes
+    assert len({tuple(h) for h in base.tolist()}) == len(texts)
+    for shift in range(1, 9):
+        moved = parser.parse_exposition((f"#{'-' * shift}\n" + "".join(f"{t} 2\n" for t in texts)).encode()).hashes
+        assert moved.tolist() == base.tolist(), shift
+    big = "".join(f"{t} 3\n" for t in texts).encode() * (parser._PARALLEL_FROM_BYTES * 2 // 400)
+    assert len(parser._pieces(big)) > 1 or parser._CORES == 1
+    assert parser.parse_exposition(big).hashes.tolist() == base.tolist() * (len(big) // len("".join(f"{t} 3\n" for t in texts)))
