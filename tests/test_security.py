@@ -318,7 +318,8 @@ def test_compose_dashboard_signs_users_in_with_their_roles(tmp_path):
     assert "--users" in command and not {"dashboard-proxy"} & set(compose["services"])
     users_secret = command[command.index("--users") + 1]
     assert users_secret.startswith("/run/secrets/") and users_secret.removeprefix("/run/secrets/") in service["secrets"]
-    assert not (service.get("environment") or {}), "the dashboard takes no secret or setting from the environment"
+    assert set(service.get("environment") or {}) <= {"AIFMON_POSTGRES_USER", "AIFMON_POSTGRES_PASSWORD_FILE"}, \
+        "the dashboard takes nothing from the environment but where its rows store's password is"
     (tmp_path / "deploy/compose").mkdir(parents=True)
     shutil.copy(ROOT / "deploy/compose/make-secrets.sh", tmp_path / "deploy/compose/make-secrets.sh")
     made = subprocess.run(["sh", str(tmp_path / "deploy/compose/make-secrets.sh")], capture_output=True, text=True, timeout=120,
@@ -330,7 +331,8 @@ def test_compose_dashboard_signs_users_in_with_their_roles(tmp_path):
     args = [files.get(a, a) for a in command[1:]]
     DuckDBStore(tmp_path / "store.duckdb").close()
     port = free_port()
-    args[args.index("--store") + 1] = f"duckdb:///{tmp_path / 'store.duckdb'}"  # VictoriaMetrics is not what is tested here
+    args[args.index("--store") + 1] = f"duckdb:///{tmp_path / 'store.duckdb'}"  # VictoriaMetrics is not what is tested here,
+    del args[args.index("--rows-store"):args.index("--rows-store") + 2]  # nor PostgreSQL (tests/test_postgres_store.py)
     args[args.index("--listen") + 1] = f"127.0.0.1:{port}"  # the container's 0.0.0.0, on this machine's loopback
     passwords = {role: (secrets / f"dashboard-{role}-password").read_text() for role in ("operator", "board")}
     assert all(len(p) >= 40 and p not in made.stderr for p in passwords.values())  # made, and never printed

@@ -2,6 +2,7 @@
 # Makes the compose stack's secrets under deploy/compose/secrets/, once: existing files are kept.
 #   influxdb-admin-password      InfluxDB's initial user (aifmon) password
 #   influxdb-token               InfluxDB's operator token; the aifmon sink services read it (AIFMON_INFLUXDB_TOKEN_FILE)
+#   postgres-password            PostgreSQL's user aifmon (the ledger's rows); the services read it (AIFMON_POSTGRES_PASSWORD_FILE)
 #   dashboard-operator-password  the password of the dashboard's user `operator` (role operator: every page)
 #   dashboard-board-password     the password of the dashboard's user `board` (role board: overview, projects,
 #                                efficiency, reports)
@@ -32,6 +33,7 @@ bcrypt_hash() {  # bcrypt_hash FILE: the bcrypt hash (cost 12) of the password i
 }
 make influxdb-admin-password
 make influxdb-token
+make postgres-password
 make dashboard-operator-password
 make dashboard-board-password
 if [ ! -s "$dir/dashboard-users.yaml" ]; then
@@ -45,6 +47,6 @@ fi
 # so they must be readable by those users; the folder itself stays private to the owner, and the
 # dashboard's passwords (for people, not services) stay private to the owner too.
 chmod 700 "$dir"
-chmod 644 "$dir"/influxdb-admin-password "$dir"/influxdb-token "$dir"/dashboard-users.yaml
+chmod 644 "$dir"/influxdb-admin-password "$dir"/influxdb-token "$dir"/postgres-password "$dir"/dashboard-users.yaml
 echo "secrets in $dir; dashboard users: operator and board, passwords in $dir/dashboard-operator-password" \
      "and $dir/dashboard-board-password" >&2
