@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from aifmon.cli.arguments import Commands, command, group
+from aifmon.cli.arguments import Commands, add_rows_store, command, group, samples_and_rows
 from aifmon.telemetry.errors import user_input
 
 
@@ -16,13 +16,13 @@ def register(commands: Commands) -> None:
     c.add_argument("--month", required=True, help="YYYY-MM (UTC)")
     c.add_argument("--out", required=True, help="directory to write the report into")
     c.add_argument("--no-pdf", action="store_true", help="skip report.pdf (needs Chromium)")
+    add_rows_store(c)
 
 
 def monthly(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from aifmon.rollups.monthly_report import build_monthly_report, month_range, write_monthly_report
-    from aifmon.stores.store import SampleReader, open_store
     from aifmon.telemetry.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)
@@ -32,7 +32,7 @@ def monthly(args: argparse.Namespace) -> None:
             bar.set_postfix_str(what[:40])
             bar.update()
 
-        with open_store(args.store, read_only=True, needs=SampleReader) as store:
+        with samples_and_rows(args) as store:
             report = build_monthly_report(store, inventory, args.month, progress=step)
         with user_input(OSError, about=f"cannot write the report into {args.out}"):
             paths = write_monthly_report(report, Path(args.out), pdf=not args.no_pdf, progress=step)
