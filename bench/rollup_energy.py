@@ -25,6 +25,8 @@ which this data has). Rows, each the best of 3 warm runs:
 - VictoriaMetrics, cached: the query above over HTTP, warm: repeats are answered from VictoriaMetrics' rollup
   result cache, its counterpart of aifmon's hourly tables;
 - VictoriaMetrics, nocache=1: the same query with its result cache bypassed, computed from its samples;
+- aifmon over VictoriaMetrics: the raw computation reading VictoriaMetrics' samples (`/api/v1/export`), as
+  `aifmon rollup energy --store victoriametrics+http://...` does at a site that keeps no rollup rows;
 - Prometheus: the query above over HTTP (Prometheus keeps no result cache).
 Throughput = counter samples / time; error = largest relative error of any project against the truth. The
 two ratios compare like with like: aifmon's default path with VictoriaMetrics' cached answer, aifmon's raw
@@ -56,7 +58,7 @@ from aifmon.rollups.energy import UNALLOCATED, energy_rollup
 from aifmon.rollups.hourly import NODE_TABLE, SITE_COLUMNS, SITE_TABLE, TABLE, rollup_hour
 from aifmon.rollups.monthly_report import build_monthly_report, write_monthly_report
 from aifmon.stores.duckdb_store import DuckDBStore
-from aifmon.stores.store import SampleWriter, SeriesSamples, open_store, series_key
+from aifmon.stores.store import SampleReader, SampleWriter, SeriesSamples, open_store, series_key
 from aifmon.telemetry.inventory import ACCESS_MODES, SECTORS, parse_inventory
 from bench.ingest import installed
 from tests.servers import prometheus, victoria_metrics
@@ -70,6 +72,7 @@ DEFAULT_ROW = "aifmon, default (24 h from hourly rollups)"
 RAW_ROW = "aifmon, raw samples only (from_hourly=False)"
 VM_CACHED_ROW = "VictoriaMetrics, cached (query_range, 24 x 1h)"
 VM_NOCACHE_ROW = "VictoriaMetrics, nocache=1 (from its samples)"
+ON_VM_ROW = "aifmon over VictoriaMetrics (its raw samples, /api/v1/export)"
 QUERY = ("sum by (project) (increase(aif_gpu_energy_joules_total[1h]) "
          "* on (factory, node, gpu) group_left (project) last_over_time(aif_gpu_job_info[3599s]))")
 
@@ -218,6 +221,10 @@ def bench_per_project(gpus: int, work: Path) -> tuple[list[tuple[str, float, flo
         rows.append((VM_CACHED_ROW, t, n / t, error(ans, truth)))
         t, ans = best_of(3, lambda: promql_per_project(vm.url, day_ms, nocache=True))
         rows.append((VM_NOCACHE_ROW, t, n / t, error(ans, truth)))
+        # `aifmon rollup energy --store victoriametrics+http://...`: the ledger computed from VictoriaMetrics' raw samples
+        on_vm = open_store(vm.url.replace("http://", "victoriametrics+http://"), needs=SampleReader)
+        t, ans = best_of(3, lambda: per_project(on_vm, from_hourly=False))
+        rows.append((ON_VM_ROW, t, n / t, error(ans, truth)))
     blocks = work / "prom-data"
     subprocess.run([installed("promtool", "prometheus"), "tsdb", "create-blocks-from", "openmetrics", str(om), str(blocks)],
                    check=True, capture_output=True, timeout=1800)
@@ -282,7 +289,7 @@ def main() -> None:
         for name, t, rate, err in rows:
             print(f"{name:55s} {t:8.3f} {rate / 1e6:12.1f} {err:10.2e}")
         took_s = {name: t for name, t, _, _ in rows}
-        for ours, theirs in ((DEFAULT_ROW, VM_CACHED_ROW), (RAW_ROW, VM_NOCACHE_ROW)):
+        for ours, theirs in ((DEFAULT_ROW, VM_CACHED_ROW), (RAW_ROW, VM_NOCACHE_ROW), (ON_VM_ROW, VM_NOCACHE_ROW)):
             print(f"{ours} / {theirs}: {took_s[theirs] / took_s[ours]:.2f}x VictoriaMetrics' throughput")
         took, n, pages = bench_monthly_report(args.report_gpus, work)
         print(f"\nmonthly report, {args.report_gpus:,} GPUs, {n:,} hourly rows: {took:.1f} s (html, pdf with {pages} pages, csv, json)")

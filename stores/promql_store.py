@@ -76,8 +76,8 @@ class PromQLStore(SampleReader):
         if issubclass(capability, SampleWriter):
             return ("Prometheus ingests by scraping; to load history, build blocks with `promtool tsdb create-blocks-from "
                     "openmetrics` (from `aifmon store export`), or use VictoriaMetrics (victoriametrics+http://)")
-        return (f"{cls.kind} keeps no rollup rows; keep them in a duckdb:/// store or the InfluxDB sink "
-                "(`aifmon rollup schedule --rows-store`)")
+        return (f"{cls.kind} keeps no rollup rows; keep them in PostgreSQL (`--rows-store postgresql://host:5432/db`, which every "
+                "reader can share) or a duckdb:/// store")
 
     # -- reads ---------------------------------------------------------------------------------
     def _get(self, path: str, params: dict[str, str]) -> dict:
@@ -178,3 +178,34 @@ class VictoriaMetricsStore(PromQLStore, SampleWriter):
 
     def mark_stale(self, series_ids: np.ndarray, t_ms: int) -> None:
         pass  # scrapers write their own stale markers (vmagent as Prometheus does); imported history has none to add
+
+    def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        """The raw samples from `/api/v1/export`: one JSON line per series with its whole range of timestamps and
+        values, turned into NumPy arrays series by series. Where the PromQL read asks an hour at a time and builds a
+        frame per series per hour, this is one streamed answer and no per-sample Python object. The vmselect path
+        of a cluster serves the same endpoint."""
+        selector = metric + "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in (match or {}).items()) + "}"
+        params = {"match[]": selector, "start": f"{start_ms / 1000:.3f}", "end": f"{end_ms / 1000:.3f}"}
+        request = urllib.request.Request(f"{self.base_url}/api/v1/export?{urllib.parse.urlencode(params)}", headers=self._headers)
+        labels: list[dict[str, str]] = []
+        times: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
+                for line in answer:
+                    series = json.loads(line)
+                    labels.append({k: v for k, v in series["metric"].items() if k != "__name__"})
+                    times.append(np.asarray(series["timestamps"], dtype=np.int64))
+                    values.append(np.asarray(series["values"], dtype=np.float64))
+        except urllib.error.HTTPError as e:
+            detail = _CREDENTIALS_HINT if e.code == 401 else e.read().decode(errors="replace")[:300]
+            raise StoreError(f"{self.kind} at {self.shown} refused the export of {selector!r}: HTTP {e.code} {detail}") from None
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{self.kind} at {self.shown} did not answer the export of {selector!r}: {e}") from None
+        series_id = np.repeat(np.arange(len(times), dtype=np.int64), [len(t) for t in times])
+        t_ms = np.concatenate(times) if times else np.zeros(0, dtype=np.int64)
+        value = np.concatenate(values) if values else np.zeros(0)
+        keep = np.isfinite(value) & (t_ms >= start_ms) & (t_ms <= end_ms)  # the contract: finite values, [start, end]
+        table = pd.DataFrame(labels)
+        table.insert(0, "series_id", np.arange(len(labels), dtype=np.int64))
+        return SeriesSamples(table, series_id[keep], t_ms[keep], value[keep])
