@@ -37,11 +37,13 @@ def series_keys(texts: pa.StringArray, labels: dict[str, str]) -> tuple[pa.Strin
     naming the first text that is not a valid series."""
     offsets = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset:texts.offset + len(texts) + 1].astype(np.int64)
     data = np.frombuffer(texts.buffers()[2] or b"", np.uint8)
-    names = sorted(labels)
+    # The target's labels go in as JSON already (names too: json.dumps escapes keys as it does values), sorted by name.
+    names = [json.dumps(k)[1:-1] for k in sorted(labels)]
+    values = [json.dumps(labels[k])[1:-1] for k in sorted(labels)]
     target_names = np.frombuffer("".join(names).encode() or b"\0", np.uint8)
-    target_values = np.frombuffer("".join(json.dumps(labels[k])[1:-1] for k in names).encode() or b"\0", np.uint8)
+    target_values = np.frombuffer("".join(values).encode() or b"\0", np.uint8)
     name_ends = np.cumsum([0] + [len(k) for k in names], dtype=np.int64)
-    value_ends = np.cumsum([0] + [len(json.dumps(labels[k])) - 2 for k in names], dtype=np.int64)
+    value_ends = np.cumsum([0] + [len(v) for v in values], dtype=np.int64)
     capacity = 2 * int(offsets[-1] - offsets[0]) + len(texts) * (int(value_ends[-1] + name_ends[-1]) + 8 * len(names) + 2) + 64
     while True:
         metric_start, metric_end, out, out_offsets, bad, problem = _keys(data, offsets, target_names, name_ends, target_values,
