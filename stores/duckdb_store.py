@@ -391,6 +391,15 @@ class DuckDBStore(SampleWriter, RollupStore):
             )
         return None if lo is None else (int(lo), int(hi))
 
+    def newest_sample_ms(self, not_after_ms: int) -> int | None:
+        """Time of the newest sample (raw, or a per-minute aggregate's minute) at or before `not_after_ms`, ms; None if
+        there is none. Where a backfill continues from: one sample stamped in the future by a wrong clock must not make
+        it skip every minute up to then, as `time_bounds()[1]` would."""
+        with self._cursor() as cur:
+            (newest,) = _one(cur, "SELECT max(t) FROM (SELECT max(t_ms) t FROM samples WHERE t_ms <= ? "
+                                  "UNION ALL SELECT max(t_ms) FROM samples_1m WHERE t_ms <= ?)", [not_after_ms, not_after_ms])
+        return None if newest is None else int(newest)
+
     def metric_names(self) -> list[str]:
         return sorted(self._metrics)
 

@@ -240,3 +240,17 @@ def test_replacing_an_empty_first_window_does_not_fix_wrong_column_types(tmp_pat
     store.replace_rows("t", 3_600_000, pd.DataFrame({"window_start_ms": [3_600_000], "factory": ["pharos"]}))
     assert store.read_rows("t", 0, 10**9)["factory"].tolist() == ["pharos"]
     store.close()
+
+
+def test_newest_sample_before_a_time_ignores_samples_from_the_future(tmp_path):
+    """What `aifmon up`'s backfill continues from: a sample a wrong clock stamped in the year 5138 must not make it skip
+    the hours up to then (time_bounds' newest is that sample)."""
+    store = DuckDBStore(tmp_path / "n.duckdb")
+    assert store.newest_sample_ms(2**62) is None
+    sid = store.series_ids([series_key("m", {"n": "1"})])
+    store.append(np.repeat(sid, 3), np.array([1_000_000, 2_000_000, 99_972_403_200_000]), np.ones(3))
+    assert store.time_bounds() == (1_000_000, 99_972_403_200_000)
+    assert (store.newest_sample_ms(5_000_000), store.newest_sample_ms(1_500_000), store.newest_sample_ms(999_999)) == (2_000_000, 1_000_000, None)
+    store.compact(now_ms=2_000_000 + 9 * 86_400_000)  # raw samples up to then become minute aggregates (stamped at their minute)
+    assert store.newest_sample_ms(5_000_000) == 1_980_000
+    store.close()
