@@ -42,7 +42,7 @@ _BIG_MODES = {"Large Scale", "Extreme Scale", "Benchmark"}
 _OFFERED_LOAD = 0.95  # share of GPU-time the arrival process asks for; rejections bring use to ~70-85 %
 _SCHEDULE_CHUNK_S = 3600.0
 _MAX_JOB_S = 12 * 3600.0  # longest simulated job, s
-_BLOCK_CELLS = 2_000_000  # ticks x GPUs evaluated at once when fast-forwarding (bounds memory)
+_BLOCK_CELLS = 250_000  # ticks x GPUs evaluated at once when fast-forwarding: a dozen arrays of 2 MB, not 16 MB each
 _MEMORY_SHARE = np.array([0.0, 0.85, 0.6, 0.9, 0.3])  # of the board's memory, per profile
 _XID_PER_GPU_TICK = 2e-7
 

@@ -1,9 +1,17 @@
 """The simulated factory: energy is the integral of reported power, runs are reproducible, power is plausible."""
 
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
 from aifmon.exporters.simulation import HPL, FactorySimulation
+from aifmon.ingest.parser import parse_exposition
+from aifmon.telemetry.exposition import parse_series
+from tests.conftest import free_port, inventory_text, wait_for_http
 
 EPOCH = 1_790_000_000.0
 
@@ -116,3 +124,42 @@ def test_a_new_simulation_starts_in_steady_state(small_inventory):
     later = [busy(h * ticks_per_hour) for h in range(2, 26, 2)]
     assert busy(0) >= 0.4 and any(j.start_tick < 0 for j in sim.jobs_between(0, 1)), "jobs that started before the epoch run at its first tick"
     assert abs(busy(0) - np.mean(later)) < 0.35, (busy(0), later)
+
+
+def test_one_process_serves_every_factory_on_its_target_from_its_own_epoch(tmp_path):
+    """`aifmon exporter sim` with several --factory: one process, one server per factory on its inventory target, each
+    simulation from its own --epoch (as `aifmon up` starts a large factory's history later), busy from the first scrape."""
+    targets = {"alpha": f"127.0.0.1:{free_port()}", "beta": f"127.0.0.1:{free_port()}"}
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(inventory_text(targets))
+    now = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "aifmon", "--quiet", "exporter", "sim", "--inventory", str(inv), "--step", "5",
+                             "--factory", "alpha", "--epoch", str(now - 7200), "--factory", "beta", "--epoch", str(now - 60)])
+    try:
+        bodies = {f: wait_for_http(f"http://{t}/metrics", timeout_s=60).decode() for f, t in targets.items()}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    energy = {}
+    for f, body in bodies.items():
+        samples = parse_exposition(body.encode())
+        series = [parse_series(s) for s in samples.series.to_pylist()]
+        assert {labels.get("factory") for name, labels in series if name.startswith("aif_gpu")} == {f}, "each target serves its factory only"
+        values = {name: [v for (n, _), v in zip(series, samples.values) if n == name] for name in ("aif_gpu_power_watts", "aif_gpu_energy_joules_total")}
+        assert len(values["aif_gpu_power_watts"]) == 16
+        assert sum(name == "aif_gpu_job_info" for name, _ in series) >= 4, "jobs run from the first scrape"
+        energy[f] = sum(values["aif_gpu_energy_joules_total"])
+    assert energy["alpha"] > 16 * 60 * 7200 and energy["beta"] < 16 * 400 * 120
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--factory", "alpha", "--factory", "beta", "--listen", "127.0.0.1:1"], "--listen serves one factory"),
+    (["--factory", "alpha", "--factory", "beta", "--epoch", "1", "--epoch", "2", "--epoch", "3"], "--epoch given 3 times for 2 factories"),
+    (["--factory", "alpha", "--factory", "alpha"], "--factory names a factory twice"),
+])
+def test_exporter_sim_refuses_options_that_do_not_fit_its_factories(tmp_path, args, message):
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(inventory_text({"alpha": f"127.0.0.1:{free_port()}", "beta": f"127.0.0.1:{free_port()}"}))
+    out = subprocess.run([sys.executable, "-m", "aifmon", "exporter", "sim", "--inventory", str(inv), *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from aifmon.cli.up import demo_epochs, history_hours
 from aifmon.exporters.http import serve_exposition
 from aifmon.rollups.hourly import SETTLE_MS
 from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.telemetry.inventory import load_inventory
 from tests.conftest import free_port, inventory_text, wait_for_http, wait_until
 
 GPUS = 2 * 4 * 4  # two factories of 4 nodes with 4 GPUs (inventory_text)
@@ -128,11 +130,12 @@ def test_up_stops_everything_when_a_simulator_dies(tmp_path):
     log = log_path.read_text()
     assert status == 1, log
     assert f"cannot listen on {targets['alpha']}" in log, "the simulator says why it stopped"
-    assert f"the simulator of alpha (on {targets['alpha']}) exited with status 2" in log and "store closed cleanly" in log and "Traceback" not in log
+    served = f"alpha on {targets['alpha']}, beta on {targets['beta']}"  # one process simulates both: up names all it served
+    assert f"the simulator ({served}) exited with status 2" in log and "store closed cleanly" in log and "Traceback" not in log
 
 
 def test_a_killed_up_leaves_no_simulator_behind(tmp_path):
-    """SIGKILL runs no clean-up in `aifmon up`: its simulators must die with it (PR_SET_PDEATHSIG), so that a restart
+    """SIGKILL runs no clean-up in `aifmon up`: its simulator must die with it (PR_SET_PDEATHSIG), so that a restart
     at once finds their ports free and serves them again."""
     targets = {"alpha": f"127.0.0.1:{free_port()}", "beta": f"127.0.0.1:{free_port()}"}
     inv, log_path, dash = tmp_path / "inv.yaml", tmp_path / "up.log", f"127.0.0.1:{free_port()}"
@@ -142,7 +145,7 @@ def test_a_killed_up_leaves_no_simulator_behind(tmp_path):
         for target in targets.values():
             wait_for_http(f"http://{target}/metrics", timeout_s=60)
         children = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-        assert len(children) == len(targets), "one simulator process per factory"
+        assert len(children) == 1, "one simulator process for every factory"
     finally:
         proc.kill()
         proc.wait(timeout=30)
@@ -167,3 +170,22 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_large_factory_gets_fewer_hours_of_history_and_keeps_its_epoch(tmp_path):
+    """`aifmon up` backfills the demo's 25,000-GPU factory for 3 h, not the 24 h of the small ones (a snapshot of it is
+    400,000 samples, 0.2 s): its simulation starts there, counters from zero. Every factory's epoch is kept across runs,
+    and a state file from before per-factory epochs runs them all from its one epoch."""
+    assert (history_hours(25_000, 24), history_hours(128, 24), history_hours(25_000, 2), history_hours(10**6, 24)) == (3, 24, 2, 1)
+    inventory = load_inventory()
+    store = DuckDBStore(tmp_path / "up.duckdb")
+    try:
+        epochs = demo_epochs(store, inventory, 1, 24)
+        assert epochs["bsc-aif"] % 3600 == 0 and epochs["jaif"] - epochs["bsc-aif"] == 21 * 3600
+        assert {e for f, e in epochs.items() if f != "jaif"} == {epochs["bsc-aif"]}, "the small factories: the whole 24 h"
+        assert demo_epochs(store, inventory, 1, 6) == epochs, "kept across runs, whatever --backfill-hours says then"
+        state = tmp_path / "up.duckdb.demo.json"
+        state.write_text(json.dumps({"epoch": epochs["bsc-aif"], "seed": 1}))
+        assert set(demo_epochs(store, inventory, 1, 24).values()) == {epochs["bsc-aif"]}
+    finally:
+        store.close()

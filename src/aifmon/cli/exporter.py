@@ -15,13 +15,15 @@ log = logging.getLogger("aifmon")
 
 def register(commands: Commands) -> None:
     exp = group(commands, "exporter", "exporters", "KIND")
-    c = command(exp, "sim", sim, "serve a simulated factory on /metrics", store=False)
-    c.add_argument("--factory", required=True, help="factory id from the inventory")
-    c.add_argument("--listen", help="host:port (default: the factory's first target in the inventory)")
+    c = command(exp, "sim", sim, "serve simulated factories on /metrics, all from this one process", store=False)
+    c.add_argument("--factory", action="append", required=True,
+                   help="factory id from the inventory; repeat it to serve several factories, each on its own target")
+    c.add_argument("--listen", help="host:port, with one --factory only (default: each factory's first target in the inventory)")
     c.add_argument("--seed", type=int, default=1, help="simulation seed (same seed and epoch: same history)")
-    c.add_argument("--epoch", type=float, help="simulation start, Unix seconds (default: now)")
+    c.add_argument("--epoch", type=float, action="append",
+                   help="simulation start, Unix seconds (default: now): once for every factory, or once per --factory in its order")
     c.add_argument("--step", type=float, default=1.0, help="simulation tick, s (power is constant within a tick)")
-    c.add_argument("--poll", type=float, default=1.0, help="re-render the exposition every POLL s")
+    c.add_argument("--poll", type=float, default=1.0, help="re-render each exposition every POLL s")
 
     c = exp.add_parser("node", help="serve this node's GPUs, CPUs, BMC power and Slurm jobs on /metrics",
                        description="The node agent: NVML or amdsmi, RAPL, hwmon, HPE Cray pm_counters, Redfish BMC and "
@@ -59,27 +61,39 @@ def register(commands: Commands) -> None:
 
 
 def sim(args: argparse.Namespace) -> None:
+    """Every factory named by --factory simulated in this process, each served by its own HTTP server on its target."""
     from aifmon.exporters.http import serve_exposition
     from aifmon.exporters.sim import SimExporter
     from aifmon.exporters.simulation import FactorySimulation
     from aifmon.telemetry.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)
-    factory = inventory.factory(args.factory)
-    listen = args.listen or (factory.targets[0] if factory.targets else None)
-    if not listen:
-        raise UserError(f"factory {factory.id!r} has no target in the inventory; pass --listen host:port")
-    with user_input(ValueError):  # a factory without projects, a --step of 0
-        simulation = FactorySimulation(factory, inventory.projects_of(factory.id), seed=args.seed,
-                                       epoch=args.epoch if args.epoch is not None else time.time(), step_s=args.step)
-    exporter = SimExporter(simulation, poll_s=args.poll)
-    with user_input(OSError, about=f"cannot listen on {listen}"):
-        server = serve_exposition(listen, exporter.body, f"aifmon simulated factory {factory.id}")
-    exporter.start()
-    log.info("simulating %s (%d GPUs on %d nodes) on http://%s/metrics", factory.id, simulation.gpu_count, simulation.node_count, listen)
+    factories = [inventory.factory(f) for f in args.factory]
+    if len(set(args.factory)) < len(factories):
+        raise UserError(f"--factory names a factory twice: {', '.join(args.factory)}")
+    if args.listen and len(factories) > 1:
+        raise UserError("--listen serves one factory; with several --factory each is served on its inventory target")
+    epochs = args.epoch or [time.time()]
+    if len(epochs) not in (1, len(factories)):
+        raise UserError(f"--epoch given {len(epochs)} times for {len(factories)} factories: give it once, or once per --factory")
+    served = []
+    for factory, epoch in zip(factories, epochs * len(factories) if len(epochs) == 1 else epochs):
+        listen = args.listen or (factory.targets[0] if factory.targets else None)
+        if not listen:
+            raise UserError(f"factory {factory.id!r} has no target in the inventory; pass --listen host:port")
+        with user_input(ValueError):  # a factory without projects, a --step of 0
+            simulation = FactorySimulation(factory, inventory.projects_of(factory.id), seed=args.seed, epoch=epoch, step_s=args.step)
+        exporter = SimExporter(simulation, poll_s=args.poll)
+        with user_input(OSError, about=f"cannot listen on {listen}"):
+            server = serve_exposition(listen, exporter.body, f"aifmon simulated factory {factory.id}")
+        served.append((exporter, server))
+        log.info("simulating %s (%d GPUs on %d nodes) on http://%s/metrics", factory.id, simulation.gpu_count, simulation.node_count, listen)
+    for exporter, _ in served:
+        exporter.start()
     wait_for_signal()
-    exporter.stop()
-    server.shutdown()
+    for exporter, server in served:
+        exporter.stop()
+        server.shutdown()
 
 
 def node(args: argparse.Namespace) -> None:

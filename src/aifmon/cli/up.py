@@ -25,6 +25,11 @@ log = logging.getLogger("aifmon")
 SIM_STEP_S = 5.0
 """Simulation tick of the demo, s: as fine as the scrape interval, cheap enough for 2 cores."""
 
+BACKFILL_GPU_MINUTES = 4_500_000
+"""Most history one factory's backfill writes, in GPUs x one-minute snapshots: the demo's 25,000-GPU factory gets its
+last 3 h (about a minute of start-up on 2 cores, 0.2 s a snapshot), a factory of a few hundred GPUs the whole
+`--backfill-hours`."""
+
 
 def register(commands: Commands) -> None:
     c = command(commands, "up", up, "the whole stack on the embedded store: simulators, collector, rollups, dashboard")
@@ -37,8 +42,8 @@ def register(commands: Commands) -> None:
 
 
 def up(args: argparse.Namespace) -> int:
-    """Simulators (child processes), backfill, then collector, hourly rollups, compactor and alert evaluator (workers)
-    and the dashboard, until Ctrl-C or SIGTERM (0) or until a simulator exits (1)."""
+    """One simulator child process for every live factory, backfill, then collector, hourly rollups, compactor and alert
+    evaluator (workers) and the dashboard, until Ctrl-C or SIGTERM (0) or until the simulator exits (1)."""
     from aifmon.cli.alerts import alert_evaluator
     from aifmon.ingest.collector import Collector, targets_of
     from aifmon.rollups.hourly import HourlyRollups
@@ -48,23 +53,26 @@ def up(args: argparse.Namespace) -> int:
     from aifmon.telemetry.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)
-    simulated = [(f.id, f.targets[0]) for f in inventory.live_factories() if f.targets]
+    simulated = [f for f in inventory.live_factories() if f.targets]
     status = 0
     with open_store(args.store, needs=DuckDBStore) as store:
-        epoch = demo_epoch(store, args.seed, args.backfill_hours)
-        commands = [[sys.executable, "-m", "aifmon", "--quiet", "exporter", "sim", "--factory", factory, "--listen", target,
-                     "--epoch", str(epoch), "--seed", str(args.seed), "--step", str(SIM_STEP_S)]
-                    + (["--inventory", args.inventory] if args.inventory else []) for factory, target in simulated]
-        with child_processes(commands) as sims, closing(dashboard.start(store, inventory, args)):
+        epochs = demo_epochs(store, inventory, args.seed, args.backfill_hours)
+        # One process simulates every factory (one HTTP server each, on its target), re-rendering once per scrape
+        # interval: 13 processes of their own held 800 MB, and a 25,000-GPU exposition costs 0.25 s to render.
+        command = [sys.executable, "-m", "aifmon", "--quiet", "exporter", "sim", "--seed", str(args.seed), "--step", str(SIM_STEP_S),
+                   "--poll", str(args.interval)] + (["--inventory", args.inventory] if args.inventory else [])
+        for f in simulated:
+            command += ["--factory", f.id, "--epoch", str(epochs[f.id])]
+        with child_processes([command] if simulated else []) as sims, closing(dashboard.start(store, inventory, args)):
             print(f"aifmon: dashboard on http://{args.listen}/  (Ctrl-C stops everything)", file=sys.stderr, flush=True)
             try:
-                _backfill(store, inventory, args.seed, epoch)
-                log.info("live: scraping %d simulators every %g s", len(sims), args.interval)
+                _backfill(store, inventory, args.seed, epochs)
+                log.info("live: scraping %d simulated factories every %g s", len(simulated), args.interval)
                 exited = run_workers([Collector(store, targets_of(inventory), interval_s=args.interval), HourlyRollups(store, inventory),
                                       Compactor(store), alert_evaluator(store, inventory, args.alert_rules)], sims)
                 if exited is not None:
-                    factory, target = simulated[sims.index(exited)]
-                    print(f"aifmon: the simulator of {factory} (on {target}) exited with status {exited.returncode}", file=sys.stderr, flush=True)
+                    served = ", ".join(f"{f.id} on {f.targets[0]}" for f in simulated)
+                    print(f"aifmon: the simulator ({served}) exited with status {exited.returncode}", file=sys.stderr, flush=True)
                     status = 1
             finally:
                 print("aifmon: stopping...", file=sys.stderr, flush=True)
@@ -72,24 +80,37 @@ def up(args: argparse.Namespace) -> int:
     return status
 
 
-def demo_epoch(store: DuckDBStore, seed: int, backfill_hours: float) -> float:
-    """The simulation epoch of the demo store, Unix s: kept across runs (in a file beside it), so counters and job
-    ids continue; a new store starts `backfill_hours` before the current hour."""
+def history_hours(gpus: int, backfill_hours: float) -> float:
+    """Hours of simulated history a factory of `gpus` GPUs gets: `backfill_hours`, or fewer where that would exceed
+    `BACKFILL_GPU_MINUTES` (whole hours, at least one)."""
+    return min(backfill_hours, max(1.0, BACKFILL_GPU_MINUTES // max(gpus, 1) // 60))
+
+
+def demo_epochs(store: DuckDBStore, inventory: Inventory, seed: int, backfill_hours: float) -> dict[str, float]:
+    """The simulation epoch of each live factory of the demo store, Unix s, kept across runs (in a file beside the
+    store) so that counters and job ids continue. A new store starts `backfill_hours` before the current hour; a
+    large factory's history starts later (`history_hours`), its counters from zero there."""
     state = Path(str(store.path) + ".demo.json")
+    saved: dict = {}
     if state.exists():
         saved = json.loads(state.read_text())
-        if saved.get("seed") == seed and time.time() - saved["epoch"] < 7 * 86400:
-            return float(saved["epoch"])
-        if store.time_bounds() is not None:
-            raise UserError(f"the demo store {store.path} was simulated with another seed or over a week ago; "
-                            "move it aside (or delete it) to start a fresh demo")
-    epoch = time.time() // 3600 * 3600 - backfill_hours * 3600
-    state.write_text(json.dumps({"epoch": epoch, "seed": seed}))
-    return epoch
+        if saved.get("seed") != seed or time.time() - saved["epoch"] >= 7 * 86400:
+            if store.time_bounds() is not None:
+                raise UserError(f"the demo store {store.path} was simulated with another seed or over a week ago; "
+                                "move it aside (or delete it) to start a fresh demo")
+            saved = {}
+    hour = time.time() // 3600 * 3600
+    epoch = float(saved.get("epoch", hour - backfill_hours * 3600))
+    live = inventory.live_factories()
+    # A state file written before per-factory epochs ran every factory from the one epoch.
+    known: dict[str, float] = saved.get("epochs", {f.id: epoch for f in live} if saved else {})
+    epochs = {f.id: float(known.get(f.id, max(epoch, hour - history_hours(f.gpu_count, backfill_hours) * 3600))) for f in live}
+    state.write_text(json.dumps({"epoch": epoch, "seed": seed, "epochs": epochs}))
+    return epochs
 
 
-def _backfill(store: DuckDBStore, inventory: Inventory, seed: int, epoch: float) -> None:
-    """Write the simulated history, one snapshot a minute, from the store's newest sample (or `epoch`) to now."""
+def _backfill(store: DuckDBStore, inventory: Inventory, seed: int, epochs: dict[str, float]) -> None:
+    """Write the simulated history, one snapshot a minute, from each factory's epoch (or the store's newest sample) to now."""
     from tqdm import tqdm
 
     from aifmon.exporters.backfill import backfill
@@ -97,12 +118,17 @@ def _backfill(store: DuckDBStore, inventory: Inventory, seed: int, epoch: float)
 
     bounds = store.time_bounds()
     now = time.time() // 60 * 60
-    start = max(epoch, (bounds[1] // 1000 // 60 + 1) * 60) if bounds else epoch
-    steps = max(0, int((now - start) // 60))
-    if not steps:
+    newest = (bounds[1] // 1000 // 60 + 1) * 60 if bounds else 0.0
+    starts = {f.id: max(epochs[f.id], newest) for f in inventory.live_factories()}
+    steps = {fid: max(0, int((now - start) // 60)) for fid, start in starts.items()}
+    if not any(steps.values()):
         return
-    factories = inventory.live_factories()
-    with tqdm(total=steps * len(factories), desc="backfill", unit="snapshot", file=sys.stderr) as bar:
-        for f in factories:
-            simulation = FactorySimulation(f, inventory.projects_of(f.id), seed=seed, epoch=epoch, step_s=SIM_STEP_S)
-            backfill(store, simulation, start, now, 60.0, progress=bar.update)
+    epoch = min(epochs.values())
+    for f in inventory.live_factories():
+        if steps[f.id] and epochs[f.id] > epoch:
+            log.info("backfill: %s (%d GPUs) for its last %.1f h only, to keep start-up short", f.id, f.gpu_count, (now - starts[f.id]) / 3600)
+    with tqdm(total=sum(steps.values()), desc="backfill", unit="snapshot", file=sys.stderr) as bar:
+        for f in inventory.live_factories():
+            if steps[f.id]:
+                simulation = FactorySimulation(f, inventory.projects_of(f.id), seed=seed, epoch=epochs[f.id], step_s=SIM_STEP_S)
+                backfill(store, simulation, starts[f.id], now, 60.0, progress=bar.update)
