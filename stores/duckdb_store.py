@@ -35,14 +35,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from aifmon.stores.store import RollupStore, SampleWriter, SeriesKey, SeriesSamples, StoreConfigError, StoreError
+
+if TYPE_CHECKING:  # pandas only where samples are read back: the collector and store import never load it (40 MB)
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +219,8 @@ class DuckDBStore(SampleWriter, RollupStore):
         self._check_writable()
         if not len(series_ids):
             return
-        markers = pd.DataFrame({"series_id": np.asarray(series_ids, dtype=np.int32), "t_ms": np.int64(t_ms)})  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
+        ids = np.asarray(series_ids, dtype=np.int32)
+        markers = pa.table({"series_id": ids, "t_ms": np.full(len(ids), t_ms, np.int64)})  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
         with self._write_lock, self._writer() as cur:
             cur.execute("INSERT INTO stale SELECT * FROM markers")
 
@@ -243,6 +247,8 @@ class DuckDBStore(SampleWriter, RollupStore):
         name = _derived_table(table)
         with self._cursor() as cur:
             if not _one(cur, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name])[0]:
+                import pandas as pd
+
                 return pd.DataFrame()
             return cur.execute(
                 f"SELECT * FROM {name} WHERE window_start_ms >= ? AND window_start_ms < ? ORDER BY window_start_ms", [start_ms, end_ms]
@@ -268,6 +274,8 @@ class DuckDBStore(SampleWriter, RollupStore):
             return cached[1]
         with self._cursor() as cur:
             rows = cur.execute("SELECT id, labels FROM series WHERE metric = ? ORDER BY id", [metric]).fetchall()
+        import pandas as pd
+
         frame = pd.DataFrame([json.loads(labels) for _, labels in rows])
         frame.insert(0, "series_id", np.array([sid for sid, _ in rows], dtype=np.int32))
         self._labels_cache[metric] = (known, frame)
@@ -339,6 +347,8 @@ class DuckDBStore(SampleWriter, RollupStore):
 
     def _with_labels(self, metric: str, found: dict[str, np.ndarray]) -> pd.DataFrame:
         """Columns from DuckDB (NumPy, no per-row conversion) plus one column per label."""
+        import pandas as pd
+
         frame = pd.DataFrame({"series_id": np.asarray(found["series_id"], dtype=np.int32),
                               "t_ms": np.asarray(found["t_ms"], dtype=np.int64),
                               "value": np.asarray(found["value"], dtype=np.float64)})
