@@ -33,8 +33,8 @@ import pandas as pd
 
 from aifmon.rollups.counters import series_row
 from aifmon.stores.store import SampleReader, SeriesSamples
+from aifmon.telemetry.schema import DCGM_ENERGY
 
-DCGM_ENERGY = "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"
 DCGM_POWER = "DCGM_FI_DEV_POWER_USAGE"
 J_PER_MJ = 1e-3
 NODE_LABELS = ("Hostname", "hostname")  # dcgm-exporter renamed the label in 4.8.3

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aifmon.stores.store import RollupStore, SampleWriter, SeriesKey, SeriesSamples, StoreConfigError, StoreError
+from aifmon.telemetry.schema import is_counter
 
 if TYPE_CHECKING:  # pandas only where samples are read back: the collector and store import never load it (40 MB)
     import pandas as pd
@@ -329,7 +330,7 @@ class DuckDBStore(SampleWriter, RollupStore):
         if series.empty:
             return series, {"series_id": np.zeros(0, np.int32), "t_ms": np.zeros(0, np.int64), "value": np.zeros(0)}
         ids = series[["series_id"]]  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
-        minute_value = "last" if metric.endswith("_total") else "avg"
+        minute_value = "last" if is_counter(metric) else "avg"
         with self._cursor() as cur:
             raw_from = _one(cur, "SELECT min(t_ms) FROM samples")[0]
             raw_from = end_ms + 1 if raw_from is None else raw_from

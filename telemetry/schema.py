@@ -79,6 +79,16 @@ METRICS: tuple[Metric, ...] = (
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 
+DCGM_ENERGY = "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"
+"""dcgm-exporter's GPU energy counter (mJ since driver load), which the ledger reads as it is (`rollups/dcgm.py`)."""
+FOREIGN_COUNTERS = frozenset({DCGM_ENERGY})
+"""Counters that other exporters name without Prometheus' `_total`."""
+
+
+def is_counter(metric: str) -> bool:
+    """Whether `metric` is a cumulative counter (its per-minute aggregate is its last value, not its mean)."""
+    return metric.endswith("_total") or metric in FOREIGN_COUNTERS
+
 THROTTLE_REASONS = ("sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake")
 
 

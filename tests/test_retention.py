@@ -57,3 +57,18 @@ def test_retention_options_come_from_the_store_url(tmp_path):
         open_store(f"duckdb:///{tmp_path}/u.duckdb?raw_days=9&minute_days=3")
     with pytest.raises(StoreConfigError, match="unknown option"):
         open_store(f"duckdb:///{tmp_path}/u.duckdb?keep=forever")
+
+
+def test_dcgm_exporters_energy_counter_ages_into_its_last_value_like_any_counter(tmp_path):
+    """dcgm-exporter names its energy counter without `_total`; past the raw retention its minute is its last value (an
+    exact counter reading), not the minute's mean, so energy read from aged data stays exact."""
+    store = DuckDBStore(tmp_path / "d.duckdb", retention=Retention(raw_days=1 / 24, minute_days=4 / 24))
+    (sid,) = store.series_ids([series_key("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", {"Hostname": "n1", "gpu": "0", "UUID": "GPU-1"})])
+    t = T0 + np.arange(0, 3 * 3_600_000 + 1, STEP)
+    mj = np.arange(len(t)) * 5_000_000.0  # 5 kJ per 15 s
+    for k in range(len(t)):
+        store.append(np.array([sid]), np.array([t[k]]), np.array([mj[k]]))
+    store.compact(now_ms=int(t[-1]) + 1)
+    old = store.range_arrays("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", T0, T0 + 3_600_000)
+    readings = dict(zip(t.tolist(), mj.tolist()))
+    assert len(old.t_ms) >= 59 and all(readings[int(ts)] == v for ts, v in zip(old.t_ms, old.value)), "each minute is a real reading"
