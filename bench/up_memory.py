@@ -117,6 +117,7 @@ def main() -> None:
         "rss_bytes_total": total,
         "rss_bytes_by_process": last["rss_bytes"],
         "rss_bytes_peak_total": peak,
+        "rss_mb_timeline": [(s["t_s"], round(sum(s["rss_bytes"].values()) / 1e6)) for s in samples],
         "rss_bytes_median_total_last_minute": statistics.median(sum(s["rss_bytes"].values()) for s in samples if s["t_s"] >= last["t_s"] - 60),
         "live_after_s": live_at,
         "cpu_cores_last_minute": cores,
