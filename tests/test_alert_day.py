@@ -2,8 +2,13 @@
 
 The figures are the README's ("Alerts worth a page"); this test is where they come from. No node or GPU is paged
 (the demo states no node limit), and only the demo's grid-constrained factory (it4lia) reaches a critical level.
+
+The day is that of the 12 demo-scale factories. JAIF, at the seed's scale (25,000 GPUs), is left out of it: its day
+alone takes about 5 minutes to backfill and 3 GB to evaluate, and its cap has a site's headroom, so with it in, the
+figures were the same (7.5 minutes and 3.7 GB, measured once by hand).
 """
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -17,11 +22,14 @@ from tests.test_alert_evaluator import Recorder
 DAY_START_S = 1_796_083_200  # 2026-12-01T00:00:00Z
 EVALUATION_S = 60  # the demo's evaluation is every 15 s; a minute keeps the test at about a minute and a half
 README = Path(__file__).resolve().parent.parent / "README.md"
+DEMO_SCALE_GPUS = 2_000
 
 
 def test_a_demo_day_pages_a_handful_of_times(tmp_path):
-    inventory = load_inventory()
+    demo = load_inventory()
+    inventory = dataclasses.replace(demo, factories=tuple(f for f in demo.factories if f.gpu_count <= DEMO_SCALE_GPUS))
     store = DuckDBStore(tmp_path / "day.duckdb")
+    assert len(inventory.live_factories()) == len(demo.live_factories()) - 1, "every factory but JAIF is at demo scale"
     for f in inventory.live_factories():
         simulation = FactorySimulation(f, inventory.projects_of(f.id), seed=1, epoch=DAY_START_S - 3600, step_s=5.0)
         backfill(store, simulation, DAY_START_S - 3600, DAY_START_S + 86_400, 60.0)  # an hour before, so trends exist at 00:00
