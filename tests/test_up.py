@@ -44,7 +44,8 @@ def probe_target() -> Iterator[tuple[str, list[int]]]:
 def start_up(inventory: Path, store: Path, dashboard: str, log: Path, *options: str) -> subprocess.Popen:
     with log.open("a") as log_file:  # a file, not a pipe: a pipe nobody drains would block the stack's logging
         return subprocess.Popen([sys.executable, "-m", "aifmon", "up", "--inventory", str(inventory), "--store", f"duckdb:///{store}",
-                                 "--listen", dashboard, "--interval", "1", *options], stderr=log_file, text=True)
+                                 "--listen", dashboard, "--interval", "1", "--reports-dir", str(store.parent / "reports"), *options],
+                                stderr=log_file, text=True)
 
 
 def stop(proc: subprocess.Popen) -> int:
@@ -67,12 +68,15 @@ def test_up_runs_the_stack_and_stops_cleanly(tmp_path):
     with probe_target() as (probe, scrapes):
         inv.write_text(inventory_text(targets).replace(f'targets: ["{targets["alpha"]}"]', f'targets: ["{targets["alpha"]}", "{probe}"]'))
         started_ms = int(time.time() * 1000)
+        reports = tmp_path / "reports"  # beside the store (start_up)
         proc = start_up(inv, store_path, dash, log_path, "--backfill-hours", "2")
         try:
             assert b"aifmon" in wait_for_http(f"http://{dash}/", timeout_s=60)
             for target in targets.values():
                 wait_for_http(f"http://{target}/metrics", timeout_s=60)
             wait_until(lambda: len(scrapes) >= 3, 120, "three live scrapes after the backfill")
+            # the demo has a report to open: this month's to date, written once the backfilled hours are rolled up
+            wait_until(lambda: list(reports.glob("*-to-date/summary.json")), 120, "the month-to-date report")
         finally:
             status = stop(proc)
         first_run_scrapes = len(scrapes)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from aifmon.cli import dashboard
 from aifmon.cli.arguments import Commands, command
+from aifmon.cli.ingest import add_window_options, sample_window
 from aifmon.telemetry.config import DEFAULT_DASHBOARD_LISTEN, DEFAULT_SCRAPE_INTERVAL_S
 from aifmon.telemetry.errors import UserError
 
@@ -36,6 +37,7 @@ def register(commands: Commands) -> None:
     c.add_argument("--listen", default=DEFAULT_DASHBOARD_LISTEN, help="dashboard address")
     c.add_argument("--backfill-hours", type=float, default=24.0, help="simulated history written before going live, h")
     c.add_argument("--interval", type=float, default=DEFAULT_SCRAPE_INTERVAL_S, help="scrape interval, s")
+    add_window_options(c)
     c.add_argument("--seed", type=int, default=1)
     c.add_argument("--alert-rules", help="alert rules YAML for the embedded evaluator (default: the built-in thresholds)")
     dashboard.add_options(c)
@@ -47,12 +49,14 @@ def up(args: argparse.Namespace) -> int:
     from aifmon.cli.alerts import alert_evaluator
     from aifmon.ingest.collector import Collector, targets_of
     from aifmon.rollups.hourly import HourlyRollups
+    from aifmon.rollups.report_schedule import ReportScheduler
     from aifmon.stores.duckdb_store import Compactor, DuckDBStore
     from aifmon.stores.store import open_store
     from aifmon.supervisor import child_processes, run_workers
     from aifmon.telemetry.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)
+    window = sample_window(args)
     simulated = [f for f in inventory.live_factories() if f.targets]
     status = 0
     with open_store(args.store, needs=DuckDBStore) as store:
@@ -68,8 +72,9 @@ def up(args: argparse.Namespace) -> int:
             try:
                 _backfill(store, inventory, args.seed, epochs)
                 log.info("live: scraping %d simulated factories every %g s", len(simulated), args.interval)
-                exited = run_workers([Collector(store, targets_of(inventory), interval_s=args.interval), HourlyRollups(store, inventory),
-                                      Compactor(store), alert_evaluator(store, inventory, args.alert_rules)], sims)
+                exited = run_workers([Collector(store, targets_of(inventory), interval_s=args.interval, window=window),
+                                      HourlyRollups(store, inventory), Compactor(store), alert_evaluator(store, inventory, args.alert_rules),
+                                      ReportScheduler(store, inventory, Path(args.reports_dir))], sims)
                 if exited is not None:
                     served = ", ".join(f"{f.id} on {f.targets[0]}" for f in simulated)
                     print(f"aifmon: the simulator ({served}) exited with status {exited.returncode}", file=sys.stderr, flush=True)
@@ -116,9 +121,10 @@ def _backfill(store: DuckDBStore, inventory: Inventory, seed: int, epochs: dict[
     from aifmon.exporters.backfill import backfill
     from aifmon.exporters.simulation import FactorySimulation
 
-    bounds = store.time_bounds()
     now = time.time() // 60 * 60
-    newest = (bounds[1] // 1000 // 60 + 1) * 60 if bounds else 0.0
+    # the newest sample up to now: one stamped in the future (a clock gone wrong) must not skip the minutes before it
+    last_ms = store.newest_sample_ms(int(now * 1000))
+    newest = (last_ms // 1000 // 60 + 1) * 60 if last_ms is not None else 0.0
     starts = {f.id: max(epochs[f.id], newest) for f in inventory.live_factories()}
     steps = {fid: max(0, int((now - start) // 60)) for fid, start in starts.items()}
     if not any(steps.values()):
