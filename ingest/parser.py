@@ -37,8 +37,7 @@ _POW10 = np.array([10.0 ** k for k in range(23)])  # exactly representable in fl
 _EXACT_DIGITS = 2 ** 53
 log = logging.getLogger(__name__)
 
-# C's memchr and memcmp (SIMD in every libc) find line ends and compare series texts, several times faster
-# than a compiled byte loop. They are declared to LLVM by name, to be linked when the code is loaded: a
+# C's memchr (SIMD in every libc) finds line ends, several times faster than a compiled byte loop. They are declared to LLVM by name, to be linked when the code is loaded: a
 # ctypes function would put its address into the machine code, and Numba cannot cache such code on disk.
 _BYTES = ir.IntType(8).as_pointer()
 _SIZE = ir.IntType(64)
@@ -52,16 +51,6 @@ def _memchr(typingctx, address, byte, length):
         return builder.ptrtoint(builder.call(fn, [builder.inttoptr(args[0], _BYTES), args[1], args[2]]), _SIZE)
 
     return types.uint64(types.uint64, types.int32, types.uint64), codegen
-
-
-@intrinsic
-def _memcmp(typingctx, a, b, length):
-    """0 where the `length` bytes at addresses `a` and `b` are equal."""
-    def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), [_BYTES, _BYTES, _SIZE]), "memcmp")
-        return builder.call(fn, [builder.inttoptr(args[0], _BYTES), builder.inttoptr(args[1], _BYTES), args[2]])
-
-    return types.int32(types.uint64, types.uint64, types.uint64), codegen
 
 
 @intrinsic
@@ -131,14 +120,6 @@ class Samples:
     def series_of(self, rows: np.ndarray) -> pa.StringArray:
         """The series texts of the samples at `rows` (indices)."""
         return _strings(np.frombuffer(self.body, np.uint8), self.series_start[rows], self.series_end[rows])
-
-    def same_series(self, other: Samples) -> np.ndarray:
-        """Per sample, whether `other`'s sample at the same position has the same series text (bool array;
-        `other` must have as many samples). One memcmp per line: an exporter renders in a stable order."""
-        if len(other) != len(self):
-            raise ValueError(f"{len(other)} samples to compare with {len(self)}")
-        return _same_ranges(np.frombuffer(self.body, np.uint8), self.series_start, self.series_end,
-                            np.frombuffer(other.body, np.uint8), other.series_start, other.series_end)
 
 
 def parse_exposition(body: bytes, timestamp_unit: str = "ms") -> Samples:
@@ -405,17 +386,6 @@ def _views(buf, starts, ends):  # pragma: no cover - compiled
             views[i, 14] = (a >> 16) & 0xFF
             views[i, 15] = (a >> 24) & 0xFF
     return views
-
-
-@_compiled
-def _same_ranges(a, a_start, a_end, b, b_start, b_end):  # pragma: no cover - compiled; tested through Samples
-    same = np.empty(len(a_start), np.bool_)
-    a_base, b_base = a.ctypes.data, b.ctypes.data
-    for i in range(len(a_start)):
-        length = a_end[i] - a_start[i]
-        same[i] = length == b_end[i] - b_start[i] and _memcmp(a_base + np.uint64(a_start[i]), b_base + np.uint64(b_start[i]),
-                                                              np.uint64(length)) == 0
-    return same
 
 
 def _numbers(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

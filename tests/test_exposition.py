@@ -96,10 +96,6 @@ def test_numbers_convert_exactly_like_python_float():
     assert bits == [struct.pack("<d", float(t)) for t in texts]
 
 
-def test_same_series_compares_each_line_with_the_same_line_of_another_scrape():
+def test_series_of_gives_the_texts_of_the_rows_asked():
     a = parse_exposition(b'm{n="1"} 1\nm{n="2"} 2\n# HELP x\nm{n="3"} 3 1790000000000\n')
-    b = parse_exposition(b'm{n="1"} 10.25\nm{n="22"} 2\nm{n="3"} 3\n')
-    assert a.same_series(b).tolist() == [True, False, True]
     assert a.series_of([1, 2]).to_pylist() == ['m{n="2"}', 'm{n="3"}']
-    with pytest.raises(ValueError):
-        a.same_series(parse_exposition(b"m 1\n"))

@@ -125,7 +125,7 @@ def test_each_backend_declares_its_capabilities_and_implements_every_method_of_t
 
 @pytest.mark.parametrize("url, needs, message", [
     ("prometheus+http://127.0.0.1:9", SampleWriter, "cannot take samples: Prometheus ingests by scraping; .* or use VictoriaMetrics"),
-    ("prometheus+http://127.0.0.1:9", RowWriter, "cannot keep rollup rows: Prometheus keeps no rollup rows; keep them in a duckdb:///"),
+    ("prometheus+http://127.0.0.1:9", RowWriter, "cannot keep rollup rows: Prometheus keeps no rollup rows; keep them in PostgreSQL"),
     ("victoriametrics+http://127.0.0.1:9", RollupStore, "VictoriaMetrics keeps no rollup rows; .*--rows-store"),
     ("influxdb+http://127.0.0.1:9?org=o&bucket=b", SampleReader, "cannot give samples back: the InfluxDB sink is write-only"),
     ("influxdb+http://127.0.0.1:9?org=o&bucket=b", DuckDBStore, "cannot be the embedded store .*: the InfluxDB sink is write-only"),
