@@ -106,20 +106,24 @@ class Dashboard:
 
 
 @contextmanager
-def dashboard(tmp_path: Path, args: list[str]) -> Iterator[Dashboard]:
-    """`aifmon dashboard ARGS` (a DuckDB store and the test inventory unless ARGS give them) on a free loopback port."""
+def dashboard(tmp_path: Path, args: list[str], command: str = "dashboard") -> Iterator[Dashboard]:
+    """`aifmon dashboard ARGS` (a DuckDB store and the test inventory unless ARGS give them) on a free loopback port;
+    with `command="up"`, the whole embedded stack serving it (its simulators on free ports, no backfill)."""
     if "--listen" not in args:
         args = [*args, "--listen", f"127.0.0.1:{free_port()}"]
     port = int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
     if "--inventory" not in args:
-        (tmp_path / "inv.yaml").write_text(inventory_text())
+        targets = {"alpha": f"127.0.0.1:{free_port()}", "beta": f"127.0.0.1:{free_port()}"} if command == "up" else None
+        (tmp_path / "inv.yaml").write_text(inventory_text(targets))
         args = [*args, "--inventory", str(tmp_path / "inv.yaml")]
     if "--store" not in args:
         DuckDBStore(tmp_path / "store.duckdb").close()
         args = [*args, "--store", f"duckdb:///{tmp_path / 'store.duckdb'}"]
+    if command == "up":
+        args = [*args, "--backfill-hours", "0", "--reports-dir", str(tmp_path / "reports")]
     log = tmp_path / f"dashboard-{port}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "aifmon", "dashboard", *args], stderr=out, cwd=tmp_path)
+        proc = subprocess.Popen([sys.executable, "-m", "aifmon", command, *args], stderr=out, cwd=tmp_path)
     d = Dashboard(f"http://127.0.0.1:{port}", port, log)
 
     def answers() -> bool:
@@ -139,11 +143,12 @@ def dashboard(tmp_path: Path, args: list[str]) -> Iterator[Dashboard]:
 
 @pytest.fixture(scope="module")
 def throttled(tmp_path_factory) -> Iterator[Dashboard]:
-    """Five failures lock for 5 s; behind a trusted proxy (127.0.0.1) so X-Forwarded-For stands for many clients."""
+    """A real `aifmon up` with users: five failures lock for 5 s; behind a trusted proxy (127.0.0.1) so X-Forwarded-For
+    stands for many clients."""
     tmp = tmp_path_factory.mktemp("throttled")
     _write_users(tmp / "users.yaml", {"olga": ("operator", _hash(PASSWORDS["olga"], 4)), "bert": ("board", _hash(PASSWORDS["bert"], 4))})
     with dashboard(tmp, ["--users", str(tmp / "users.yaml"), "--signin-attempts", "5", "--signin-backoff", "5",
-                         "--trusted-proxy", "127.0.0.1"]) as d:
+                         "--trusted-proxy", "127.0.0.1"], command="up") as d:
         yield d
 
 
