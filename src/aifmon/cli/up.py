@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
+import os
 import sys
 import time
 from contextlib import closing
@@ -31,6 +33,14 @@ BACKFILL_GPU_MINUTES = 4_500_000
 last 3 h (about a minute of start-up on 2 cores, 0.2 s a snapshot), a factory of a few hundred GPUs the whole
 `--backfill-hours`."""
 
+STORE_MEMORY_MB = 256
+"""DuckDB's buffer pool in `aifmon up`, MB (its default is 80 % of the machine's memory): after the backfill it held
+325 MB of cached blocks, a third of the stack's 1 GB target, which it re-reads from the file as needed."""
+
+MALLOC_ARENAS = 2
+"""glibc malloc arenas of `up` and its simulator (default 8 per core): each worker thread that allocates in an arena of
+its own keeps the freed blocks of its peak there."""
+
 
 def register(commands: Commands) -> None:
     c = command(commands, "up", up, "the whole stack on the embedded store: simulators, collector, rollups, dashboard")
@@ -46,6 +56,8 @@ def register(commands: Commands) -> None:
 def up(args: argparse.Namespace) -> int:
     """One simulator child process for every live factory, backfill, then collector, hourly rollups, compactor and alert
     evaluator (workers) and the dashboard, until Ctrl-C or SIGTERM (0) or until the simulator exits (1)."""
+    import pyarrow as pa
+
     from aifmon.cli.alerts import alert_evaluator
     from aifmon.ingest.collector import Collector, targets_of
     from aifmon.rollups.hourly import HourlyRollups
@@ -59,7 +71,12 @@ def up(args: argparse.Namespace) -> int:
     window = sample_window(args)
     simulated = [f for f in inventory.live_factories() if f.targets]
     status = 0
+    _limit_malloc_arenas()
+    # Arrow's own pool (mimalloc) kept 127 MB of freed buffers after the backfill and the first scrapes of JAIF; glibc's
+    # malloc, with few arenas, gives them back.
+    pa.set_memory_pool(pa.system_memory_pool())
     with open_store(args.store, needs=DuckDBStore) as store:
+        store.limit_memory(STORE_MEMORY_MB)
         epochs = demo_epochs(store, inventory, args.seed, args.backfill_hours)
         # One process simulates every factory (one HTTP server each, on its target), re-rendering once per scrape
         # interval: 13 processes of their own held 800 MB, and a 25,000-GPU exposition costs 0.25 s to render.
@@ -83,6 +100,24 @@ def up(args: argparse.Namespace) -> int:
                 print("aifmon: stopping...", file=sys.stderr, flush=True)
     print("aifmon: stopped; store closed cleanly", file=sys.stderr, flush=True)
     return status
+
+
+_M_ARENA_MAX = -8
+"""mallopt's parameter number for the arena limit (glibc malloc.h)."""
+
+
+def _limit_malloc_arenas() -> None:
+    """`MALLOC_ARENAS` arenas in this process (before its threads start) and in the children it starts (their environment),
+    unless MALLOC_ARENA_MAX is set already: glibc has then read it at start-up, and the children inherit it."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    os.environ["MALLOC_ARENA_MAX"] = str(MALLOC_ARENAS)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, macOS): another allocator, nothing to set
+        return
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def history_hours(gpus: int, backfill_hours: float) -> float:
