@@ -14,7 +14,7 @@ over the day:
                       * on (factory, node, gpu) group_left (project) last_over_time(aif_gpu_job_info[3599s]))
 
 (query_range, step 1h, the job-info window 1 s short of the hour; exact attribution for hour-aligned jobs,
-which this data has). Rows, each the best of 3 warm runs:
+which this data has). Rows, each the median of 5 warm runs:
 - aifmon, default: `energy_rollup(store, inv, day, day + 24 h, by="project")` as `aifmon rollup energy` runs
   it: the day's 24 settled hours come from the hourly rollup tables, which `rollup_hour` filled hour by hour
   first, as `HourlyRollups` does while data arrives (that catch-up is timed on its own and printed above the
@@ -32,13 +32,20 @@ Throughput = counter samples / time; error = largest relative error of any proje
 two ratios compare like with like: aifmon's default path with VictoriaMetrics' cached answer, aifmon's raw
 path with VictoriaMetrics computing from samples.
 
-Run by hand (not in the test suite):  .venv/bin/python bench/rollup_energy.py [--gpus 1000] [--report-gpus 25000]
+Then where the site path's time goes (medians of 5): the export of the two metrics with data moved to /dev/null by
+curl (VictoriaMetrics' part), the same read into NumPy (`range_arrays`), and the ledger over those arrays in memory;
+and its peak memory: `aifmon rollup energy`'s computation run once in a fresh process (VmHWM, and the resident memory
+after the imports, before the read).
+
+Run by hand (not in the test suite):  .venv/bin/python bench/rollup_energy.py [--gpus 1000] [--report-gpus 25000] [--site-only]
+(`--site-only`: the VictoriaMetrics rows and the site path only; no DuckDB rows, Prometheus or monthly report)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,7 +67,7 @@ from aifmon.rollups.monthly_report import build_monthly_report, write_monthly_re
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import SampleReader, SampleWriter, SeriesSamples, open_store, series_key
 from aifmon.telemetry.inventory import ACCESS_MODES, SECTORS, parse_inventory
-from bench.ingest import installed
+from bench.ingest import installed, peak_rss_mb, rss_mb
 from tests.servers import prometheus, victoria_metrics
 
 H = 3_600_000
@@ -73,6 +80,9 @@ RAW_ROW = "aifmon, raw samples only (from_hourly=False)"
 VM_CACHED_ROW = "VictoriaMetrics, cached (query_range, 24 x 1h)"
 VM_NOCACHE_ROW = "VictoriaMetrics, nocache=1 (from its samples)"
 ON_VM_ROW = "aifmon over VictoriaMetrics (its raw samples, /api/v1/export)"
+RUNS = 5  # timed runs per row; rows give the median
+MARGIN_MS = 15 * 60_000  # the ledger reads this far past each end of its range
+LEDGER_READS = ("aif_gpu_energy_joules_total", "aif_gpu_job_info")  # the metrics this data holds, which the ledger reads
 QUERY = ("sum by (project) (increase(aif_gpu_energy_joules_total[1h]) "
          "* on (factory, node, gpu) group_left (project) last_over_time(aif_gpu_job_info[3599s]))")
 
@@ -142,13 +152,14 @@ def make_day(store: DuckDBStore, gpus: int, day_ms: int, seed: int = 1) -> pd.Se
     return pd.Series(truth)
 
 
-def best_of(n: int, fn):
+def median_of(n: int, fn):
+    """(median wall time of `n` calls of `fn`, s; the last call's result)."""
     times, result = [], None
     for _ in range(n):
         t0 = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - t0)
-    return min(times), result
+    return statistics.median(times), result
 
 
 def promql_per_project(base_url: str, day_ms: int, nocache: bool = False) -> pd.Series:
@@ -181,8 +192,9 @@ def error(answer: pd.Series, truth: pd.Series) -> float:
     return float(((got - allocated).abs() / allocated).max())
 
 
-def bench_per_project(gpus: int, work: Path) -> tuple[list[tuple[str, float, float, float]], float]:
-    """(rows: (answer, time s, samples/s, max error), time s the hourly rollups took to catch up with the day)."""
+def bench_per_project(gpus: int, work: Path, site_only: bool = False) -> tuple[list[tuple[str, float, float, float]], float | None, dict]:
+    """(rows: (answer, time s, samples/s, max error); time s the hourly rollups took to catch up with the day, None with
+    `site_only`; where the site path's time and memory go, `site_path`)."""
     inv = inventory(gpus, PROJECTS)
     day_ms = (int(time.time() * 1000) // (24 * H) - 2) * 24 * H  # the day before yesterday: inside every retention, hours settled
     store = DuckDBStore(work / "day.duckdb")
@@ -191,23 +203,20 @@ def bench_per_project(gpus: int, work: Path) -> tuple[list[tuple[str, float, flo
     n = int((store.range("aif_gpu_energy_joules_total", day_ms, day_ms + 24 * H, match={"node": "fn0001", "gpu": "0"})).shape[0]) * gpus
     print(f"data: {gpus} GPUs, {n:,} counter samples in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     rows = []
-
-    def per_project(s, **kw) -> pd.Series:
-        return energy_rollup(s, inv, day_ms, day_ms + 24 * H, by="project", **kw).rows.set_index("project")["energy_kwh"] * 3.6e6
-
-    t, ans = best_of(3, lambda: per_project(store, from_hourly=False))
-    raw = (RAW_ROW, t, n / t, error(ans, truth))
-    margin = 15 * 60_000
-    mem = Preloaded({m: store.range_arrays(m, day_ms - margin, day_ms + 24 * H + margin) for m in ("aif_gpu_energy_joules_total", "aif_gpu_job_info")})
-    t, ans = best_of(3, lambda: per_project(mem, from_hourly=False))
-    kernel = ("aifmon, raw kernel (samples in memory)", t, n / t, error(ans, truth))
-    t0 = time.perf_counter()
-    for hour in range(day_ms, day_ms + 24 * H, H):
-        rollup_hour(store, hour, inv)
-    catch_up = time.perf_counter() - t0
-    t, ans = best_of(3, lambda: per_project(store))
-    assert energy_rollup(store, inv, day_ms, day_ms + 24 * H).notes["hours_from_hourly_rollups"] == 24
-    rows += [(DEFAULT_ROW, t, n / t, error(ans, truth)), raw, kernel]
+    catch_up = None
+    if not site_only:
+        t, ans = median_of(RUNS, lambda: per_project(store, inv, day_ms, from_hourly=False))
+        raw = (RAW_ROW, t, n / t, error(ans, truth))
+        mem = Preloaded({m: store.range_arrays(m, day_ms - MARGIN_MS, day_ms + 24 * H + MARGIN_MS) for m in LEDGER_READS})
+        t, ans = median_of(RUNS, lambda: per_project(mem, inv, day_ms, from_hourly=False))
+        kernel = ("aifmon, raw kernel (samples in memory)", t, n / t, error(ans, truth))
+        t0 = time.perf_counter()
+        for hour in range(day_ms, day_ms + 24 * H, H):
+            rollup_hour(store, hour, inv)
+        catch_up = time.perf_counter() - t0
+        t, ans = median_of(RUNS, lambda: per_project(store, inv, day_ms))
+        assert energy_rollup(store, inv, day_ms, day_ms + 24 * H).notes["hours_from_hourly_rollups"] == 24
+        rows += [(DEFAULT_ROW, t, n / t, error(ans, truth)), raw, kernel]
 
     om = work / "day.om"
     with om.open("w") as fh:
@@ -217,23 +226,70 @@ def bench_per_project(gpus: int, work: Path) -> tuple[list[tuple[str, float, flo
         import_openmetrics(open_store(vm.url.replace("http://", "victoriametrics+http://"), needs=SampleWriter), om)
         vm.force_flush()
         promql_per_project(vm.url, day_ms)  # warm: the repeats are answered from VictoriaMetrics' rollup result cache
-        t, ans = best_of(3, lambda: promql_per_project(vm.url, day_ms))
+        t, ans = median_of(RUNS, lambda: promql_per_project(vm.url, day_ms))
         rows.append((VM_CACHED_ROW, t, n / t, error(ans, truth)))
-        t, ans = best_of(3, lambda: promql_per_project(vm.url, day_ms, nocache=True))
+        t, ans = median_of(RUNS, lambda: promql_per_project(vm.url, day_ms, nocache=True))
         rows.append((VM_NOCACHE_ROW, t, n / t, error(ans, truth)))
         # `aifmon rollup energy --store victoriametrics+http://...`: the ledger computed from VictoriaMetrics' raw samples
         on_vm = open_store(vm.url.replace("http://", "victoriametrics+http://"), needs=SampleReader)
-        t, ans = best_of(3, lambda: per_project(on_vm, from_hourly=False))
+        t, ans = median_of(RUNS, lambda: per_project(on_vm, inv, day_ms, from_hourly=False))
         rows.append((ON_VM_ROW, t, n / t, error(ans, truth)))
-    blocks = work / "prom-data"
-    subprocess.run([installed("promtool", "prometheus"), "tsdb", "create-blocks-from", "openmetrics", str(om), str(blocks)],
-                   check=True, capture_output=True, timeout=1800)
-    (work / "prom").mkdir()
-    with prometheus("global: {scrape_interval: 1m}\n", work / "prom", storage=blocks) as url:
-        promql_per_project(url, day_ms)
-        t, ans = best_of(3, lambda: promql_per_project(url, day_ms))
-        rows.append(("Prometheus (query_range, 24 x 1h)", t, n / t, error(ans, truth)))
-    return rows, catch_up
+        site = site_path(vm.url, on_vm, gpus, day_ms, truth)
+    if not site_only:
+        blocks = work / "prom-data"
+        subprocess.run([installed("promtool", "prometheus"), "tsdb", "create-blocks-from", "openmetrics", str(om), str(blocks)],
+                       check=True, capture_output=True, timeout=1800)
+        (work / "prom").mkdir()
+        with prometheus("global: {scrape_interval: 1m}\n", work / "prom", storage=blocks) as url:
+            promql_per_project(url, day_ms)
+            t, ans = median_of(RUNS, lambda: promql_per_project(url, day_ms))
+            rows.append(("Prometheus (query_range, 24 x 1h)", t, n / t, error(ans, truth)))
+    return rows, catch_up, site
+
+
+def per_project(store, inv, day_ms: int, **kw) -> pd.Series:
+    """The day's GPU energy per project (J), as `aifmon rollup energy --by project` computes it."""
+    return energy_rollup(store, inv, day_ms, day_ms + 24 * H, by="project", **kw).rows.set_index("project")["energy_kwh"] * 3.6e6
+
+
+def site_path(vm_url: str, on_vm: SampleReader, gpus: int, day_ms: int, truth: pd.Series) -> dict:
+    """Where the site path's time goes, medians of RUNS (s): VictoriaMetrics' export of the metrics with data, moved to
+    /dev/null by curl (`transfer_s`, with `export_mb` the answers' size), the same read into NumPy (`read_s`), the ledger
+    over those arrays in memory (`ledger_s`); and the whole path once in a fresh process (`child`, see `site_path_child`)."""
+    lo, hi = day_ms - MARGIN_MS, day_ms + 24 * H + MARGIN_MS
+    sizes: list[int] = []
+
+    def transfer() -> None:
+        sizes.clear()
+        for metric in LEDGER_READS:
+            query = urllib.parse.urlencode({"match[]": metric + "{}", "start": f"{lo / 1000:.3f}", "end": f"{hi / 1000:.3f}"})
+            out = subprocess.run([installed("curl", "curl"), "-sS", "-o", "/dev/null", "-w", "%{size_download}", f"{vm_url}/api/v1/export?{query}"],
+                                 check=True, capture_output=True, text=True, timeout=600)
+            sizes.append(int(out.stdout))
+
+    transfer_s, _ = median_of(RUNS, transfer)
+    read_s, reads = median_of(RUNS, lambda: {m: on_vm.range_arrays(m, lo, hi) for m in LEDGER_READS})
+    inv = inventory(gpus, PROJECTS)
+    ledger_s, ans = median_of(RUNS, lambda: per_project(Preloaded(reads), inv, day_ms, from_hourly=False))
+    assert error(ans, truth) < 1e-9
+    children = {what: json.loads(subprocess.run([sys.executable, __file__, "--site-path-child", vm_url, str(day_ms), str(gpus), what],
+                                                check=True, capture_output=True, text=True, timeout=1800).stdout) for what in ("read", "rollup")}
+    return {"transfer_s": transfer_s, "export_mb": sum(sizes) / 1e6, "read_s": read_s, "ledger_s": ledger_s, "child": children}
+
+
+def site_path_child(vm_url: str, day_ms: int, gpus: int, what: str) -> None:
+    """Run `aifmon rollup energy`'s computation over VictoriaMetrics (`what` = "rollup"), or only its reads of the two
+    metrics ("read"), once in this fresh process; print JSON: its wall time (s), the resident memory after the imports
+    (MB) and the peak (VmHWM, MB)."""
+    inv = inventory(gpus, PROJECTS)
+    store = open_store(vm_url.replace("http://", "victoriametrics+http://"), needs=SampleReader)
+    before = rss_mb()
+    t0 = time.perf_counter()
+    if what == "rollup":
+        per_project(store, inv, day_ms, from_hourly=False)
+    else:
+        [store.range_arrays(m, day_ms - MARGIN_MS, day_ms + 24 * H + MARGIN_MS) for m in LEDGER_READS]
+    print(json.dumps({"seconds": time.perf_counter() - t0, "rss_after_imports_mb": before, "peak_rss_mb": peak_rss_mb()}))
 
 
 def bench_monthly_report(gpus: int, work: Path, month: str = "2025-03") -> tuple[float, int, int]:
@@ -279,20 +335,34 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpus", type=int, default=1000, help="GPUs for the per-project comparison (default 1000)")
     p.add_argument("--report-gpus", type=int, default=25_000, help="GPUs of the factory whose monthly report is timed (default 25000)")
+    p.add_argument("--site-only", action="store_true", help="only the VictoriaMetrics rows and the site path (no DuckDB, Prometheus, report)")
+    p.add_argument("--site-path-child", nargs=4, metavar=("VM_URL", "DAY_MS", "GPUS", "WHAT"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.site_path_child:
+        url, day_ms, gpus, what = args.site_path_child
+        site_path_child(url, int(day_ms), int(gpus), what)
+        return
     with tempfile.TemporaryDirectory(prefix="aifmon-bench-") as tmp:
         work = Path(tmp)
-        rows, catch_up = bench_per_project(args.gpus, work)
-        print(f"\nper-project GPU energy, 1 day, {args.gpus} GPUs, 15 s scrapes (best of 3, warm)")
-        print(f"hourly rollups, caught up hour by hour before the default row (rollup_hour x 24, once): {catch_up:.2f} s")
-        print(f"{'answer':55s} {'time s':>8s} {'M samples/s':>12s} {'max error':>10s}")
+        rows, catch_up, site = bench_per_project(args.gpus, work, args.site_only)
+        print(f"\nper-project GPU energy, 1 day, {args.gpus} GPUs, 15 s scrapes (median of {RUNS}, warm)")
+        if catch_up is not None:
+            print(f"hourly rollups, caught up hour by hour before the default row (rollup_hour x 24, once): {catch_up:.2f} s")
+        print(f"{'answer':62s} {'time s':>8s} {'M samples/s':>12s} {'max error':>10s}")
         for name, t, rate, err in rows:
-            print(f"{name:55s} {t:8.3f} {rate / 1e6:12.1f} {err:10.2e}")
+            print(f"{name:62s} {t:8.3f} {rate / 1e6:12.1f} {err:10.2e}")
         took_s = {name: t for name, t, _, _ in rows}
         for ours, theirs in ((DEFAULT_ROW, VM_CACHED_ROW), (RAW_ROW, VM_NOCACHE_ROW), (ON_VM_ROW, VM_NOCACHE_ROW)):
-            print(f"{ours} / {theirs}: {took_s[theirs] / took_s[ours]:.2f}x VictoriaMetrics' throughput")
-        took, n, pages = bench_monthly_report(args.report_gpus, work)
-        print(f"\nmonthly report, {args.report_gpus:,} GPUs, {n:,} hourly rows: {took:.1f} s (html, pdf with {pages} pages, csv, json)")
+            if ours in took_s:
+                print(f"{ours} / {theirs}: {took_s[theirs] / took_s[ours]:.2f}x VictoriaMetrics' throughput")
+        print(f"\nsite path (aifmon over VictoriaMetrics), medians of {RUNS}: export to /dev/null (curl) {site['transfer_s']:.3f} s "
+              f"for {site['export_mb']:.0f} MB; read into NumPy {site['read_s']:.3f} s; ledger over the arrays {site['ledger_s']:.3f} s")
+        for what, child in site["child"].items():
+            print(f"site path, {what} only once in a fresh process: {child['seconds']:.2f} s, resident after imports "
+                  f"{child['rss_after_imports_mb']:.0f} MB, peak {child['peak_rss_mb']:.0f} MB (VmHWM)")
+        if not args.site_only:
+            took, n, pages = bench_monthly_report(args.report_gpus, work)
+            print(f"\nmonthly report, {args.report_gpus:,} GPUs, {n:,} hourly rows: {took:.1f} s (html, pdf with {pages} pages, csv, json)")
 
 
 if __name__ == "__main__":

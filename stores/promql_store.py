@@ -24,9 +24,16 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 
 from aifmon.stores.store import SampleReader, SampleWriter, SeriesKey, SeriesSamples, Store, StoreConfigError, StoreError, series_samples
 from aifmon.telemetry.exposition import escape_label_value, format_value, label_text
@@ -180,32 +187,125 @@ class VictoriaMetricsStore(PromQLStore, SampleWriter):
         pass  # scrapers write their own stale markers (vmagent as Prometheus does); imported history has none to add
 
     def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
-        """The raw samples from `/api/v1/export`: one JSON line per series with its whole range of timestamps and
-        values, turned into NumPy arrays series by series. Where the PromQL read asks an hour at a time and builds a
-        frame per series per hour, this is one streamed answer and no per-sample Python object. The vmselect path
-        of a cluster serves the same endpoint."""
+        """The raw samples from `/api/v1/export`, whose answer is one JSON line per series (its labels, then all its
+        values and timestamps). The answer is read `_EXPORT_CHUNK` bytes at a time and each run of whole lines is
+        parsed by Arrow's JSON reader (C++, on every core) straight into NumPy arrays: no Python object per sample,
+        and no more than two chunks of text held, however long the range. Every sample comes back as
+        VictoriaMetrics holds it, so the figures computed from them are those from the embedded store. The vmselect
+        path of a cluster serves the same endpoint."""
         selector = metric + "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in (match or {}).items()) + "}"
         params = {"match[]": selector, "start": f"{start_ms / 1000:.3f}", "end": f"{end_ms / 1000:.3f}"}
         request = urllib.request.Request(f"{self.base_url}/api/v1/export?{urllib.parse.urlencode(params)}", headers=self._headers)
-        labels: list[dict[str, str]] = []
-        times: list[np.ndarray] = []
-        values: list[np.ndarray] = []
+        parts: list[_Export] = []
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
-                for line in answer:
-                    series = json.loads(line)
-                    labels.append({k: v for k, v in series["metric"].items() if k != "__name__"})
-                    times.append(np.asarray(series["timestamps"], dtype=np.int64))
-                    values.append(np.asarray(series["values"], dtype=np.float64))
+            # one chunk is parsed (Arrow, without the GIL) while the next is read: the transfer and the parse overlap,
+            # and at most two chunks of text are held
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer, ThreadPoolExecutor(1) as parser:
+                parsing: Future[_Export] | None = None
+                for text in _line_runs(answer):
+                    if parsing is not None:
+                        parts.append(parsing.result())
+                    parsing = parser.submit(_parse_export, text, start_ms, end_ms)
+                if parsing is not None:
+                    parts.append(parsing.result())
         except urllib.error.HTTPError as e:
             detail = _CREDENTIALS_HINT if e.code == 401 else e.read().decode(errors="replace")[:300]
             raise StoreError(f"{self.kind} at {self.shown} refused the export of {selector!r}: HTTP {e.code} {detail}") from None
         except (OSError, ValueError) as e:
             raise StoreError(f"{self.kind} at {self.shown} did not answer the export of {selector!r}: {e}") from None
-        series_id = np.repeat(np.arange(len(times), dtype=np.int64), [len(t) for t in times])
-        t_ms = np.concatenate(times) if times else np.zeros(0, dtype=np.int64)
-        value = np.concatenate(values) if values else np.zeros(0)
-        keep = np.isfinite(value) & (t_ms >= start_ms) & (t_ms <= end_ms)  # the contract: finite values, [start, end]
-        table = pd.DataFrame(labels)
-        table.insert(0, "series_id", np.arange(len(labels), dtype=np.int64))
-        return SeriesSamples(table, series_id[keep], t_ms[keep], value[keep])
+        offsets = np.cumsum([0] + [len(part.labels) for part in parts])
+        table = pd.concat([part.labels for part in parts], ignore_index=True) if parts else pd.DataFrame()
+        table.insert(0, "series_id", np.arange(len(table), dtype=np.int32))
+        series_id = np.concatenate([np.zeros(0, np.int32)] + [part.line + np.int32(o) for part, o in zip(parts, offsets.tolist())])
+        t_ms = np.concatenate([np.zeros(0, np.int64)] + [part.t_ms for part in parts])
+        value = np.concatenate([np.zeros(0)] + [part.value for part in parts])
+        return SeriesSamples(table, series_id, t_ms, value)
+
+
+_EXPORT_CHUNK = 16 << 20  # bytes of an export answer parsed at a time: bounds the text held, and feeds Arrow's threads
+_ARROW_BLOCK = 4 << 20  # bytes per Arrow parse task; a chunk with a longer line is parsed as one block
+_SAMPLE_LISTS = pa.schema([("values", pa.list_(pa.float64())), ("timestamps", pa.list_(pa.int64()))])
+_VALUES, _TIMESTAMPS = b',"values":[', b'],"timestamps":['
+
+
+def _line_runs(answer: BinaryIO) -> Iterator[memoryview]:
+    """The answer in runs of whole lines, about `_EXPORT_CHUNK` bytes each (more where one line is longer)."""
+    rest = b""
+    while True:
+        block = answer.read(_EXPORT_CHUNK)
+        text = rest + block if rest else block
+        whole = text.rfind(b"\n") + 1 if block else len(text)  # at the end, a last line without its newline
+        if whole:
+            yield memoryview(text)[:whole]
+        rest = text[whole:]
+        if not block:
+            return
+
+
+@dataclass(frozen=True)
+class _Export:
+    """A run of export lines: each line's labels (`__name__` dropped), and the samples kept (finite, in range)."""
+
+    labels: pd.DataFrame
+    line: np.ndarray  # int32, each sample's line in `labels`
+    t_ms: np.ndarray  # int64
+    value: np.ndarray  # float64
+
+
+def _parse_export(text: memoryview, start_ms: int, end_ms: int) -> _Export:
+    """Whole export lines, parsed by Arrow. VictoriaMetrics writes a NaN (a staleness marker) or an infinity as
+    `NaN`, `+Inf`, `-Inf`, which are not JSON: the lines that hold one are parsed on their own (`_parse_lines`)."""
+    try:
+        labels, counts, t_ms, value = _arrow_lines(text)
+    except pa.ArrowInvalid:
+        lines = bytes(text).splitlines()
+        odd = [b"NaN" in line or b"Inf" in line for line in lines]
+        tables = [_arrow_lines(b"\n".join(line for line, o in zip(lines, odd) if not o)),
+                  _parse_lines([line for line, o in zip(lines, odd) if o])]
+        labels = pd.concat([t[0] for t in tables], ignore_index=True)
+        counts, t_ms, value = (np.concatenate([t[i] for t in tables]) for i in (1, 2, 3))
+    line = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+    keep = np.isfinite(value) & (t_ms >= start_ms) & (t_ms <= end_ms)  # the contract: finite values, [start, end]
+    if not keep.all():
+        line, t_ms, value = line[keep], t_ms[keep], value[keep]
+    return _Export(labels, line, t_ms, value)
+
+
+def _arrow_lines(text: memoryview | bytes) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, samples per line, times, values) of export lines in JSON, parsed by Arrow on every core."""
+    if not len(text):
+        return pd.DataFrame(), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    options = pa_json.ParseOptions(explicit_schema=_SAMPLE_LISTS, unexpected_field_behavior="infer")
+    try:
+        table = pa_json.read_json(pa.py_buffer(text), read_options=pa_json.ReadOptions(block_size=_ARROW_BLOCK), parse_options=options)
+    except pa.ArrowInvalid as e:
+        if "straddl" not in str(e):
+            raise
+        # a line longer than a block (a month of one series): one block for the chunk, rather than a scan for the longest line
+        table = pa_json.read_json(pa.py_buffer(text), read_options=pa_json.ReadOptions(block_size=len(text) + 1), parse_options=options)
+    counts = pc.list_value_length(table["timestamps"]).to_numpy()
+    if not np.array_equal(counts, pc.list_value_length(table["values"]).to_numpy()):
+        raise ValueError("an export line holds as many values as timestamps, and one here does not")
+    t_ms = pc.list_flatten(table["timestamps"]).to_numpy()
+    value = pc.list_flatten(table["values"]).to_numpy()
+    labels = table.select(["metric"]).flatten().to_pandas() if "metric" in table.column_names else pd.DataFrame(index=range(len(counts)))
+    labels.columns = [c.removeprefix("metric.") for c in labels.columns]
+    return labels.drop(columns="__name__", errors="ignore"), counts, t_ms, value
+
+
+def _parse_lines(lines: list[bytes]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """`_arrow_lines` for lines that hold VictoriaMetrics' `NaN`, `+Inf` or `-Inf`: labels by `json`, numbers by
+    NumPy's text conversion (Python's float(), which reads all three)."""
+    labels, counts, times, values = [], [], [], []
+    for line in lines:
+        body = line[len(b'{"metric":'):]
+        v, t = body.index(_VALUES), body.index(_TIMESTAMPS)
+        labels.append(json.loads(body[:v]))
+        values.append(np.array(body[v + len(_VALUES):t].split(b","), dtype=object).astype(np.float64))
+        times.append(np.array(body[t + len(_TIMESTAMPS):body.rindex(b"]")].split(b","), dtype=object).astype(np.int64))
+        counts.append(len(times[-1]))
+        if len(values[-1]) != counts[-1]:
+            raise ValueError("an export line holds as many values as timestamps, and one here does not")
+    frame = pd.DataFrame(labels).drop(columns="__name__", errors="ignore")
+    return (frame, np.array(counts, dtype=np.int64), np.concatenate([np.zeros(0, np.int64)] + times),
+            np.concatenate([np.zeros(0)] + values))
