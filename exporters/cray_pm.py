@@ -72,11 +72,14 @@ class CrayPmSource:
         self._energy: dict[str, PmEnergy] = {}
         self._power_files: dict[str, Path] = {}
         self._energy_files: dict[str, Path] = {}
+        self._cap_file: Path | None = None  # found once: a blade has the file or not; no stat per poll
         self._freshness: int | None = None
         self._startup: int | None = None
         self._generation: int | None = None
         if not self.present:
             return
+        if (root / "power_cap").is_file():
+            self._cap_file = root / "power_cap"
         for f in sorted(root.iterdir()):
             m = _METER.match(f.name)
             if m:
@@ -117,7 +120,6 @@ class CrayPmSource:
     def _read_set(self) -> tuple[int, int, int, dict[str, int], dict[str, int], int | None] | None:
         """One consistent set, or None when there is no new data or the controller kept updating it."""
         fresh_path = self.root / "freshness"
-        cap_path = self.root / "power_cap"
         for _ in range(READ_TRIES):
             before = _first_int(fresh_path)
             if before == self._freshness:
@@ -126,7 +128,7 @@ class CrayPmSource:
             startup, generation = _first_int(self.root / "startup"), _first_int(self.root / "generation")
             powers = {c: _first_int(p) for c, p in self._power_files.items()}
             energies = {c: _first_int(p) for c, p in self._energy_files.items()}
-            cap = _first_int(cap_path) if cap_path.is_file() else None
+            cap = _first_int(self._cap_file) if self._cap_file is not None else None
             if _first_int(fresh_path) == before:
                 return before, startup, generation, powers, energies, cap
         self.errors += 1
