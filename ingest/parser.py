@@ -37,7 +37,7 @@ _POW10 = np.array([10.0 ** k for k in range(23)])  # exactly representable in fl
 _EXACT_DIGITS = 2 ** 53
 log = logging.getLogger(__name__)
 
-# C's memchr (SIMD in every libc) finds line ends, several times faster than a compiled byte loop. They are declared to LLVM by name, to be linked when the code is loaded: a
+# C's memchr (SIMD in every libc) finds line ends, several times faster than a compiled byte loop. It is declared to LLVM by name, to be linked when the code is loaded: a
 # ctypes function would put its address into the machine code, and Numba cannot cache such code on disk.
 _BYTES = ir.IntType(8).as_pointer()
 _SIZE = ir.IntType(64)
