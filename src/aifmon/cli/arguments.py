@@ -48,7 +48,7 @@ def samples_and_rows(args: argparse.Namespace, read_only: bool = True) -> Iterat
     from aifmon.stores.store import RowStore, SampleReader, open_store
 
     with open_store(args.store, read_only=read_only, needs=SampleReader) as samples:
-        if not getattr(args, "rows_store", None):
+        if not args.rows_store:
             yield samples
             return
         with open_store(args.rows_store, needs=RowStore) as rows:
