@@ -79,12 +79,13 @@ def _kpis(active: list[dict], recent: list[dict]) -> list[html.Div]:
     def kpi(label: str, value: int, kid: str) -> html.Div:
         return html.Div([html.Div(str(value), className="kpi-value", id=PREFIX + kid), html.Div(label, className="kpi-label")], className="kpi")
 
-    paged = [a for a in active if a["state"] == "firing" and _paged(a)]
+    sent = [a for a in active if _paged(a)]  # one `paged` decision per alert (a local named `paged` would shadow the rule)
+    firing = [a for a in sent if a["state"] == "firing"]
     return [
-        kpi("firing, critical", sum(a["labels"].get("severity") == "critical" for a in paged), "critical"),
-        kpi("firing, warning", sum(a["labels"].get("severity") == "warning" for a in paged), "warning"),
-        kpi("pending", sum(a["state"] == "pending" and _paged(a) for a in active), "pending"),
-        kpi("shown, not paged", sum(not _paged(a) for a in active), "not-paged"),
+        kpi("firing, critical", sum(a["labels"].get("severity") == "critical" for a in firing), "critical"),
+        kpi("firing, warning", sum(a["labels"].get("severity") == "warning" for a in firing), "warning"),
+        kpi("pending", sum(a["state"] == "pending" for a in sent), "pending"),
+        kpi("shown, not paged", len(active) - len(sent), "not-paged"),
         kpi("resolved (24 h)", len(recent), "resolved"),
     ]
 
