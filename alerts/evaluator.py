@@ -40,7 +40,7 @@ import pandas as pd
 
 from aifmon.alerts.config import AlertConfig, AlertRulesError, format_duration, load_alert_config
 from aifmon.alerts.notify import Notice, Notifier, NotifierStats, build_notifiers, deliver, fingerprint
-from aifmon.alerts.rules import Rule, build_rules, inhibited, paged
+from aifmon.alerts.rules import Rule, build_rules, inhibited, inhibits, paged
 from aifmon.alerts.state import STATE_VERSION, load_state, state_path_for
 from aifmon.rollups.energy import energy_rollup
 from aifmon.rollups.hourly import TABLE as HOURLY_TABLE
@@ -332,7 +332,7 @@ class AlertEvaluator:
     def _inhibit(self) -> bool:
         """Mark the active alerts that a firing alert inhibits; True when any mark changed. A resolved alert keeps the
         mark it had, so the resolution of an alert that was never sent is not sent either."""
-        firing = [a.labels for a in self.alerts.values() if a.state == "firing"]
+        firing = [a.labels for a in self.alerts.values() if a.state == "firing" and inhibits(a.labels)]
         changed = False
         for a in self.alerts.values():
             if a.state != "resolved" and a.inhibited != (now := inhibited(a.labels, firing)):

@@ -124,6 +124,12 @@ def inhibited(labels: dict[str, str], firing: list[dict[str, str]]) -> bool:
     )
 
 
+def inhibits(labels: dict[str, str]) -> bool:
+    """Whether an alert with `labels` matches the source of any of `INHIBITIONS`: only such firing alerts need be passed to
+    `inhibited`, whose cost grows with targets x firing alerts (thousands of GPUs at their limit inhibit nothing)."""
+    return any(i.matches(i.source, labels) for i in INHIBITIONS)
+
+
 def build_rules(inventory: Inventory, config: AlertConfig) -> list[Rule]:
     """Every rule of every live factory and every project with an allocation, in inventory order."""
     rules: list[Rule] = []

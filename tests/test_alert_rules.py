@@ -8,7 +8,7 @@ import pytest
 
 from aifmon.alerts.config import AlertRulesError, load_alert_config, parse_alert_config, parse_duration
 from aifmon.alerts.prometheus import render_rules
-from aifmon.alerts.rules import ALERT_NAMES, SATURATED, build_rules, inhibited
+from aifmon.alerts.rules import ALERT_NAMES, SATURATED, build_rules, inhibited, inhibits
 from aifmon.telemetry.inventory import load_inventory, parse_inventory
 from tests.conftest import inventory_text, require_binary
 
@@ -124,6 +124,10 @@ def test_a_firing_factory_alert_inhibits_its_own_systems_warnings():
         "a system's own breach is still paged"
     assert inhibited(system_warning, [system_warning | {"alertname": "PowerCapBreached", "severity": "critical"}]), "critical over warning"
     assert not inhibited(system_warning, []), "only firing alerts inhibit"
+    # the evaluator passes `inhibited` only the firing alerts that `inhibits`: exactly those that inhibited something above
+    saturated = {"alertname": SATURATED, "scope": "gpu", "factory": "alpha", "system": "alpha-gpu", "node": "n1", "gpu": "0", "severity": "info"}
+    assert [inhibits(a) for a in (factory_critical, system_warning | {"alertname": "PowerCapBreached", "severity": "critical"},
+                                  system_warning, saturated)] == [True, True, False, False]
 
 
 def _export(*args: str) -> subprocess.CompletedProcess:
