@@ -15,14 +15,12 @@ store).
 from __future__ import annotations
 
 import ctypes
-import json
 
 import numpy as np
 import pyarrow as pa
 
 from aifmon.ingest.parser import Samples
 from aifmon.ingest.series_keys import series_keys
-from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import SampleWriter
 from aifmon.telemetry.exposition import ExpositionError
 
@@ -69,11 +67,7 @@ class SeriesIndex:
 
     def _register(self, texts: pa.StringArray) -> np.ndarray:
         metrics, labels = series_keys(texts, self.labels)
-        if isinstance(self.store, DuckDBStore):
-            return self.store.register(metrics, labels).astype(np.int64)
-        # Other stores take Python keys: one object per series, but they keep their series elsewhere (a server).
-        return self.store.series_ids([(m, tuple(json.loads(text).items())) for m, text in zip(metrics.to_pylist(), labels.to_pylist())]
-                                     ).astype(np.int64)
+        return self.store.register(metrics, labels).astype(np.int64)
 
     def _lookup(self, samples: Samples, rows: np.ndarray) -> np.ndarray:
         """Ids of the samples at `rows`: from the hashes seen, else registered."""

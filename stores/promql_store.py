@@ -35,7 +35,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from aifmon.stores.store import SampleReader, SampleWriter, SeriesKey, SeriesSamples, Store, StoreConfigError, StoreError, series_samples
+from aifmon.stores.store import (
+    SampleReader,
+    SampleWriter,
+    SeriesKey,
+    SeriesSamples,
+    Store,
+    StoreConfigError,
+    StoreError,
+    series_ids_from_json,
+    series_samples,
+)
 from aifmon.telemetry.exposition import escape_label_value, format_value, label_text
 from aifmon.telemetry.redact import redact_url
 
@@ -160,6 +170,9 @@ class VictoriaMetricsStore(PromQLStore, SampleWriter):
         super().__init__(base_url, url, timeout_s)
         self._keys: list[SeriesKey] = []
         self._ids: dict[SeriesKey, int] = {}
+
+    def register(self, metrics: pa.StringArray, labels: pa.StringArray) -> np.ndarray:
+        return series_ids_from_json(self, metrics, labels)
 
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
         for k in keys:

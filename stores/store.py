@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 if TYPE_CHECKING:  # the interface's types; importing them here would load pandas into every exporter
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
 
 from aifmon.telemetry.config import DEFAULT_STORE_URL
 from aifmon.telemetry.errors import UserError
@@ -110,6 +111,11 @@ class SampleWriter(Store):
 
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
         """Ids for these series, registering new ones durably."""
+        raise NotImplementedError
+
+    def register(self, metrics: pa.StringArray, labels: pa.StringArray) -> np.ndarray:
+        """Ids for the series the collector parsed (metric names; labels as canonical JSON, `json.dumps(labels,
+        sort_keys=True)`), one per item, registering new ones: what ingest calls for a scrape's new series."""
         raise NotImplementedError
 
     def append(self, series_ids: np.ndarray, t_ms: np.ndarray, values: np.ndarray) -> None:
@@ -277,3 +283,11 @@ def _backend(url: str, read_only: bool) -> tuple[type[Store], Callable[[], Store
         f"store URL {shown!r} is not understood; expected duckdb:///path.duckdb, prometheus+http://host:9090, "
         "victoriametrics+http://host:8428, influxdb+http://host:8086?org=O&bucket=B or postgresql://host:5432/database"
     )
+
+
+def series_ids_from_json(store: SampleWriter, metrics: pa.StringArray, labels: pa.StringArray) -> np.ndarray:
+    """`SampleWriter.register` for a backend that keeps its series elsewhere (a server): each series decoded into a
+    Python key for `series_ids`, one object per series."""
+    import json
+
+    return store.series_ids([(m, tuple(json.loads(text).items())) for m, text in zip(metrics.to_pylist(), labels.to_pylist())])
