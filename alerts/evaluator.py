@@ -32,7 +32,6 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +41,11 @@ from aifmon.alerts.config import AlertConfig, AlertRulesError, format_duration, 
 from aifmon.alerts.notify import Notice, Notifier, NotifierStats, build_notifiers, deliver, fingerprint
 from aifmon.alerts.rules import Rule, build_rules, inhibited, inhibits, paged
 from aifmon.alerts.state import STATE_VERSION, load_state, state_path_for
-from aifmon.rollups.energy import energy_rollup
-from aifmon.rollups.hourly import TABLE as HOURLY_TABLE
-from aifmon.stores.store import RowStore, SampleReader
+from aifmon.rollups.counters import HOUR_MS
+from aifmon.rollups.ledger import month_of, month_range, read_ledger
+from aifmon.stores.store import SampleReader
 from aifmon.telemetry.inventory import Inventory
 from aifmon.telemetry.power import facility_power, sum_by_factory
-
-_COUNTER_BUDGET_REFRESH_S = 900.0
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +106,13 @@ class AlertEvaluator:
 
     def __init__(self, store: SampleReader, inventory: Inventory, rules_path: str | Path | None = None,
                  state_path: str | Path | None = None, notifiers: list[Notifier] | None = None,
-                 backoff_s: float = 0.5, budget_refresh_s: float = 60.0):
+                 backoff_s: float = 0.5, budget_refresh_s: float = 900.0):
         self.store = store
         self.inventory = inventory
         self.rules_path = Path(rules_path) if rules_path else None
         self.state_path = Path(state_path) if state_path else state_path_for(store)
         self.backoff_s = backoff_s
-        self.budget_refresh_s = budget_refresh_s  # energy budgets move by the hour: re-read the rollups at most this often, s
+        self.budget_refresh_s = budget_refresh_s  # monthly budgets move slowly: re-read the ledger at most this often, s
         self._fixed_notifiers = notifiers
         self._rules_stamp: tuple[float, int] | None = None
         self.rules_error: str | None = None
@@ -311,20 +308,18 @@ class AlertEvaluator:
         return [_Candidate(rule.labels, share, ann)]
 
     def _month_energy(self, now_ms: int) -> pd.Series:
-        """GPU energy per project since the start of this calendar month (UTC), J, from the hourly rollups
-        (finished hours); on a store without rollup tables (Prometheus, VictoriaMetrics) from its counters,
-        re-read at most every `_COUNTER_BUDGET_REFRESH_S` since that reads the month's raw samples."""
-        refresh_s = self.budget_refresh_s if isinstance(self.store, RowStore) else max(self.budget_refresh_s, _COUNTER_BUDGET_REFRESH_S)
-        if self._budget_cache and now_ms - self._budget_cache[0] < refresh_s * 1000:
+        """GPU energy per project from the start of this calendar month (UTC) to the last finished hour, J, from the energy
+        ledger (the figure the Projects page and the monthly report show for those hours), re-read every
+        `budget_refresh_s`: the hours still open to late data are computed from samples at each read."""
+        if self._budget_cache and now_ms - self._budget_cache[0] < self.budget_refresh_s * 1000:
             return self._budget_cache[1]
-        now = datetime.fromtimestamp(now_ms / 1000, UTC)
-        month_start = int(datetime(now.year, now.month, 1, tzinfo=UTC).timestamp() * 1000)
-        if isinstance(self.store, RowStore):
-            rows = self.store.read_rows(HOURLY_TABLE, month_start, now_ms + 1)
-            energy = rows.groupby("project")["energy_j"].sum() if not rows.empty else pd.Series(dtype=float)
+        month_start, _ = month_range(month_of(now_ms))
+        finished = now_ms // HOUR_MS * HOUR_MS
+        if finished <= month_start:
+            energy = pd.Series(dtype=float)
         else:
-            by_project = energy_rollup(self.store, self.inventory, month_start, now_ms, by="project").rows
-            energy = by_project.set_index("project")["energy_kwh"] * 3.6e6
+            jobs = read_ledger(self.store, self.inventory, month_start, finished, now_ms).job_totals()
+            energy = jobs.groupby("project")["energy_j"].sum()
         self._budget_cache = (now_ms, energy)
         return energy
 

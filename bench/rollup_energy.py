@@ -61,8 +61,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aifmon.ingest.openmetrics import export_openmetrics, import_openmetrics
-from aifmon.rollups.energy import UNALLOCATED, energy_rollup
+from aifmon.rollups.energy import UNALLOCATED
 from aifmon.rollups.hourly import NODE_TABLE, SITE_COLUMNS, SITE_TABLE, TABLE, rollup_hour
+from aifmon.rollups.ledger import energy_rollup
 from aifmon.rollups.monthly_report import build_monthly_report, write_monthly_report
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import SampleReader, SampleWriter, SeriesSamples, open_store, series_key

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aifmon.dashboard.panels import factory_status
 from aifmon.deploy.prometheus_config import write_prometheus_config
-from aifmon.rollups.energy import energy_rollup
+from aifmon.rollups.ledger import energy_rollup
 from aifmon.stores.store import SampleReader, open_store
 from aifmon.telemetry.inventory import parse_inventory
 from bench.ingest import installed

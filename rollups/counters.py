@@ -18,8 +18,9 @@ store's order and never count a sample twice:
 - Power samples (no counter) are integrated with the trapezoid rule; an interval longer than the
   caller's `max_gap_s` is still integrated (linear between its ends) but flagged as estimated.
 - Nothing is extrapolated before a stream's first sample or after its last.
-- An interval that straddles the range's start or end is split in proportion to time (for power:
-  the interpolated power at the edge), so consecutive ranges add up exactly to the whole.
+- An interval that straddles the range's start or end, or a clock hour's (UTC), is cut there in proportion to
+  time (for power: the interpolated power at the cut), one piece per hour: consecutive ranges, and the hours
+  of a range, add up exactly to the whole, however long the interval.
 """
 
 from __future__ import annotations
@@ -29,18 +30,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+HOUR_MS = 3_600_000
+
 if TYPE_CHECKING:
     from aifmon.stores.store import SeriesSamples
 
 
 @dataclass(frozen=True)
 class Intervals:
-    """Per-interval results, clipped to the range; all arrays have one entry per interval that overlaps it."""
+    """Per-interval results, clipped to the range and cut at clock hours: all arrays have one entry per piece of an
+    interval that overlaps the range, the pieces of one interval adjacent and in time order."""
 
     stream: np.ndarray  # int64 stream code
-    t_end_ms: np.ndarray  # int64, the interval's closing sample time, ms
-    energy_j: np.ndarray  # float64, energy inside the range, J
-    seconds: np.ndarray  # float64, duration inside the range, s
+    t_end_ms: np.ndarray  # int64, the interval's closing sample time, ms (every piece of an interval has it)
+    until_ms: np.ndarray  # int64, the end of this piece: the closing sample, or the hour or range bound it is cut at, ms
+    energy_j: np.ndarray  # float64, energy inside the piece, J
+    seconds: np.ndarray  # float64, duration of the piece, s
     interval_s: np.ndarray  # float64, the whole interval's duration, s
     resets: int = 0  # counter drops read as resets
     wraps: int = 0  # counter drops read as wraps
@@ -85,21 +90,22 @@ def _ordered(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray) -> tuple[n
 
 @dataclass(frozen=True)
 class _Pairs:
-    """Consecutive samples (previous, this) of one stream whose interval overlaps the range."""
+    """Consecutive samples (previous, this) of one stream whose interval overlaps the range, one entry per clock hour
+    the overlap touches."""
 
     stream: np.ndarray
     prev_t: np.ndarray
     t: np.ndarray
     prev_v: np.ndarray
     v: np.ndarray
-    lo: np.ndarray  # the interval's part inside the range: [lo, hi], ms
+    lo: np.ndarray  # this piece of the interval's part inside the range: [lo, hi], ms
     hi: np.ndarray
     overlap: np.ndarray  # hi - lo, ms
 
 
 def _pairs(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray, start_ms: int, end_ms: int) -> tuple[_Pairs, int]:
-    """The ordered, de-duplicated samples as intervals (prev_t, t] overlapping [start_ms, end_ms]; and the
-    number of duplicates dropped."""
+    """The ordered, de-duplicated samples as intervals (prev_t, t] overlapping [start_ms, end_ms], cut at clock hours;
+    and the number of duplicates dropped."""
     stream, t_ms, value, duplicates = _ordered(stream, t_ms, value)
     # interval i runs from sample i to sample i + 1 of the same stream; it overlaps the range when it ends after
     # the start and begins before the end
@@ -110,7 +116,15 @@ def _pairs(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray, start_ms: in
     j = i + 1
     prev_t, t = t_ms[i], t_ms[j]
     lo, hi = np.maximum(prev_t, start_ms), np.minimum(t, end_ms)
-    return _Pairs(stream[j], prev_t, t, value[i], value[j], lo, hi, hi - lo), duplicates
+    first_hour = lo // HOUR_MS
+    pieces = (hi - 1) // HOUR_MS - first_hour + 1
+    if (pieces == 1).all():  # scrape intervals rarely cross an hour: nothing to cut
+        return _Pairs(stream[j], prev_t, t, value[i], value[j], lo, hi, hi - lo), duplicates
+    k = np.repeat(np.arange(len(j)), pieces)
+    hour = first_hour[k] + (np.arange(len(k)) - np.repeat(np.cumsum(pieces) - pieces, pieces))
+    cut_lo, cut_hi = np.maximum(lo[k], hour * HOUR_MS), np.minimum(hi[k], (hour + 1) * HOUR_MS)
+    i, j = i[k], j[k]
+    return _Pairs(stream[j], prev_t[k], t[k], value[i], value[j], cut_lo, cut_hi, cut_hi - cut_lo), duplicates
 
 
 def counter_increments(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray, start_ms: int, end_ms: int,
@@ -136,8 +150,8 @@ def counter_increments(stream: np.ndarray, t_ms: np.ndarray, value: np.ndarray, 
     inc[reset] = p.v[reset]  # a reset: the counter restarted from zero
     energy = p.overlap / span_ms
     energy *= inc
-    return Intervals(p.stream, p.t, energy, p.overlap / 1000.0, span_ms / 1000.0,
-                     resets=len(reset), wraps=int(wrap.sum()), duplicates=duplicates)
+    return Intervals(p.stream, p.t, p.hi, energy, p.overlap / 1000.0, span_ms / 1000.0,
+                     resets=_intervals(p, reset), wraps=_intervals(p, drop[wrap]), duplicates=duplicates)
 
 
 def power_integral(stream: np.ndarray, t_ms: np.ndarray, watts: np.ndarray, start_ms: int, end_ms: int) -> Intervals:
@@ -152,8 +166,17 @@ def power_integral(stream: np.ndarray, t_ms: np.ndarray, watts: np.ndarray, star
     slope = (p1 - p0) / span_ms
     p_lo = p0 + slope * (lo - prev_t)
     p_hi = p0 + slope * (hi - prev_t)
-    return Intervals(p.stream, t, (p_lo + p_hi) / 2 * overlap / 1000.0, overlap / 1000.0, span_ms / 1000.0,
+    return Intervals(p.stream, t, hi, (p_lo + p_hi) / 2 * overlap / 1000.0, overlap / 1000.0, span_ms / 1000.0,
                      duplicates=duplicates)
+
+
+def _intervals(p: _Pairs, pieces: np.ndarray) -> int:
+    """How many intervals the given pieces belong to: a reset across a long silence is one reset, in however many
+    hours it is cut."""
+    if not len(pieces):
+        return 0
+    key = np.stack([p.stream[pieces], p.t[pieces]])
+    return int(np.unique(key, axis=1).shape[1])
 
 
 def series_row(samples: SeriesSamples) -> np.ndarray:

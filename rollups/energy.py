@@ -48,14 +48,13 @@ Rules (so that every figure can be traced; the counter rules themselves are in `
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from aifmon.rollups import dcgm
-from aifmon.rollups.counters import Intervals, counter_increments, power_integral, series_row
+from aifmon.rollups.counters import HOUR_MS, Intervals, counter_increments, power_integral, series_row
 from aifmon.rollups.slurm_accounting import JobAllocation
 from aifmon.stores.store import SampleReader, SeriesSamples
 from aifmon.telemetry.inventory import Inventory, carbon_intensity_table
@@ -73,7 +72,6 @@ EUROHPC = "EuroHPC"
 JOB_KEYS = ["factory", "system", "job", "project", "access_mode"]
 GPU_KEYS = ["factory", "system", "node", "gpu"]
 _MARGIN_MS = 15 * 60 * 1000  # how far past each end of the range to look for the samples that straddle it
-HOUR_MS = 3_600_000
 DEFAULT_MAX_GAP_S = 60.0  # coverage counts scrape intervals up to this long, s; the hourly rollups use it
 JOB_INFO_ATTRIBUTION = "aif_gpu_job_info samples (per GPU)"
 _T_BITS = 42  # (stream << 42) | time offset in ms: one sortable int64 key; 2**42 ms is 139 years
@@ -81,15 +79,16 @@ _T_BITS = 42  # (stream << 42) | time offset in ms: one sortable int64 key; 2**4
 
 @dataclass(frozen=True)
 class Ledger:
-    """Energy over one window, attributed: what the hourly rollups store and every report groups.
+    """Energy over one window, attributed, per clock hour (UTC): what the hourly rollups store and every report groups.
 
-    `jobs`: one row per (factory, system, job, project, access_mode), `(unallocated)` included:
-    `energy_j` GPU energy (J), `gpu_seconds` GPU-time the job held (s; 0 for unallocated),
-    `node_other_j` the job's share of its nodes' non-GPU energy (J).
-    `sites`: one row per factory: `gpu_energy_j`, `it_energy_j` (all node energy), `facility_energy_j`
+    `jobs`: one row per hour (`window_start_ms`, the clock hour's start, ms) and (factory, system, job, project,
+    access_mode), `(unallocated)` included: `energy_j` GPU energy (J), `gpu_seconds` GPU-time the job held (s; 0 for
+    unallocated), `node_other_j` the job's share of its nodes' non-GPU energy (J).
+    `sites`: one row per hour and factory: `gpu_energy_j`, `it_energy_j` (all node energy), `facility_energy_j`
     (NaN without meter samples), `estimated_j` (energy integrated from power across gaps, or from GPU
-    power where no counter exists), `covered_s` and `expected_s` (GPU-time covered by short intervals,
-    and the GPU-time of the window), `energy_samples`, `job_samples` (inputs seen: a fingerprint).
+    power where no counter exists), `covered_s` and `expected_s` (GPU-time covered by short intervals, and the
+    GPU-time of the hour's part in the window), `gpus` (GPUs with an interval in the hour), `energy_samples`,
+    `job_samples` (inputs seen: a fingerprint).
     """
 
     jobs: pd.DataFrame
@@ -100,6 +99,10 @@ class Ledger:
     wraps: int = 0
     duplicates: int = 0
     attribution: str = "aif_gpu_job_info"
+
+    def factories(self) -> pd.DataFrame:
+        """One site row per factory for the whole window (`range_sites`)."""
+        return range_sites(self.sites, self.start_ms, self.end_ms)
 
 
 @dataclass(frozen=True)
@@ -201,9 +204,9 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
     # its hours') by the GPU-seconds each job held there; the free GPU-time's share is unallocated.
     hours = _Hours(start_ms, end_ms)
     nh = gpu_node * hours.count
-    nh += hours.of(iv.t_end_ms)  # (node, hour) cell of every interval
+    nh += hours.of(iv.until_ms)  # (node, hour) cell of every piece of an interval
     if accounting is None:
-        job_of, job_samples = _attribute_job_info(dcgm.job_info(store, JOB_METRIC, e, lo, hi), gpus, jobs, iv, lo, start_ms, end_ms)
+        job_of, job_samples = _attribute_job_info(dcgm.job_info(store, JOB_METRIC, e, lo, hi), gpus, jobs, iv, start_ms, end_ms)
         n_jobs = len(jobs.index) + 1  # job -1 (unallocated) is shifted to 0
         cell_of = nh * n_jobs
         cell_of += job_of
@@ -237,59 +240,73 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
     table = pd.concat([pd.DataFrame({"nh": cell_nh, "job": cell_job, "energy_j": energy, "held": held,
                                      "frac": np.where(cell_job == 0, 0.0, frac)}), unalloc], ignore_index=True)
     table["other_j"] = table["frac"] * other_j.reindex(table["nh"]).to_numpy()
-    node_c = table["nh"].to_numpy() // hours.count
+    node_c, hour_c = np.divmod(table["nh"].to_numpy(), hours.count)
     job_c = table["job"].to_numpy()
 
     node_table = nodes.frame(["factory", "node"])
+    node_factory = node_table["factory"].to_numpy(dtype=object)
     systems = np.array([node_system.get(c, node_system_extra.get(c, "")) for c in range(n_nodes)], dtype=object)
     job_table = jobs.frame(["factory", "job", "project", "access_mode"])
     labels = {col: np.append(np.array([UNALLOCATED], dtype=object), job_table[col].to_numpy(dtype=object))
               for col in ("job", "project", "access_mode")}
     rows = pd.DataFrame({
-        "factory": node_table["factory"].to_numpy()[node_c] if len(node_c) else np.zeros(0, dtype=object),
+        "window_start_ms": hours.start_ms(hour_c),
+        "factory": node_factory[node_c] if len(node_c) else np.zeros(0, dtype=object),
         "system": systems[node_c] if len(node_c) else np.zeros(0, dtype=object),
         **{col: labels[col][job_c] for col in labels},
         "energy_j": table["energy_j"].to_numpy(),
         "gpu_seconds": table["held"].to_numpy(),
         "node_other_j": table["other_j"].to_numpy(),
     })
-    rows = rows.groupby(JOB_KEYS, as_index=False)[["energy_j", "gpu_seconds", "node_other_j"]].sum()
+    rows = rows.groupby(["window_start_ms"] + JOB_KEYS, as_index=False)[["energy_j", "gpu_seconds", "node_other_j"]].sum()
     rows = rows[(rows["energy_j"] != 0) | (rows["gpu_seconds"] != 0) | (rows["node_other_j"] != 0)].reset_index(drop=True)
-    node_of_gpu_nh = gpu_nh // hours.count
-    node_it_j = _sum_by(np.asarray(all_nh, dtype=np.int64) // hours.count, it_j.to_numpy(), minlength=n_nodes)
-    node_gap_j = _sum_by(np.asarray(node_gap.index, dtype=np.int64) // hours.count, node_gap.to_numpy(), minlength=n_nodes)
 
-    # per factory: measured totals, coverage, estimated energy, and the inputs seen (a fingerprint for late data)
-    streams = np.flatnonzero(np.bincount(iv.stream, minlength=len(gpu_table)))
-    per_node = pd.DataFrame({
-        "factory": node_table["factory"].to_numpy(),
-        "gpu_energy_j": _sum_by(node_of_gpu_nh, nh_gpu_j, minlength=n_nodes),
-        "it_energy_j": node_it_j,
-        "covered_s": _sum_by(node_of_gpu_nh, nh_covered_s, minlength=n_nodes),
-        "gpus": np.bincount(node_of_gpu[streams], minlength=n_nodes),
-        "estimated_j": _sum_by(estimated_nh // hours.count, nh_estimated_j, minlength=n_nodes) + node_gap_j,
-    })
-    sites = per_node.groupby("factory", as_index=False).sum()
-    sites["expected_s"] = sites["gpus"] * (end_ms - start_ms) / 1000.0
-    energy_samples = _count_by_factory(e.series, row, e.t_ms, start_ms, end_ms)
-    sites = _with_facility(store, sites, lo, hi, start_ms, end_ms)
-    sites["energy_samples"] = sites["factory"].map(energy_samples).fillna(0).astype(np.int64)
-    sites["job_samples"] = sites["factory"].map(job_samples).fillna(0).astype(np.int64)
+    # per clock hour and factory: measured totals, coverage, estimated energy, and the inputs seen (a fingerprint for
+    # late data). A GPU counts in an hour when a piece of one of its intervals lies in it.
+    gpu_hours = np.unique(iv.stream * hours.count + hours.of(iv.until_ms))
+    present = node_of_gpu[gpu_hours // hours.count] * hours.count + gpu_hours % hours.count
+    cells = pd.Index(all_nh).union(pd.Index(estimated_nh)).union(node_gap.index).union(pd.Index(np.unique(present)))
+    per_cell = pd.DataFrame({
+        "gpu_energy_j": pd.Series(nh_gpu_j, index=gpu_nh),
+        "it_energy_j": it_j,
+        "covered_s": pd.Series(nh_covered_s, index=gpu_nh),
+        "gpus": pd.Series(1, index=present).groupby(level=0).sum(),
+        "estimated_j": pd.Series(nh_estimated_j, index=estimated_nh).add(node_gap, fill_value=0.0),
+    }, index=cells).fillna(0.0)
+    cell_node, cell_hour = np.divmod(np.asarray(cells, dtype=np.int64), hours.count)
+    per_cell.insert(0, "factory", node_factory[cell_node] if len(cells) else np.zeros(0, dtype=object))
+    per_cell.insert(0, "window_start_ms", hours.start_ms(cell_hour))
+    # every factory the window's samples name gets a row in every hour, zeros where it has nothing there: the hourly
+    # rollups' site row says an hour is done
+    every = pd.MultiIndex.from_product([hours.start_ms(np.arange(hours.count)), pd.unique(node_factory)], names=["window_start_ms", "factory"])
+    sites = per_cell.groupby(["window_start_ms", "factory"]).sum().reindex(every, fill_value=0.0).reset_index()
+    sites["gpus"] = sites["gpus"].astype(np.int64)
+    sites["expected_s"] = sites["gpus"] * hours.seconds_in_range(sites["window_start_ms"].to_numpy())
+    sites = _with_facility(store, sites, hours, lo, hi, start_ms, end_ms)
+    for column, counts in (("energy_samples", _count_by_hour(e.series, row, e.t_ms, start_ms, end_ms)), ("job_samples", job_samples)):
+        at = pd.MultiIndex.from_frame(sites[["window_start_ms", "factory"]])
+        sites[column] = counts.reindex(at).fillna(0).astype(np.int64).to_numpy() if len(counts) else np.int64(0)
     return Ledger(rows, sites, start_ms, end_ms, iv.resets + rapl[0], iv.wraps + rapl[1], iv.duplicates + rapl[2], attribution)
 
 
-def _count_by_factory(series: pd.DataFrame, row: np.ndarray, t_ms: np.ndarray, start_ms: int, end_ms: int) -> pd.Series:
-    """How many samples (their series' rows in `series`, their times) have start_ms <= t < end_ms (half-open, so
-    each is counted in one hour), per factory label. Counted per series first: a label per sample would cost
-    more than the rollup."""
-    n = len(series)
-    per_series = np.bincount(row, minlength=n) - np.bincount(row[(t_ms < start_ms) | (t_ms >= end_ms)], minlength=n)
-    factory = series["factory"].fillna("") if "factory" in series else pd.Series("", index=series.index)
-    return pd.Series(per_series, index=series.index).groupby(factory).sum()
+def _count_by_hour(series: pd.DataFrame, row: np.ndarray, t_ms: np.ndarray, start_ms: int, end_ms: int) -> pd.Series:
+    """How many samples (their series' rows in `series`, their times) have start_ms <= t < end_ms (half-open, so each
+    is counted once), per clock hour (its start, ms) and factory label. Counted per (series, hour) first: a label per
+    sample would cost more than the rollup."""
+    inside = (t_ms >= start_ms) & (t_ms < end_ms)
+    if not inside.any():
+        return pd.Series(dtype=np.int64)
+    hour = t_ms[inside] // HOUR_MS
+    first = int(hour.min())
+    span = int(hour.max()) - first + 1
+    counts = np.bincount(row[inside] * span + (hour - first), minlength=len(series) * span)
+    cell = np.flatnonzero(counts)
+    factory = (series["factory"].fillna("") if "factory" in series else pd.Series("", index=series.index)).to_numpy(dtype=object)
+    return pd.Series(counts[cell]).groupby([(cell % span + first) * HOUR_MS, factory[cell // span]]).sum()
 
 
 def _concat(a: Intervals, b: Intervals) -> Intervals:
-    arrays = {f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in ("stream", "t_end_ms", "energy_j", "seconds", "interval_s")}
+    arrays = {f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in ("stream", "t_end_ms", "until_ms", "energy_j", "seconds", "interval_s")}
     return Intervals(**arrays, resets=a.resets + b.resets, wraps=a.wraps + b.wraps, duplicates=a.duplicates + b.duplicates)
 
 
@@ -314,12 +331,22 @@ def _power_for_gpus_without_counter(store: SampleReader, inventory: Inventory | 
     return power_integral(code[new], t_ms[new], watts[new], start_ms, end_ms)
 
 
-def _attribute_job_info(j: SeriesSamples, gpus: _Codes, jobs: _Codes, iv: Intervals, lo: int, start_ms: int,
+def _attribute_job_info(j: SeriesSamples, gpus: _Codes, jobs: _Codes, iv: Intervals, start_ms: int,
                         end_ms: int) -> tuple[np.ndarray, pd.Series]:
-    """(job code of each interval, -1 for none; job samples per factory): each interval goes to the job whose info
-    sample `j` for that GPU shares the interval's end time. `iv` is in (GPU, end time) order, as the counter kernel
-    gives it (GPUs integrated from power follow those with counters: their codes are larger)."""
-    n = len(iv.stream)
+    """(job code of each piece of an interval, -1 for none; job samples per hour and factory): each interval goes to
+    the job whose info sample `j` for that GPU shares the interval's end time. `iv` is in (GPU, end time) order, as
+    the counter kernel gives it (GPUs integrated from power follow those with counters: their codes are larger); the
+    pieces an interval is cut into at clock hours are adjacent and all go to its job."""
+    whole = np.ones(len(iv.stream), dtype=bool)
+    whole[1:] = (iv.stream[1:] != iv.stream[:-1]) | (iv.t_end_ms[1:] != iv.t_end_ms[:-1])
+    job_of, samples = _match_job_info(j, gpus, jobs, iv.stream[whole], iv.t_end_ms[whole], start_ms, end_ms)
+    return job_of[np.cumsum(whole) - 1], samples
+
+
+def _match_job_info(j: SeriesSamples, gpus: _Codes, jobs: _Codes, stream: np.ndarray, t_end_ms: np.ndarray, start_ms: int,
+                    end_ms: int) -> tuple[np.ndarray, pd.Series]:
+    """`_attribute_job_info` over whole intervals: their GPU codes and closing sample times, ms, in that order."""
+    n = len(stream)
     if not len(j.t_ms) or not n:
         return np.full(n, -1, dtype=np.int64), pd.Series(dtype=np.int64)
     row = series_row(j)
@@ -330,10 +357,11 @@ def _attribute_job_info(j: SeriesSamples, gpus: _Codes, jobs: _Codes, iv: Interv
     t = j.t_ms
     if not use.all():
         row, t = row[use], t[use]
-    samples = _count_by_factory(j.series, row, t, start_ms, end_ms)
+    samples = _count_by_hour(j.series, row, t, start_ms, end_ms)
     if not len(t):
         return np.full(n, -1, dtype=np.int64), samples
-    keys = _key(gpu_of_series[row], t, lo)
+    base = min(int(t.min()), int(t_end_ms.min()))
+    keys = _key(gpu_of_series[row], t, base)
     order = np.argsort(keys, kind="stable")  # the store's runs (a series, or a scrape) are in order: a stable sort merges them
     keys, job = keys[order], job_of_series[row[order]]
     first = np.flatnonzero(np.append(True, keys[1:] != keys[:-1]))
@@ -343,7 +371,7 @@ def _attribute_job_info(j: SeriesSamples, gpus: _Codes, jobs: _Codes, iv: Interv
     # is a run of consecutive scrapes, and so are the intervals' ends: one binary search per run, then each
     # sample's guess is the next interval end (linear; a binary search per sample costs twice as much). Samples
     # whose guess misses (an interval end without an info sample, or the reverse) are searched one by one.
-    want = _key(iv.stream, iv.t_end_ms, lo)
+    want = _key(stream, t_end_ms, base)
     run = np.flatnonzero(np.append(True, (job[1:] != job[:-1]) | ((keys[1:] >> _T_BITS) != (keys[:-1] >> _T_BITS))))
     at = np.repeat(np.searchsorted(want, keys[run]) - run, np.diff(np.append(run, len(keys))))
     at += np.arange(len(keys))
@@ -425,11 +453,20 @@ def _check_no_overbooking(node: np.ndarray, start: np.ndarray, end: np.ndarray, 
 
 
 class _Hours:
-    """Clock hours (UTC) of a range, numbered from 0: an interval belongs to the hour its end falls in."""
+    """Clock hours (UTC) of a range, numbered from 0: a piece of an interval belongs to the hour its end falls in."""
 
     def __init__(self, start_ms: int, end_ms: int):
+        self.start, self.end = start_ms, end_ms
         self.first = start_ms // HOUR_MS
         self.count = (end_ms - 1) // HOUR_MS - self.first + 1
+
+    def start_ms(self, hour: np.ndarray) -> np.ndarray:
+        """The start of each numbered hour, ms since the epoch (int64)."""
+        return (np.asarray(hour, dtype=np.int64) + self.first) * HOUR_MS
+
+    def seconds_in_range(self, hour_start_ms: np.ndarray) -> np.ndarray:
+        """How much of each hour (by its start, ms) lies in the range, s."""
+        return (np.minimum(hour_start_ms + HOUR_MS, self.end) - np.maximum(hour_start_ms, self.start)) / 1000.0
 
     def of(self, t_end_ms: np.ndarray) -> np.ndarray:
         hour = t_end_ms - 1  # in place from here: one array of millions rather than four
@@ -461,7 +498,7 @@ def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, lo: int, hi:
         best = pd.Series(rank[with_samples]).groupby(node_of_series[with_samples]).min()
         keep = np.flatnonzero((rank == best.reindex(node_of_series).to_numpy())[row])  # the best source each node has
         integ = power_integral(node_of_series[row[keep]], p.t_ms[keep], p.value[keep], start_ms, end_ms)
-        nh = integ.stream * hours.count + hours.of(integ.t_end_ms)
+        nh = integ.stream * hours.count + hours.of(integ.until_ms)
         measured = pd.Series(integ.energy_j).groupby(nh).sum()
         long = integ.interval_s > max_gap_s
         gap = pd.Series(integ.energy_j[long]).groupby(nh[long]).sum()
@@ -476,13 +513,14 @@ def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, lo: int, hi:
             inc = counter_increments(domain, c.t_ms, c.value, start_ms, end_ms)
             node_of_domain = np.fromiter((nodes.index.setdefault((f, n), len(nodes.index)) for f, n, _, _ in domains.index),
                                          dtype=np.int64, count=len(domains.index))
-            cpu = pd.Series(inc.energy_j).groupby(node_of_domain[inc.stream] * hours.count + hours.of(inc.t_end_ms)).sum()
+            cpu = pd.Series(inc.energy_j).groupby(node_of_domain[inc.stream] * hours.count + hours.of(inc.until_ms)).sum()
             counts = (inc.resets, inc.wraps, inc.duplicates)
     return measured, cpu, gap, systems, counts
 
 
-def _with_facility(store: SampleReader, sites: pd.DataFrame, lo: int, hi: int, start_ms: int, end_ms: int) -> pd.DataFrame:
-    """Add `facility_energy_j` per factory (all feeds; NaN where the factory has no meter samples)."""
+def _with_facility(store: SampleReader, sites: pd.DataFrame, hours: _Hours, lo: int, hi: int, start_ms: int, end_ms: int) -> pd.DataFrame:
+    """Add `facility_energy_j` per clock hour and factory (all feeds; NaN where the factory's meters have no interval
+    in the hour)."""
     facility = store.range_arrays(FACILITY_METRIC, lo, hi)
     sites = sites.assign(facility_energy_j=np.nan)
     if not len(facility.t_ms):
@@ -491,78 +529,32 @@ def _with_facility(store: SampleReader, sites: pd.DataFrame, lo: int, hi: int, s
     code = feeds.of(facility, ["factory", "feed"])
     integ = power_integral(code, facility.t_ms, facility.value, start_ms, end_ms)
     feed_factory = feeds.frame(["factory", "feed"])["factory"].to_numpy()
-    per_factory = pd.Series(integ.energy_j).groupby(feed_factory[integ.stream]).sum()
-    only_meter = per_factory.index.difference(sites["factory"])
-    if len(only_meter):
-        sites = pd.concat([sites, pd.DataFrame({"factory": only_meter})], ignore_index=True)
-        sites = sites.fillna({c: 0 for c in sites.columns if c not in ("factory", "facility_energy_j")})
-    sites["facility_energy_j"] = sites["factory"].map(per_factory)
-    return sites
+    cell = [hours.start_ms(hours.of(integ.until_ms)), feed_factory[integ.stream]]
+    metered = pd.Series(integ.energy_j).groupby(cell).sum().rename_axis(["window_start_ms", "factory"])
+    sites = sites.set_index(["window_start_ms", "factory"])
+    only_meter = metered.index.difference(sites.index)
+    if len(only_meter):  # hours in which a factory has a facility meter and no GPU or node reading
+        sites = pd.concat([sites, pd.DataFrame(index=only_meter)])
+        sites = sites.fillna({c: 0 for c in sites.columns if c != "facility_energy_j"})
+        sites = sites.astype({c: np.int64 for c in ("gpus",) if c in sites})
+    sites["facility_energy_j"] = metered.reindex(sites.index).to_numpy()
+    return sites.reset_index()
 
 
-def energy_rollup(store: SampleReader, inventory: Inventory, start_ms: int, end_ms: int, by: str = "project",
-                  max_gap_s: float = DEFAULT_MAX_GAP_S, accounting: list[JobAllocation] | None = None,
-                  accounting_factory: str | None = None, from_hourly: bool = True, now_ms: int | None = None) -> EnergyRollup:
-    """Energy, GPU-hours, average power, cost and CO2e per group over [start_ms, end_ms] (rules: module docstring).
-
-    With `from_hourly`, the whole clock hours of the range whose hourly rollup rows are settled
-    (`aifmon.rollups.hourly.settled_hours`, as of `now_ms`, default now) are read from those rows, and only the rest
-    (the range's partial first and last hours, hours not rolled up or still open to late data) is computed
-    from samples: the same figures, to float rounding, at a fraction of the cost. Only where the rows answer
-    the same question: attribution from job info, and `max_gap_s` the rollups'. `notes` say how many hours
-    came from each source.
-    """
-    if by not in GROUPINGS:
-        raise ValueError(f"cannot group by {by!r}; expected one of {', '.join(GROUPINGS)}")
-    if end_ms <= start_ms:
-        raise ValueError("the range's end must be after its start")
-    hours: list[int] = []
-    stored: list[tuple[pd.DataFrame, pd.DataFrame]] = []
-    if from_hourly and accounting is None and max_gap_s == DEFAULT_MAX_GAP_S:
-        from aifmon.rollups.hourly import settled_hours  # aifmon.rollups.hourly imports this module
-
-        hours, jobs, sites = settled_hours(store, start_ms, end_ms, int(time.time() * 1000) if now_ms is None else now_ms)
-        stored = [(jobs, sites)] if hours else []
-    pieces = _pieces_between(start_ms, end_ms, hours)
-    ledgers = [compute_ledger(store, inventory, a, b, max_gap_s, accounting, accounting_factory) for a, b in pieces]
-    jobs = pd.concat([ledger.jobs for ledger in ledgers] + [j for j, _ in stored], ignore_index=True)
-    sites = _range_sites([ledger.sites for ledger in ledgers] + [s for _, s in stored], end_ms - start_ms)
-    notes = {"attribution": ledgers[0].attribution if ledgers else JOB_INFO_ATTRIBUTION,
-             "counter_resets": sum(ledger.resets for ledger in ledgers), "counter_wraps": sum(ledger.wraps for ledger in ledgers),
-             "duplicate_samples": sum(ledger.duplicates for ledger in ledgers),
-             "estimated_energy_kwh": float(sites["estimated_j"].sum() / 3.6e6) if len(sites) else 0.0,
-             "hours_from_hourly_rollups": len(hours), "hours_from_samples": sum(b - a for a, b in pieces) / HOUR_MS}
-    if hours:
-        notes["counter_counts_cover"] = "the hours from samples only: hourly rollups keep no counts of resets, wraps or duplicates"
-    return summarise(jobs, sites, inventory, by, start_ms, end_ms, notes)
-
-
-def _pieces_between(start_ms: int, end_ms: int, hours: list[int]) -> list[tuple[int, int]]:
-    """The parts of [start_ms, end_ms) outside the given hours (sorted hour starts, ms), as [a, b) pairs."""
-    pieces, at = [], start_ms
-    for hour in hours:
-        if hour > at:
-            pieces.append((at, hour))
-        at = hour + HOUR_MS
-    if at < end_ms:
-        pieces.append((at, end_ms))
-    return pieces
-
-
-def _range_sites(parts: list[pd.DataFrame], span_ms: int) -> pd.DataFrame:
-    """One site row per factory for a range pieced together from consecutive windows (ledgers, hourly rows):
-    sums; facility energy over the windows its meter reported (NaN if none did); and the range's expected
-    GPU-time from the most GPUs any window saw (one window: its own, as `compute_ledger` counts it)."""
-    parts = [p for p in parts if len(p)]
-    if not parts:
+def range_sites(sites: pd.DataFrame, start_ms: int, end_ms: int) -> pd.DataFrame:
+    """One row per factory for [start_ms, end_ms) from its per-hour site rows (`Ledger.sites`, or the stored hourly rows):
+    sums; facility energy over the hours its meter reported (NaN if none did); and the range's expected GPU-time from
+    the most GPUs any hour saw, times the range's length (the one coverage rule, `aifmon.rollups.ledger`)."""
+    sites = sites[sites["factory"].notna()] if len(sites) else sites
+    if not len(sites):
         return pd.DataFrame(columns=["factory", "gpu_energy_j", "it_energy_j", "facility_energy_j", "estimated_j", "covered_s",
                                      "expected_s", "gpus", "energy_samples", "job_samples"])
-    by_factory = pd.concat(parts, ignore_index=True).groupby("factory")
-    sites = by_factory[["gpu_energy_j", "it_energy_j", "estimated_j", "covered_s", "energy_samples", "job_samples"]].sum()
-    sites["facility_energy_j"] = by_factory["facility_energy_j"].sum(min_count=1)
-    sites["gpus"] = by_factory["gpus"].max()
-    sites["expected_s"] = sites["gpus"] * span_ms / 1000.0
-    return sites.reset_index()
+    by_factory = sites.groupby("factory")
+    summed = by_factory[["gpu_energy_j", "it_energy_j", "estimated_j", "covered_s", "energy_samples", "job_samples"]].sum()
+    summed["facility_energy_j"] = by_factory["facility_energy_j"].sum(min_count=1)
+    summed["gpus"] = by_factory["gpus"].max().astype(np.int64)
+    summed["expected_s"] = summed["gpus"] * (end_ms - start_ms) / 1000.0
+    return summed.reset_index()
 
 
 def carbon_source() -> str:

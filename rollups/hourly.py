@@ -12,8 +12,8 @@ Late data re-opens its hour: hours that ended less than `late_window_s` ago are 
 up after an outage) is replaced and logged. Older history loaded later (`aifmon store import`) is
 re-opened explicitly: `reopen(start, end)`, or `aifmon rollup hourly --from T`.
 
-`energy_rollup` reads the rows of settled hours instead of their samples (`settled_hours`): an hour that
-ended at least `LATE_WINDOW_S` ago, past the late window in which the rollups still recheck it, and whose
+Every reader goes through `aifmon.rollups.ledger`, which takes the rows of settled hours instead of their samples: an
+hour that ended at least `LATE_WINDOW_S` ago, past the late window in which the rollups still recheck it, and whose
 site row is stored (the site table is written last, so its row says the hour's three tables are complete).
 As VictoriaMetrics trusts its rollup result cache for data older than its `-search.cacheTimestampOffset`,
 such rows are not compared with the samples again: comparing their sample counts would read every sample
@@ -32,6 +32,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from aifmon.rollups.counters import HOUR_MS
 from aifmon.rollups.energy import DEFAULT_MAX_GAP_S, JOB_KEYS, compute_ledger
 from aifmon.stores.store import RollupStore, RowStore, SampleReader, Store
 from aifmon.telemetry.inventory import Inventory
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 TABLE = "gpu_energy_hourly"
 NODE_TABLE = "node_energy_hourly"
 SITE_TABLE = "site_energy_hourly"
-HOUR_MS = 3_600_000
 SETTLE_MS = 120_000  # wait this long after an hour ends, so the last scrapes of the hour are in
 LATE_WINDOW_S = 3 * 3600.0  # hours that ended less than this ago are rechecked for late data (HourlyRollups' default)
 SITE_COLUMNS = ["gpu_energy_j", "it_energy_j", "facility_energy_j", "estimated_j", "covered_s", "expected_s", "gpus",
@@ -65,15 +65,17 @@ def hour_rows(store: SampleReader, hour_start_ms: int, inventory: Inventory | No
     if hour_start_ms % HOUR_MS:
         raise ValueError("an hour starts on a whole hour (ms since the epoch divisible by 3,600,000)")
     ledger = compute_ledger(store, inventory, hour_start_ms, hour_start_ms + HOUR_MS, max_gap_s=DEFAULT_MAX_GAP_S)
-    rows = ledger.jobs
-    jobs = rows[JOB_KEYS + ["energy_j", "gpu_seconds"]].copy()
-    nodes = rows.loc[rows["node_other_j"] != 0, JOB_KEYS + ["node_other_j"]].copy()
-    sites = ledger.sites.reindex(columns=["factory"] + SITE_COLUMNS)
-    sites = sites.astype({c: np.float64 for c in SITE_COLUMNS if c not in ("gpus", "energy_samples", "job_samples")})
-    sites = sites.astype({c: np.int64 for c in ("gpus", "energy_samples", "job_samples")})
-    for frame in (jobs, nodes, sites):
-        frame.insert(0, "window_start_ms", np.int64(hour_start_ms))
-    return jobs.reset_index(drop=True), nodes.reset_index(drop=True), sites.reset_index(drop=True)
+    return table_rows(ledger.jobs, ledger.sites)
+
+
+def table_rows(jobs: pd.DataFrame, sites: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A ledger's per-hour rows (`aifmon.rollups.energy.Ledger`) in the three tables' columns and types."""
+    gpu = jobs[["window_start_ms"] + JOB_KEYS + ["energy_j", "gpu_seconds"]]
+    node = jobs.loc[jobs["node_other_j"] != 0, ["window_start_ms"] + JOB_KEYS + ["node_other_j"]]
+    site = sites.reindex(columns=["window_start_ms", "factory"] + SITE_COLUMNS)
+    site = site.astype({c: np.float64 for c in SITE_COLUMNS if c not in ("gpus", "energy_samples", "job_samples")})
+    site = site.astype({c: np.int64 for c in ("window_start_ms", "gpus", "energy_samples", "job_samples")})
+    return gpu.reset_index(drop=True), node.reset_index(drop=True), site.reset_index(drop=True)
 
 
 def _stored_hours(store: RowStore, start_ms: int, end_ms: int) -> tuple[list[int], pd.DataFrame]:
@@ -83,29 +85,9 @@ def _stored_hours(store: RowStore, start_ms: int, end_ms: int) -> tuple[list[int
     return (sorted(set(site["window_start_ms"].astype(np.int64).tolist())) if len(site) else []), site
 
 
-def settled_hours(store: Store, start_ms: int, end_ms: int, now_ms: int) -> tuple[list[int], pd.DataFrame, pd.DataFrame]:
-    """The settled hours (module docstring) that lie wholly in [start_ms, end_ms), and their stored rows: (hour
-    starts, ms; job rows: `JOB_KEYS`, `energy_j`, `gpu_seconds`, `node_other_j`; site rows: `factory` and
-    `SITE_COLUMNS`). No hours on a store that keeps no rollup tables (Prometheus, VictoriaMetrics): not a `RowStore`."""
-    first = -(-start_ms // HOUR_MS) * HOUR_MS
-    last = min(end_ms, now_ms - int(LATE_WINDOW_S * 1000)) // HOUR_MS * HOUR_MS
-    hours: list[int] = []
-    site = gpu = node = pd.DataFrame()
-    if first < last and isinstance(store, RowStore):
-        hours, site = _stored_hours(store, first, last)
-        if hours:  # a store with site rows keeps the other two tables as well
-            gpu, node = store.read_rows(TABLE, first, last), store.read_rows(NODE_TABLE, first, last)
-    values = ["energy_j", "gpu_seconds", "node_other_j"]
-    parts = [f[f["window_start_ms"].isin(hours)] for f in (gpu, node) if len(f)]
-    jobs = (pd.concat(parts, ignore_index=True).reindex(columns=JOB_KEYS + values).fillna({v: 0.0 for v in values}) if parts
-            else pd.DataFrame({**{k: pd.Series(dtype=object) for k in JOB_KEYS}, **{v: pd.Series(dtype=np.float64) for v in values}}))
-    sites = site.drop(columns="window_start_ms") if len(site) else pd.DataFrame(columns=["factory"] + SITE_COLUMNS)
-    return hours, jobs, sites
-
-
 def reroll_stored_hours(store: Store, first_ms: int, last_ms: int, inventory: Inventory | None = None) -> int:
     """Recompute the stored hours that samples in [first_ms, last_ms] can change (history loaded after they were
-    rolled up), so that `energy_rollup` does not read them stale; returns how many (none on a store that does not
+    rolled up), so that the ledger does not read them stale; returns how many (none on a store that does not
     both give samples back and keep rollup rows). An interval is split between the hours it spans and a ledger
     looks 15 min past its hour, so the neighbouring hours are included."""
     if not isinstance(store, RollupStore):

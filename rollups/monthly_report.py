@@ -1,8 +1,7 @@
 """The governance board's monthly report: report.html, report.pdf, summary.csv and summary.json.
 
-Figures come from the hourly rollup tables (`aifmon.rollups.hourly`), not raw samples; an hour of the month
-that the store has samples for but no rollup yet is computed from the samples in memory (the report
-never writes to the store) and counted in the provenance.
+Figures come from the energy ledger (`aifmon.rollups.ledger`): the settled hourly rows, and every other finished hour
+computed from the samples in memory (the report never writes to the store), counted in the provenance.
 
 The report opens with an **executive summary**: per factory and EuroHPC-wide, IT energy, cost, CO2e (with the
 carbon-intensity source and year), PUE where a facility meter exists and the busiest hour's power against the
@@ -46,11 +45,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from aifmon.rollups.counters import HOUR_MS
 from aifmon.rollups.efficiency import TOP500_SOURCE, league_table, measured_runs
-from aifmon.rollups.energy import JOB_KEYS, EnergyRollup, carbon_source, summarise
-from aifmon.rollups.hourly import HOUR_MS, LATE_WINDOW_S, NODE_TABLE, SETTLE_MS, SITE_COLUMNS, SITE_TABLE, TABLE, hour_rows
+from aifmon.rollups.energy import EnergyRollup, carbon_source
+from aifmon.rollups.hourly import LATE_WINDOW_S, SETTLE_MS
+from aifmon.rollups.ledger import LedgerRead, iso_utc, month_range, previous_month, read_ledger
 from aifmon.rollups.report_format import GPU_ENERGY_SOURCE
-from aifmon.stores.store import RowStore, SampleReader
+from aifmon.stores.store import SampleReader
 from aifmon.telemetry.csv_cells import csv_safe
 from aifmon.telemetry.errors import UserError
 from aifmon.telemetry.inventory import Inventory
@@ -82,8 +83,9 @@ class Period:
     daily_power: pd.DataFrame  # factory, day, hours, avg_mw, peak_hour_mw, cap_mw, peak_share_of_cap, basis
     factories: pd.DataFrame
     hours_with_data: int
-    computed: int  # hours computed from samples
+    computed: int  # windows (hours) computed from samples
     source: str
+    coverage_of_hours_with_data: float  # covered GPU-time over the GPU-time of the hours with data (0-1)
 
     @property
     def hours_elapsed(self) -> int:
@@ -109,37 +111,8 @@ class MonthlyReport:
     summary: dict  # the executive summary's figures and sentences (see `_executive_summary`)
 
 
-def iso_utc(ms: int) -> str:
-    """ms since the epoch as ISO 8601 UTC to the second, `2025-03-01T00:00:00Z`."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class MonthError(UserError, ValueError):
-    """A month that is not `YYYY-MM`."""
-
-
 class ReportPdfError(UserError, RuntimeError):
     """report.pdf cannot be printed here (no Chromium, or it failed); the message says what to do (or --no-pdf)."""
-
-
-def month_range(month: str) -> tuple[int, int]:
-    """[start, end) of a calendar month `YYYY-MM` in UTC, ms."""
-    try:
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
-    except ValueError:
-        raise MonthError(f"month {month!r}: expected YYYY-MM, e.g. 2025-03") from None
-    end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
-    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-
-
-def month_of(ms: int) -> str:
-    """The UTC calendar month `YYYY-MM` holding the instant `ms` (ms since the epoch)."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m")
-
-
-def previous_month(month: str) -> str:
-    """The calendar month before `month` (`YYYY-MM`)."""
-    return month_of(month_range(month)[0] - 1)
 
 
 def month_name(month: str) -> str:
@@ -189,7 +162,7 @@ def build_monthly_report(store: SampleReader, inventory: Inventory, month: str, 
         "hours_in_month": (end_ms - start_ms) // HOUR_MS, "hours_elapsed": current.hours_elapsed,
         "hours_with_data": current.hours_with_data,
         "hours_computed_from_samples": current.computed + previous.computed, "figures_from": current.source,
-        "coverage": current.coverage, "coverage_of_hours_with_data": current.by["total"].coverage,
+        "coverage": current.coverage, "coverage_of_hours_with_data": current.coverage_of_hours_with_data,
         "averages": AVERAGES,
         "previous_period": f"{before}: {iso_utc(previous.start_ms)} to {iso_utc(previous.through_ms)}",
         "inventory": inventory.source, "inventory_hash": inventory_hash(inventory),
@@ -208,24 +181,25 @@ def build_monthly_report(store: SampleReader, inventory: Inventory, month: str, 
 
 def build_period(store: SampleReader, inventory: Inventory, start_ms: int, end_ms: int, now_ms: int,
                  progress: Callable[[str], None] = lambda step: None) -> Period:
-    """The figures of the finished hours of [start_ms, end_ms) (ms) as of `now_ms`."""
-    gpu, node, site, computed, source = _hourly(store, inventory, start_ms, end_ms, now_ms, progress)
-    site = _with_data(site)
-    jobs = gpu.groupby(JOB_KEYS, as_index=False)[["energy_j", "gpu_seconds"]].sum()
-    other = node.groupby(JOB_KEYS, as_index=False)["node_other_j"].sum() if len(node) else pd.DataFrame(columns=JOB_KEYS + ["node_other_j"])
-    jobs = jobs.merge(other, on=JOB_KEYS, how="outer").fillna({"energy_j": 0.0, "gpu_seconds": 0.0, "node_other_j": 0.0})
-    sites = site.groupby("factory", as_index=False)[[c for c in SITE_COLUMNS if c != "facility_energy_j"]].sum() if len(site) else \
-        pd.DataFrame(columns=["factory"] + SITE_COLUMNS)
-    if len(site):
-        metered = site[site["facility_energy_j"].notna()].groupby("factory")["facility_energy_j"].sum()
-        sites["facility_energy_j"] = sites["factory"].map(metered)
+    """The figures of the finished hours of [start_ms, end_ms) (ms) as of `now_ms`, from the ledger."""
     through = min(end_ms, max(start_ms, (now_ms - SETTLE_MS) // HOUR_MS * HOUR_MS))
-    factories, hours = _factory_hours(site, gpu, inventory, (through - start_ms) // HOUR_MS)
-    by = {key: _over_hours_with_data(summarise(jobs, sites, inventory, key, start_ms, max(through, start_ms + HOUR_MS)),
-                                     factories["hours_with_data"], hours)
+    read = read_ledger(store, inventory, start_ms, through, now_ms, progress=progress) if through > start_ms \
+        else LedgerRead.nothing(start_ms, start_ms + HOUR_MS)
+    site = _with_data(read.sites)
+    factories, hours = _factory_hours(site, read.jobs, inventory, (through - start_ms) // HOUR_MS)
+    by = {key: _over_hours_with_data(read.by(inventory, key), factories["hours_with_data"], hours)
           for key in ("total", "factory", "access_mode", "sector", "project")}
     progress("energy grouped")
-    return Period(start_ms, through, by, _daily_power(site, gpu, inventory), factories, hours, computed, source)
+    source = " and ".join(name for name, hours in (("hourly rollup tables", read.hours_from_rows), ("samples", read.windows_from_samples))
+                          if hours) or "no data"
+    return Period(start_ms, through, by, _daily_power(site, read.jobs, inventory), factories, hours, read.windows_from_samples, source,
+                  _covered_share(site))
+
+
+def _covered_share(site: pd.DataFrame) -> float:
+    """Covered GPU-time over the GPU-time of the hours with data (0-1; 0 without any)."""
+    expected = float(site["expected_s"].sum()) if len(site) else 0.0
+    return float(site["covered_s"].sum()) / expected if expected else 0.0
 
 
 def _with_data(site: pd.DataFrame) -> pd.DataFrame:
@@ -264,37 +238,6 @@ def _over_hours_with_data(r: EnergyRollup, factory_hours: pd.Series, hours: int)
     rows["hours_with_data"] = used
     rows["avg_power_kw"] = (rows["it_kwh"] / used.where(used > 0)).astype(float)
     return dataclasses.replace(r, rows=rows)
-
-
-def _hourly(store: SampleReader, inventory: Inventory, start_ms: int, end_ms: int, now_ms: int,
-            progress: Callable[[str], None]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int, str]:
-    """The hourly rows of [start_ms, end_ms); finished hours with samples but no rollup are computed in memory."""
-    bounds: tuple[int, int] | None
-    if isinstance(store, RowStore):
-        gpu, node, site = (store.read_rows(t, start_ms, end_ms) for t in (TABLE, NODE_TABLE, SITE_TABLE))
-        bounds = store.time_bounds()
-        source = "hourly rollup tables"
-    else:  # a PromQL server keeps no derived tables: every hour comes from its samples
-        gpu = node = site = pd.DataFrame()
-        bounds = (start_ms, now_ms)
-        source = "samples (this store keeps no rollup tables)"
-    done = set(site["window_start_ms"].tolist()) if len(site) else set(gpu["window_start_ms"].tolist()) if len(gpu) else set()
-    todo: list[int] = []
-    if bounds is not None:
-        first = max(start_ms, bounds[0] // HOUR_MS * HOUR_MS)
-        # finished hours up to the one holding the newest sample
-        last = min(end_ms, (now_ms - SETTLE_MS) // HOUR_MS * HOUR_MS, bounds[1] // HOUR_MS * HOUR_MS + HOUR_MS)
-        todo = [h for h in range(first, last, HOUR_MS) if h not in done]
-    frames: list[list[pd.DataFrame]] = [[gpu], [node], [site]]
-    for hour in todo:
-        for bucket, rows in zip(frames, hour_rows(store, hour, inventory)):
-            bucket.append(rows)
-        progress(f"hour {iso_utc(hour)} computed from samples")
-    gpu, node, site = (pd.concat([f for f in bucket if len(f)], ignore_index=True) if any(len(f) for f in bucket) else pd.DataFrame()
-                       for bucket in frames)
-    if gpu.empty:
-        gpu = pd.DataFrame(columns=["window_start_ms"] + JOB_KEYS + ["energy_j", "gpu_seconds"])
-    return gpu, node, site, len(todo), source
 
 
 def _daily_power(site: pd.DataFrame, gpu: pd.DataFrame, inventory: Inventory) -> pd.DataFrame:

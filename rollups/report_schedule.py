@@ -27,17 +27,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from aifmon.rollups.hourly import HOUR_MS, LATE_WINDOW_S, SETTLE_MS, SITE_TABLE
-from aifmon.rollups.monthly_report import (
-    ReportPdfError,
-    build_monthly_report,
-    iso_utc,
-    month_of,
-    month_range,
-    previous_month,
-    print_to_pdf,
-    write_monthly_report,
-)
+from aifmon.rollups.counters import HOUR_MS
+from aifmon.rollups.hourly import LATE_WINDOW_S, SETTLE_MS, SITE_TABLE
+from aifmon.rollups.ledger import iso_utc, month_of, month_range, previous_month
+from aifmon.rollups.monthly_report import ReportPdfError, build_monthly_report, print_to_pdf, write_monthly_report
 from aifmon.stores.store import RowStore, SampleReader, StoreError
 from aifmon.telemetry.inventory import Inventory
 

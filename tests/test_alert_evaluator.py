@@ -12,6 +12,7 @@ import pytest
 
 from aifmon.alerts.evaluator import AlertEvaluator
 from aifmon.alerts.notify import AlertmanagerNotifier, EmailNotifier, WebhookNotifier
+from aifmon.rollups.hourly import SITE_TABLE
 from aifmon.rollups.hourly import TABLE as HOURLY
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import StoreError, series_key
@@ -200,13 +201,21 @@ def test_gpu_held_at_its_power_limit(world, tmp_path):
     assert (a.annotations["value"], a.annotations["cap"], a.annotations["percentage"]) == ("700 W", "700 W", "100%")
 
 
+def _ledger_hour(store: DuckDBStore, hour: int, energy_j: float) -> None:
+    """One settled hour of the ledger's rows: alpha-train's job 7 used `energy_j` J on one GPU."""
+    store.replace_rows(HOURLY, hour, pd.DataFrame({
+        "window_start_ms": [hour], "factory": ["alpha"], "system": ["alpha-gpu"], "job": ["7"], "project": ["alpha-train"],
+        "access_mode": ["Large Scale"], "energy_j": [energy_j], "gpu_seconds": [3600.0]}))
+    store.replace_rows(SITE_TABLE, hour, pd.DataFrame({
+        "window_start_ms": [hour], "factory": ["alpha"], "gpu_energy_j": [energy_j], "it_energy_j": [energy_j], "facility_energy_j": [np.nan],
+        "estimated_j": [0.0], "covered_s": [3600.0], "expected_s": [3600.0], "gpus": [1], "energy_samples": [240], "job_samples": [240]}))
+
+
 def test_energy_budget_at_85_90_95_percent(world, tmp_path):
     store, inventory, rules = world
-    hour = (T0 // 3_600_000 - 2) * 3_600_000  # finished hours of this month
+    hour = (T0 // 3_600_000 - 5) * 3_600_000  # settled hours of this month (ended 3 h ago or more)
     for k, energy_j in enumerate((2.0e9, 1.3e9)):  # 3.3e9 J = 0.9167 MWh of alpha-train's 1 MWh
-        rows = pd.DataFrame({"window_start_ms": [hour + k * 3_600_000], "factory": ["alpha"], "system": ["alpha-gpu"], "job": ["7"],
-                             "project": ["alpha-train"], "access_mode": ["Large Scale"], "energy_j": [energy_j], "gpu_seconds": [3600.0]})
-        store.replace_rows(HOURLY, hour + k * 3_600_000, rows)
+        _ledger_hour(store, hour + k * 3_600_000, energy_j)
     ev = AlertEvaluator(store, inventory, rules, tmp_path / "state.json", notifiers=[])
     ev.evaluate(T0)
     budgets = {(a["budget_percent"], a["severity"]) for a in firing(ev, "EnergyBudgetWarning", "project")}
@@ -219,10 +228,7 @@ def test_a_failed_rollup_read_fails_the_cycle_and_leaves_the_budget_source(world
     """A store that keeps rollup rows is read for budgets every cycle: one failed read is a failed cycle, not a
     switch to counting the month from counters (this store holds none, which would find no energy at all)."""
     store, inventory, rules = world
-    hour = (T0 // 3_600_000 - 1) * 3_600_000
-    store.replace_rows(HOURLY, hour, pd.DataFrame({
-        "window_start_ms": [hour], "factory": ["alpha"], "system": ["alpha-gpu"], "job": ["7"], "project": ["alpha-train"],
-        "access_mode": ["Large Scale"], "energy_j": [3.3e9], "gpu_seconds": [3600.0]}))
+    _ledger_hour(store, (T0 // 3_600_000 - 4) * 3_600_000, 3.3e9)
     ev = AlertEvaluator(store, inventory, rules, tmp_path / "state.json", notifiers=[])
 
     def unreachable(table, start_ms, end_ms):

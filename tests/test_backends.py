@@ -8,7 +8,7 @@ import pytest
 from aifmon.exporters.backfill import backfill
 from aifmon.exporters.simulation import FactorySimulation
 from aifmon.ingest.openmetrics import export_openmetrics, import_openmetrics
-from aifmon.rollups.energy import energy_rollup
+from aifmon.rollups.ledger import energy_rollup
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import SampleReader, SampleWriter, StoreConfigError, StoreError, open_store
 from tests.conftest import require_binary

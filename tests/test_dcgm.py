@@ -18,7 +18,8 @@ from aifmon.ingest.collector import Collector, Target, target_labels
 from aifmon.ingest.openmetrics import export_openmetrics, import_openmetrics
 from aifmon.ingest.parser import parse_exposition
 from aifmon.rollups import dcgm
-from aifmon.rollups.energy import UNALLOCATED, compute_ledger, energy_rollup
+from aifmon.rollups.energy import UNALLOCATED, compute_ledger
+from aifmon.rollups.ledger import energy_rollup
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import SampleReader, open_store
 from aifmon.telemetry.exposition import label_text, render_family
@@ -142,7 +143,7 @@ def test_dcgm_scrapes_give_exact_energy_per_project(collected, small_inventory):
         assert got[project] == pytest.approx(joules, rel=1e-9, abs=0), project
     assert notes["counter_resets"] == 1  # GPU 1's driver reload; mixing aifmon's and DCGM's GPU 0 would add false ones
     ledger = compute_ledger(store, small_inventory, start_ms, end_ms)
-    assert int(ledger.sites["gpus"].sum()) == 8  # GPU 0 of node1 once, whichever exporter reported it
+    assert int(ledger.factories()["gpus"].sum()) == 8  # GPU 0 of node1 once, whichever exporter reported it
     by_job = ledger.jobs.groupby("job")["energy_j"].sum()
     assert by_job["4243"] == pytest.approx(5 * 200_001 * MJ, rel=1e-12)
 
@@ -192,7 +193,7 @@ def test_aifmon_wins_where_both_report_a_gpu_and_hours_add_up(tmp_path, small_in
     whole = compute_ledger(store, small_inventory, t0, t0 + 3 * H)
     # DCGM to 4800 s, aifmon 4830-7830 s, DCGM from 7860 s; the two 30 s switches (7.5 kJ each) are counted by neither
     counted = 250 * (4800 + 3000 + (10_800 - 7860))
-    site = whole.sites.set_index("factory").loc["alpha"]
+    site = whole.factories().set_index("factory").loc["alpha"]
     assert site["gpu_energy_j"] == pytest.approx(counted + 100 * 10_800, rel=1e-12)
     assert site["estimated_j"] == pytest.approx(100 * 10_800, rel=1e-12)  # the P100's power, integrated; the H100's 999 W never
     assert whole.resets == 0 and site["gpus"] == 2

@@ -135,7 +135,7 @@ def test_one_targets_bad_values_or_body_cost_the_others_nothing(tmp_path, sim_se
 
     # The NaN counter sample is left out of the rollups' read; the next increment bridges it, so the sum is exact.
     ledger = compute_ledger(store, None, int(energy["t_ms"].iloc[0]), int(energy["t_ms"].iloc[-1]))
-    assert ledger.sites.set_index("factory").loc["odd", "gpu_energy_j"] == (CYCLES - 1) * JOULES_PER_CYCLE
+    assert ledger.factories().set_index("factory").loc["odd", "gpu_energy_j"] == (CYCLES - 1) * JOULES_PER_CYCLE
     store.close()
 
 

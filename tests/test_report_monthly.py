@@ -16,9 +16,9 @@ import pytest
 from aifmon.exporters.backfill import backfill
 from aifmon.exporters.simulation import FactorySimulation
 from aifmon.rollups.efficiency import Measurement, Trace, evaluate, record_efficiency
-from aifmon.rollups.energy import energy_rollup
 from aifmon.rollups.hourly import HourlyRollups
-from aifmon.rollups.monthly_report import SECTIONS, build_monthly_report, month_range, previous_month, write_monthly_report
+from aifmon.rollups.ledger import energy_rollup, month_range, previous_month
+from aifmon.rollups.monthly_report import SECTIONS, build_monthly_report, write_monthly_report
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.telemetry.inventory import carbon_intensity_table, parse_inventory
 from tests.conftest import inventory_text, require_binary
@@ -71,8 +71,9 @@ def test_report_figures_equal_a_direct_rollup_and_reconcile(month_store):
     store, inv, _ = month_store
     steps = []
     r = build_monthly_report(store, inv, "2025-03", now_ms=(T + 4 * 3600) * 1000, progress=steps.append)
-    assert r.provenance["hours_computed_from_samples"] == 1 and r.provenance["hours_with_data"] == 5
-    assert "hour 2025-03-10T02:00:00Z computed from samples" in steps
+    # the ledger's rule: rows for settled hours (ended 3 h before now or more), samples for the two after
+    assert r.provenance["hours_computed_from_samples"] == 2 and r.provenance["hours_with_data"] == 5
+    assert "2025-03-10T02:00:00Z to 2025-03-10T03:00:00Z computed from samples" in steps
     direct = energy_rollup(store, inv, (T - 7200) * 1000, (T + 3 * 3600) * 1000, by="project").rows.set_index("project")
     by_project = r.by["project"].rows.set_index("project")
     for col in ("energy_kwh", "node_other_kwh", "gpu_hours", "cost_eur", "co2e_kg"):

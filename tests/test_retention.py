@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from aifmon.rollups.energy import energy_rollup
+from aifmon.rollups.ledger import energy_rollup
 from aifmon.stores.duckdb_store import DuckDBStore, Retention
 from aifmon.stores.store import StoreConfigError, open_store, series_key
 

@@ -5,8 +5,9 @@ import pytest
 
 from aifmon.exporters.backfill import backfill
 from aifmon.exporters.simulation import FactorySimulation
-from aifmon.rollups.energy import UNALLOCATED, energy_rollup
+from aifmon.rollups.energy import UNALLOCATED
 from aifmon.rollups.hourly import NODE_TABLE, SITE_TABLE, TABLE, HourlyRollups, rollup_hour
+from aifmon.rollups.ledger import energy_rollup
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.split_store import SplitStore
 from aifmon.stores.store import RowWriter, series_key

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 from aifmon.rollups.counters import counter_increments, power_integral
-from aifmon.rollups.energy import UNALLOCATED, compute_ledger, energy_rollup
+from aifmon.rollups.energy import UNALLOCATED, compute_ledger
 from aifmon.rollups.hourly import LATE_WINDOW_S, NODE_TABLE, SITE_TABLE, TABLE, HourlyRollups, rollup_hour
+from aifmon.rollups.ledger import energy_rollup
 from aifmon.rollups.slurm_accounting import AccountingError, expand_nodelist, gpus_in_tres, parse_sacct
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import series_key

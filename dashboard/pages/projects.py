@@ -75,7 +75,7 @@ def register(app: dash.Dash, ctx: PageContext) -> None:
             energy = month_energy(ctx.store, ctx.inventory, month)
             rows = project_rows(energy, ctx.inventory)
             out = (_kpis(energy, rows), _bars(energy, ctx.inventory, "access_mode", "Access mode"),
-                   _bars(energy, ctx.inventory, "sector", "Sector"), _table(rows, sort, direction == "asc"), _provenance(energy))
+                   _bars(energy, ctx.inventory, "sector", "Sector"), _table(rows, sort, direction == "asc"), _provenance(energy, ctx.inventory))
         return (*out, ctx.timings.interval_ms(PREFIX, max(ctx.refresh_s, REFRESH_S)))
 
     @app.callback(Output(PREFIX + "csv", "data"), Input(PREFIX + "csv-button", "n_clicks"), State(PREFIX + "month", "value"),
@@ -132,8 +132,10 @@ def _bars(energy: MonthEnergy, inventory: Inventory, key: str, label: str) -> go
     return fig
 
 
-def _provenance(energy: MonthEnergy) -> str:
-    missing = (f" {energy.hours_missing} older hours have samples but no rollup yet and are not counted: run "
-               "`aifmon rollup hourly`." if energy.hours_missing else "")
-    return (f"{energy.month}: {energy.hours_rolled_up} hours from the hourly rollups, {energy.hours_computed} computed now from "
-            f"samples (hours not rolled up yet, the hour in progress included).{missing} Updated {utc(time.time() * 1000)}.")
+def _provenance(energy: MonthEnergy, inventory: Inventory) -> str:
+    missing = (f" {energy.hours_missing} older hours without settled rows are not counted yet (each refresh computes more; "
+               "`aifmon rollup hourly` writes them)." if energy.hours_missing else "")
+    coverage = energy.by(inventory, "total").coverage
+    return (f"{energy.month}: {energy.hours_rolled_up} hours from the ledger's hourly rows, {energy.hours_computed} computed now from "
+            f"samples (hours still open to late data, the hour in progress included).{missing} Data coverage {coverage:.1%} "
+            f"of GPU-time. Updated {utc(time.time() * 1000)}.")

@@ -22,7 +22,8 @@ def register(commands: Commands) -> None:
 def monthly(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from aifmon.rollups.monthly_report import build_monthly_report, month_range, write_monthly_report
+    from aifmon.rollups.ledger import month_range
+    from aifmon.rollups.monthly_report import build_monthly_report, write_monthly_report
     from aifmon.telemetry.inventory import load_inventory
 
     inventory = load_inventory(args.inventory)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aifmon.cli.arguments import Commands, command, group
+from aifmon.cli.arguments import Commands, add_rows_store, command, group, samples_and_rows
 from aifmon.telemetry.errors import UserError
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ def register(commands: Commands) -> None:
     c.add_argument("--sacct-factory", help="factory the records are from, where node names repeat across factories")
     c.add_argument("--from-samples", action="store_true",
                    help="compute every hour from samples, not settled hours from the hourly rollups (a cross-check)")
+    add_rows_store(c)
     c = command(roll, "hourly", hourly, "compute every finished hour missing from the hourly rollup table")
     c.add_argument("--from", dest="reopen_from", help="also recompute every hour from this time on (history loaded late)")
     c = command(roll, "schedule", schedule, "keep the hourly rollups (and with --reports-dir the board's monthly reports) up to date, "
@@ -46,9 +47,8 @@ def register(commands: Commands) -> None:
 
 
 def energy(args: argparse.Namespace) -> None:
-    from aifmon.rollups.energy import energy_rollup
+    from aifmon.rollups.ledger import energy_rollup
     from aifmon.rollups.report_format import format_energy_rollup
-    from aifmon.stores.store import SampleReader, open_store
     from aifmon.telemetry.config import parse_time
     from aifmon.telemetry.inventory import load_inventory
 
@@ -61,9 +61,11 @@ def energy(args: argparse.Namespace) -> None:
         from aifmon.rollups.slurm_accounting import load_sacct
 
         accounting = load_sacct(args.sacct, args.sacct_timezone)
-    with open_store(args.store, read_only=True, needs=SampleReader) as store:
+    with samples_and_rows(args) as store:
         result = energy_rollup(store, inventory, start_ms, end_ms, by=args.by, accounting=accounting,
                                accounting_factory=args.sacct_factory, from_hourly=not args.from_samples)
+    if "no_data" in result.notes:
+        log.warning("%s in %s", result.notes["no_data"], args.store)
     print(format_energy_rollup(result, args.format))
 
 
