@@ -22,6 +22,7 @@ from aifmon.dashboard.planning import budget_tree, plan_power, planned_peak_it_w
 from aifmon.exporters.backfill import backfill
 from aifmon.exporters.simulation import FactorySimulation
 from aifmon.stores.duckdb_store import DuckDBStore
+from aifmon.stores.store import series_key
 from aifmon.telemetry.inventory import load_inventory, parse_inventory
 from tests.browser import callbacks_completed, chromium, console_errors, save_screenshot, serving, wait_for_callbacks
 from tests.conftest import inventory_text
@@ -284,6 +285,30 @@ def test_factory_live_splits_allocated_and_idle_power(tmp_path, small_inventory)
     assert live.allocated_w + live.idle_w == pytest.approx(live.gpu_power_w)
     assert live.jobs["watts"].sum() == pytest.approx(live.allocated_w)
     assert live.it_w > live.gpu_power_w and live.facility_w > live.it_w
+    store.close()
+
+
+def test_factory_live_joins_jobs_by_node_and_gpu(tmp_path, small_inventory):
+    """Hand-written samples: GPU power of five GPUs (one on a node outside the inventory), job info for three of them
+    (one GPU listed under two jobs: its first row counts) and one job-info row for a GPU that sent no power."""
+    store = DuckDBStore(tmp_path / "s.duckdb")
+    f = small_inventory.factory("alpha")
+    nodes = list(gpu_grid(f).nodes)
+    now = int(time.time() * 1000)
+    power = [(nodes[0], "0", 500.0), (nodes[0], "1", 400.0), (nodes[1], "0", 300.0), (nodes[1], "3", 100.0), ("elsewhere", "0", 50.0)]
+    jobs = [(nodes[0], "0", "j1", "alpha-train"), (nodes[0], "1", "j2", "alpha-play"), (nodes[0], "1", "j3", "alpha-play"),
+            (nodes[1], "0", "j1", "alpha-train"), (nodes[2], "2", "j4", "alpha-play")]
+    labelled = [("aif_gpu_power_watts", {"factory": "alpha", "node": n, "gpu": g}, w) for n, g, w in power] + \
+               [("aif_gpu_job_info", {"factory": "alpha", "node": n, "gpu": g, "job": j, "project": p}, 1.0) for n, g, j, p in jobs]
+    ids = store.series_ids([series_key(m, lb) for m, lb, _ in labelled])
+    store.append(ids, np.full(len(ids), now - 1000, dtype=np.int64), np.array([v for _, _, v in labelled]))
+    live = factory_live(store, f, gpu_grid(f), "power", now)
+    assert (live.gpus_reporting, live.gpus_allocated, live.gpus_idle) == (5, 3, 2)
+    assert (live.allocated_w, live.idle_w, live.gpu_power_w) == (1200.0, 150.0, 1350.0)
+    assert live.jobs.to_dict("list") == {"job": ["j1", "j2"], "project": ["alpha-train", "alpha-play"], "gpus": [2, 1], "watts": [800.0, 400.0]}
+    assert live.projects.to_dict("list") == {"project": ["alpha-train", "alpha-play"], "gpus": [2, 1], "watts": [800.0, 400.0]}
+    assert live.nodes_reporting == 3 and live.missing_nodes == nodes[2:]
+    assert np.nansum(live.grid) == 1300.0, "the GPU outside the inventory has no cell"
     store.close()
 
 
