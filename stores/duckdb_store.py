@@ -12,7 +12,13 @@ Tables:
   minute's `avg` NaN.
   Samples of one scrape share that stamp, so job info still joins energy on time. Totals stay exact;
   a range edge that falls inside a downsampled minute is resolved to that minute.
-- `store_state(key, value)`: how far downsampling has got.
+- `series_extent(series_id, first_t_ms, last_t_ms)`: where each series' samples older than `extents_until_ms` (in
+  `store_state`) lie: `first_t_ms` at or before its first, `last_t_ms` its last. Kept by `compact` (from the minutes
+  it aggregates, before their raw samples can go) and by `append` (samples written into minutes already aggregated,
+  an import of history); samples from `extents_until_ms` on are few (those compaction has not reached yet) and are
+  read directly. `edges` searches each series only inside them: a meter that stopped weeks before a range, or
+  started weeks after it, costs one read of the window around that time, not a scan of the weeks between.
+- `store_state(key, value)`: how far downsampling (`downsampled_until_ms`) and the extents (`extents_until_ms`) have got.
 - `stale(series_id, t_ms)`: staleness markers — a series that stopped (its target went down, or it
   left the exposition) is not "latest" any more from that time, as Prometheus' stale markers do.
 
@@ -42,7 +48,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aifmon.stores.store import RollupStore, SampleWriter, SeriesKey, SeriesSamples, StoreConfigError, StoreError
+from aifmon.stores.store import (
+    EDGE_FIRST_WINDOW_MS,
+    EDGE_GROWTH,
+    RollupStore,
+    SampleWriter,
+    SeriesKey,
+    SeriesSamples,
+    StoreConfigError,
+    StoreError,
+)
 from aifmon.telemetry.schema import is_counter
 
 if TYPE_CHECKING:  # pandas only where samples are read back: the collector and store import never load it (40 MB)
@@ -62,10 +77,15 @@ CREATE TABLE IF NOT EXISTS samples (series_id INTEGER NOT NULL, t_ms BIGINT NOT 
 CREATE TABLE IF NOT EXISTS samples_1m (series_id INTEGER NOT NULL, t_ms BIGINT NOT NULL, last_t_ms BIGINT NOT NULL,
                                        last DOUBLE, avg DOUBLE, min DOUBLE, max DOUBLE, count INTEGER);
 CREATE TABLE IF NOT EXISTS store_state (key VARCHAR PRIMARY KEY, value BIGINT);
+CREATE TABLE IF NOT EXISTS series_extent (series_id INTEGER NOT NULL, first_t_ms BIGINT NOT NULL, last_t_ms BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS stale (series_id INTEGER NOT NULL, t_ms BIGINT NOT NULL);
 """
 _MINUTE_MS = 60_000
 _SETTLE_MS = 120_000  # downsample a minute only once it is this old: late scrapes of it are in
+_MERGE_EXTENTS = """MERGE INTO series_extent e USING ({fresh}) n ON e.series_id = n.series_id
+                    WHEN MATCHED THEN UPDATE SET first_t_ms = least(e.first_t_ms, n.f), last_t_ms = greatest(e.last_t_ms, n.l)
+                    WHEN NOT MATCHED THEN INSERT VALUES (n.series_id, n.f, n.l)"""
+_BEFORE, _AFTER = 0, 1  # the two sides `edges` searches
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,8 @@ class DuckDBStore(SampleWriter, RollupStore):
         self._metrics: set[str] = {m for (m,) in self._con.execute("SELECT DISTINCT metric FROM series").fetchall()}
         self._generation = 0  # changes whenever series are added: the key of `_labels_cache`
         self._labels_cache: dict[str, tuple[int, pd.DataFrame]] = {}
+        with self._cursor() as cur:
+            self._extents_until = _state(cur, "extents_until_ms")  # None until the first compaction builds the extents
 
     def limit_memory(self, memory_mb: float, threads: int | None = None) -> None:
         """Cap DuckDB's buffer pool at `memory_mb` MB (its default is 80 % of the machine's memory) and, if given, its worker
@@ -217,15 +239,33 @@ class DuckDBStore(SampleWriter, RollupStore):
         ids = np.asarray(series_ids, dtype=np.int32)
         # An Arrow table over the NumPy columns (no copy), not the columns themselves: DuckDB reads NaN in a NumPy
         # column as NULL, where an Arrow column keeps it a value (as Prometheus stores NaN; staleness is the `stale` table).
-        batch = pa.table({  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
+        batch = pa.table({  # SQL below reads it by name (DuckDB replacement scan)
             "series_id": ids,
             "t_ms": np.ascontiguousarray(np.broadcast_to(np.asarray(t_ms, dtype=np.int64), ids.shape)),
             "value": np.asarray(values, dtype=np.float64),
         })
+        # Samples in minutes the extents already cover (an import of history; live scrapes are newer) widen them here:
+        # compaction will not see them again. One comparison per batch otherwise.
+        old = self._extents_until is not None and len(ids) and int(batch.column("t_ms").to_numpy().min()) < self._extents_until
         with self._write_lock:
             try:
                 with self._writer() as cur:
-                    cur.execute("INSERT INTO samples SELECT * FROM batch")
+                    if not old:
+                        cur.execute("INSERT INTO samples SELECT * FROM batch")
+                    else:
+                        own = self._transaction is None  # the samples and their extents are stored together, or neither
+                        if own:
+                            cur.execute("BEGIN TRANSACTION")
+                        try:
+                            cur.execute("INSERT INTO samples SELECT * FROM batch")
+                            cur.execute(_MERGE_EXTENTS.format(fresh="SELECT series_id, min(t_ms) f, max(t_ms) l FROM batch "
+                                                                    "WHERE t_ms < ? AND isfinite(value) GROUP BY series_id"), [self._extents_until])
+                        except duckdb.Error:
+                            if own:
+                                cur.execute("ROLLBACK")
+                            raise
+                        if own:
+                            cur.execute("COMMIT")
             except duckdb.Error as e:
                 hint = " (no room left: free disk space; the samples already stored are intact)" if _is_full(e) else ""
                 raise StoreError(f"write to {self.path} failed, nothing of this batch was stored{hint}: {e}") from None
@@ -365,6 +405,94 @@ class DuckDBStore(SampleWriter, RollupStore):
             ).to_arrow_table()
         return series, {c: found.column(c).to_numpy() for c in ("series_id", "t_ms", "value")}
 
+    def edges(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        """Each series' last sample at or before `start_ms` and first at or after `end_ms` (the contract: `SampleReader.edges`),
+        read as `range_arrays` reads (raw samples, else the per-minute aggregates that replaced them).
+
+        Where each side of each series is searched (`_edge_searches`): inside the series' extent (`series_extent`, plus
+        its samples compaction has not reached), so a series stopped before the range is looked up at its last sample and
+        one started after it at its first. Cost: two reads of `EDGE_FIRST_WINDOW_MS` around the ends for the series that
+        report across them, one such read per stretch of time where other series stopped or started, and for a series
+        silent across an end, reads growing `EDGE_GROWTH`-fold until its sample (at most 8 times its silence). A store
+        never compacted has no extents: its series are searched as far as the store's oldest and newest samples."""
+        series = self._series_of(metric).loc[self._matching(metric, match)]
+        none = SeriesSamples(series, np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))
+        if series.empty:
+            return none
+        ids = series["series_id"].to_numpy(dtype=np.int32)
+        minute_value = "last" if is_counter(metric) else "avg"
+        with self._cursor() as cur:
+            search = self._edge_searches(cur, ids, start_ms, end_ms)
+            if search is None:
+                return none
+            sid, side, near, far = search
+            raw_from = _one(cur, "SELECT min(t_ms) FROM samples")[0]
+            raw_from = np.iinfo(np.int64).max if raw_from is None else int(raw_from)
+            found: list[pa.Table] = []
+            width = np.full(len(sid), EDGE_FIRST_WINDOW_MS, dtype=np.int64)
+            while len(sid):
+                before = side == _BEFORE
+                lo = np.where(before, np.maximum(far, near - width), near)
+                hi = np.where(before, near, np.minimum(far, near + width))
+                got = _edge_reads(cur, sid, side, lo, hi, minute_value, raw_from)
+                found.append(got)
+                done = np.zeros(len(sid), dtype=bool)
+                if got.num_rows:  # the windows of one search never overlap another's of the same series and side
+                    key = sid.astype(np.int64) * 2 + side
+                    done = np.isin(key, got.column("series_id").to_numpy().astype(np.int64) * 2 + got.column("side").to_numpy())
+                done |= np.where(before, lo <= far, hi >= far)  # searched as far as the series' extent: none on that side
+                keep = ~done
+                sid, side, far, width = sid[keep], side[keep], far[keep], width[keep] * EDGE_GROWTH
+                near = np.where(before, lo - 1, hi + 1)[keep]
+        table = pa.concat_tables(found) if found else None
+        if table is None or not table.num_rows:
+            return none
+        return SeriesSamples(series, table.column("series_id").to_numpy(), table.column("t_ms").to_numpy(), table.column("value").to_numpy())
+
+    def _edge_searches(self, cur: duckdb.DuckDBPyConnection, ids: np.ndarray, start_ms: int,
+                       end_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """What `edges` searches: per (series, side) the series id, the side, the time the search starts from (the range's
+        end, or the series' last or first sample where it stopped before it or started after it) and the furthest time
+        it may go (the series' first or last sample); None for an empty store. Without extents (never compacted), from
+        the range's ends to the store's oldest and newest samples."""
+        until = _state(cur, "extents_until_ms")
+        n = len(ids)
+        if until is None:
+            bounds = self.time_bounds()
+            if bounds is None:
+                return None
+            first, last = np.full(n, bounds[0], np.int64), np.full(n, bounds[1], np.int64)
+            known = np.ones(n, dtype=bool)
+            tail_first = tail_last = np.zeros(n, np.int64)
+            in_tail = np.zeros(n, dtype=bool)
+        else:
+            wanted = pa.table({"series_id": ids})  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
+            ext = cur.execute("SELECT e.series_id, e.first_t_ms, e.last_t_ms FROM series_extent e SEMI JOIN wanted w "
+                              "ON w.series_id = e.series_id").fetchnumpy()
+            first, last, known = _aligned(ids, ext["series_id"], ext["first_t_ms"], ext["last_t_ms"])
+            # the samples compaction has not reached: only for the series whose edges may lie there
+            may = ~known | (last < end_ms) | (start_ms >= until)
+            tail_first, tail_last, in_tail = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, dtype=bool)
+            if may.any():
+                unsure = pa.table({"series_id": ids[may]})  # noqa: F841 - SQL below reads it by name
+                tail = cur.execute("SELECT s.series_id, min(s.t_ms) f, max(s.t_ms) l FROM samples s SEMI JOIN unsure w "
+                                   "ON w.series_id = s.series_id WHERE s.t_ms >= ? AND isfinite(s.value) GROUP BY ALL",
+                                   [until]).fetchnumpy()
+                tail_first, tail_last, in_tail = _aligned(ids, tail["series_id"], tail["f"], tail["l"])
+        # before the start: in the newest part holding a sample at or before it (the part compaction has not reached first)
+        tail_b = in_tail & (tail_first <= start_ms)
+        ext_b = ~tail_b & known & (first <= start_ms)
+        near_b = np.where(tail_b, np.minimum(start_ms, tail_last), np.minimum(start_ms, last))
+        far_b = np.where(tail_b, tail_first, first)
+        # after the end: in the oldest part holding a sample at or after it
+        ext_a = known & (last >= end_ms)
+        tail_a = ~ext_a & in_tail & (tail_last >= end_ms)
+        near_a = np.where(ext_a, np.maximum(end_ms, first), np.maximum(end_ms, tail_first))
+        far_a = np.where(ext_a, last, tail_last)
+        b, a = tail_b | ext_b, ext_a | tail_a
+        return (np.concatenate([ids[b], ids[a]]), np.repeat(np.array([_BEFORE, _AFTER], np.int8), [int(b.sum()), int(a.sum())]),
+                np.concatenate([near_b[b], near_a[a]]), np.concatenate([far_b[b], far_a[a]]))
+
     def _with_labels(self, metric: str, found: dict[str, np.ndarray]) -> pd.DataFrame:
         """Columns from DuckDB (NumPy, no per-row conversion) plus one column per label."""
         import pandas as pd
@@ -405,10 +533,20 @@ class DuckDBStore(SampleWriter, RollupStore):
                 [since, until],
             )[0]
             cur.execute("INSERT OR REPLACE INTO store_state VALUES ('downsampled_until_ms', ?)", [max(since, until)])
+            # the extents of the minutes just aggregated; the first time, of every minute aggregated before (a store from
+            # before the extents existed: one pass over its aggregates)
+            extended = since if self._extents_until is not None else _one(cur, "SELECT coalesce(min(t_ms), ?) FROM samples_1m", [since])[0]
+            cur.execute(_MERGE_EXTENTS.format(fresh=f"SELECT series_id, min(t_ms) f, max(last_t_ms) l FROM samples_1m "
+                                                    f"WHERE t_ms >= {int(extended)} AND t_ms < {int(max(since, until))} GROUP BY series_id"))
+            cur.execute("INSERT OR REPLACE INTO store_state VALUES ('extents_until_ms', ?)", [max(since, until)])
             cur.execute("COMMIT")
+            self._extents_until = max(since, until)
             # Raw samples go only once their minutes are aggregated.
             dropped_raw = _one(cur, "DELETE FROM samples WHERE t_ms < ?", [min(raw_cut, max(since, until))])[0]
             dropped_minutes = _one(cur, "DELETE FROM samples_1m WHERE t_ms < ?", [minute_cut])[0]
+            if dropped_minutes:  # raw samples that old are gone too (raw_days <= minute_days)
+                cur.execute("DELETE FROM series_extent WHERE last_t_ms < ?", [minute_cut])
+                cur.execute("UPDATE series_extent SET first_t_ms = ? WHERE first_t_ms < ?", [minute_cut, minute_cut])
             cur.execute("DELETE FROM stale WHERE t_ms < ?", [min(raw_cut, max(since, until))])
         return {"minutes_written": int(downsampled), "raw_dropped": int(dropped_raw), "minutes_dropped": int(dropped_minutes)}
 
@@ -446,6 +584,55 @@ class DuckDBStore(SampleWriter, RollupStore):
             if not self.read_only:
                 self._con.execute("CHECKPOINT")
             self._con.close()
+
+
+def _aligned(ids: np.ndarray, found: np.ndarray, first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first, last, known) per id of `ids` from rows (`found` ids, their first and last times) in any order."""
+    at = np.searchsorted(ids, found)  # ids are sorted (`_series_of`)
+    f, la, known = np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64), np.zeros(len(ids), dtype=bool)
+    f[at], la[at], known[at] = first, last, True
+    return f, la, known
+
+
+_EDGE_GAP_MS = EDGE_FIRST_WINDOW_MS  # windows closer than this are read in one query
+
+
+def _edge_reads(cur: duckdb.DuckDBPyConnection, sid: np.ndarray, side: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                minute_value: str, raw_from: int) -> pa.Table:
+    """For each search (series `sid`, `side`, window [lo, hi]), the newest sample in its window (before the start) or the
+    oldest (after the end), from raw samples and the per-minute aggregates older than them, as `_samples` reads.
+    Windows are read together where they lie close in time (one query per stretch): DuckDB skips every row group
+    outside a query's span, so series that stopped at one time cost one small read however many they are, and the
+    windows around the range's ends are one read each."""
+    order = np.argsort(lo, kind="stable")
+    lo_s, hi_s = lo[order], hi[order]
+    reach = np.maximum.accumulate(hi_s)
+    cut = np.flatnonzero(lo_s[1:] > reach[:-1] + _EDGE_GAP_MS) + 1
+    parts = []
+    for run in np.split(np.arange(len(order)), cut):
+        pick = order[run]
+        windows = pa.table({"series_id": sid[pick], "side": side[pick], "lo": lo[pick], "hi": hi[pick]})  # noqa: F841 - SQL reads it by name
+        span_lo, span_hi = int(lo_s[run].min()), int(hi_s[run].max())
+        parts.append(cur.execute(
+            f"""WITH x AS (
+                    SELECT series_id, t_ms, value FROM samples WHERE t_ms >= $1 AND t_ms <= $2 AND isfinite(value)
+                    UNION ALL
+                    SELECT series_id, last_t_ms, {minute_value} FROM samples_1m WHERE last_t_ms >= $1 AND last_t_ms <= $2 AND last_t_ms < $3),
+                picked AS (
+                    SELECT w.series_id, w.side, max({{'t': x.t_ms, 'v': x.value}}) AS newest, min({{'t': x.t_ms, 'v': -x.value}}) AS oldest
+                    FROM x JOIN windows w ON x.series_id = w.series_id AND x.t_ms >= w.lo AND x.t_ms <= w.hi
+                    GROUP BY ALL)
+                SELECT series_id, side, CASE WHEN side = {_BEFORE} THEN newest.t ELSE oldest.t END AS t_ms,
+                       CASE WHEN side = {_BEFORE} THEN newest.v ELSE -oldest.v END AS value
+                FROM picked""",
+            [span_lo, span_hi, raw_from]).to_arrow_table())
+    return pa.concat_tables(parts)
+
+
+def _state(cur: duckdb.DuckDBPyConnection, key: str) -> int | None:
+    """A `store_state` value; None where it was never set."""
+    row = cur.execute("SELECT value FROM store_state WHERE key = ?", [key]).fetchone()
+    return None if row is None else int(row[0])
 
 
 def _one(cur: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple:

@@ -36,6 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from aifmon.stores.store import (
+    EDGE_FIRST_WINDOW_MS,
+    EDGE_GROWTH,
     SampleReader,
     SampleWriter,
     SeriesKey,
@@ -50,6 +52,9 @@ from aifmon.telemetry.exposition import escape_label_value, format_value, label_
 from aifmon.telemetry.redact import redact_url
 
 _WINDOW_S = 3600  # one query per hour of data: bounds the server's and our memory per answer
+_FUTURE_MS = 86_400_000  # how far past now `edges` looks for a sample after a range (a clock that runs ahead)
+_SELECTORS_PER_REQUEST = 500  # series selectors per export request of `edges` (each one an index lookup on the server)
+LabelKey = tuple[tuple[str, str], ...]  # a series' labels, sorted, without __name__
 _IMPORT_BATCH = 200_000  # lines per import request
 USERNAME_ENV, PASSWORD_ENV, PASSWORD_FILE_ENV = "AIFMON_STORE_USERNAME", "AIFMON_STORE_PASSWORD", "AIFMON_STORE_PASSWORD_FILE"
 _CREDENTIALS_HINT = f"set {USERNAME_ENV} and {PASSWORD_FILE_ENV} (or {PASSWORD_ENV}) to the server's credentials"
@@ -111,25 +116,79 @@ class PromQLStore(SampleReader):
             raise StoreError(f"{self.kind} at {self.shown}: {body.get('errorType')}: {body.get('error')}")
         return body["data"]
 
+    def edges(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        """Each series' last sample at or before `start_ms` and first at or after `end_ms` (the contract: `SampleReader.edges`),
+        with the server's exact timestamps (raw samples, as `range_arrays` reads them: no `last_over_time`, whose
+        result carries the evaluation time, not the sample's).
+
+        Per side: one read of `EDGE_FIRST_WINDOW_MS` next to the end for every series of the selector; then, for the series
+        the server's series index (`/api/v1/series`, cheap: no samples are read) lists further out but that read did not
+        show, reads of those series alone over windows growing `EDGE_GROWTH`-fold, each after asking the index again which
+        of them still have samples further out. A series that stopped weeks before the range thus costs reads of itself
+        only, down to its last sample, and none at all once the index shows nothing further (its granularity: a day on
+        VictoriaMetrics, a block on Prometheus). Bounds: 1 ms past the Unix epoch before (VictoriaMetrics reads a start of 0 as
+        "none given": the last day only), a day past now after."""
+        selector = _selector(metric, match)
+        now_ms = int(time.time() * 1000)
+        picked = {**{(k, 0): v for k, v in self._edge_side(metric, selector, start_ms, True, 1).items()},
+                  **{(k, 1): v for k, v in self._edge_side(metric, selector, end_ms, False, max(now_ms, end_ms) + _FUTURE_MS).items()}}
+        keys = sorted({key for key, _ in picked})
+        ids = {key: i for i, key in enumerate(keys)}
+        series = pd.DataFrame([dict(key) for key in keys], index=range(len(keys)))
+        series.insert(0, "series_id", np.arange(len(keys), dtype=np.int32))
+        return SeriesSamples(series, np.fromiter((ids[key] for key, _ in picked), np.int32, len(picked)),
+                             np.fromiter((t for t, _ in picked.values()), np.int64, len(picked)),
+                             np.fromiter((v for _, v in picked.values()), np.float64, len(picked)))
+
+    def _edge_side(self, metric: str, selector: str, near: int, before: bool, bound: int) -> dict[LabelKey, tuple[int, float]]:
+        """{series labels: (t_ms, value)} of the newest sample at or before `near` (`before`) or the oldest at or after it,
+        for every series that has one between `near` and `bound` (the search: `edges`)."""
+        found: dict[LabelKey, tuple[int, float]] = {}
+        width = EDGE_FIRST_WINDOW_MS
+        selectors = [selector]
+        pending: set[LabelKey] | None = None  # None: every series of the selector
+        while True:
+            lo, hi = (max(bound, near - width), near) if before else (near, min(bound, near + width))
+            for i in range(0, len(selectors), _SELECTORS_PER_REQUEST):
+                found.update(_pick(self._window(selectors[i:i + _SELECTORS_PER_REQUEST], lo, hi), before, pending))
+            near = lo - 1 if before else hi + 1
+            if (near < bound) if before else (near > bound):
+                return found
+            further = self._series_between(selector, bound, near) if before else self._series_between(selector, near, bound)
+            pending = further - found.keys()
+            if not pending:
+                return found
+            width *= EDGE_GROWTH
+            selectors = [_selector(metric, dict(key)) for key in sorted(pending)]
+
+    def _series_between(self, selector: str, start_ms: int, end_ms: int) -> set[LabelKey]:
+        """The series of `selector` the server's index shows with samples in [start_ms, end_ms] (a superset: its granularity
+        is coarser), read without reading samples."""
+        data = self._get("/api/v1/series", {"match[]": selector, "start": f"{start_ms / 1000:.3f}", "end": f"{end_ms / 1000:.3f}"})
+        return {tuple(sorted((k, v) for k, v in labels.items() if k != "__name__")) for labels in data}
+
+    def _window(self, selectors: list[str], start_ms: int, end_ms: int) -> SeriesSamples:
+        """The finite samples with start_ms <= t <= end_ms of the series the selectors select: one range-vector query each."""
+        frames: list[pd.DataFrame] = []
+        for selector in selectors:
+            data = self._get("/api/v1/query", {"query": f"{selector}[{end_ms - start_ms + 1}ms]", "time": f"{end_ms / 1000:.3f}"})
+            frames += [_result_frame(result, len(frames) + i) for i, result in enumerate(data["result"])]
+        if not frames:
+            return series_samples(pd.DataFrame({"series_id": np.zeros(0, np.int32), "t_ms": np.zeros(0, np.int64), "value": np.zeros(0)}))
+        return series_samples(pd.concat(frames, ignore_index=True))
+
     def _raw(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:
         """Raw samples with start_ms <= t <= end_ms, one frame with `__series` (result index) and label columns."""
         frames = []
         series_ids: dict[tuple, int] = {}
-        selector = metric + "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in (match or {}).items()) + "}"
+        selector = _selector(metric, match)
         t = end_ms
         while t >= start_ms:
             window_ms = min(_WINDOW_S * 1000, t - start_ms + 1)  # the selector is left-open: (t - window, t]
             data = self._get("/api/v1/query", {"query": f"{selector}[{window_ms}ms]", "time": f"{t / 1000:.3f}"})
             for result in data["result"]:
-                labels = {k: v for k, v in result["metric"].items() if k != "__name__"}
-                sid = series_ids.setdefault(tuple(sorted(labels.items())), len(series_ids))
-                values = np.array(result["values"], dtype=object)
-                frames.append(pd.DataFrame({
-                    "series_id": np.int32(sid),
-                    **{k: v for k, v in labels.items()},
-                    "t_ms": np.round(values[:, 0].astype(np.float64) * 1000).astype(np.int64),
-                    "value": values[:, 1].astype(np.float64),
-                }))
+                key = tuple(sorted((k, v) for k, v in result["metric"].items() if k != "__name__"))
+                frames.append(_result_frame(result, series_ids.setdefault(key, len(series_ids))))
             t -= window_ms
         if not frames:
             return pd.DataFrame(columns=["series_id", "t_ms", "value"])
@@ -206,9 +265,14 @@ class VictoriaMetricsStore(PromQLStore, SampleWriter):
         and no more than two chunks of text held, however long the range. Every sample comes back as
         VictoriaMetrics holds it, so the figures computed from them are those from the embedded store. The vmselect
         path of a cluster serves the same endpoint."""
-        selector = metric + "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in (match or {}).items()) + "}"
-        params = {"match[]": selector, "start": f"{start_ms / 1000:.3f}", "end": f"{end_ms / 1000:.3f}"}
-        request = urllib.request.Request(f"{self.base_url}/api/v1/export?{urllib.parse.urlencode(params)}", headers=self._headers)
+        return self._window([_selector(metric, match)], start_ms, end_ms)
+
+    def _window(self, selectors: list[str], start_ms: int, end_ms: int) -> SeriesSamples:
+        """`range_arrays` of the series any of the selectors selects (one export request, its selectors in the body)."""
+        selector = " or ".join(selectors)  # as messages show it
+        params = [*(("match[]", s) for s in selectors), ("start", f"{start_ms / 1000:.3f}"), ("end", f"{end_ms / 1000:.3f}")]
+        request = urllib.request.Request(f"{self.base_url}/api/v1/export", data=urllib.parse.urlencode(params).encode(), method="POST",
+                                         headers={**self._headers, "Content-Type": "application/x-www-form-urlencoded"})
         parts: list[_Export] = []
         try:
             # one chunk is parsed (Arrow, without the GIL) while the next is read: the transfer and the parse overlap,
@@ -233,6 +297,37 @@ class VictoriaMetricsStore(PromQLStore, SampleWriter):
         t_ms = np.concatenate([np.zeros(0, np.int64)] + [part.t_ms for part in parts])
         value = np.concatenate([np.zeros(0)] + [part.value for part in parts])
         return SeriesSamples(table, series_id, t_ms, value)
+
+
+def _selector(metric: str, match: dict[str, str] | None) -> str:
+    """`metric{label="value",...}`: the series of `metric` whose labels equal each item of `match`."""
+    return metric + "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in (match or {}).items()) + "}"
+
+
+def _result_frame(result: dict, series_id: int) -> pd.DataFrame:
+    """One series of a range-vector query's result: `series_id`, its labels (without __name__), `t_ms`, `value`."""
+    values = np.array(result["values"], dtype=object)
+    return pd.DataFrame({
+        "series_id": np.int32(series_id),
+        **{k: v for k, v in result["metric"].items() if k != "__name__"},
+        "t_ms": np.round(values[:, 0].astype(np.float64) * 1000).astype(np.int64),
+        "value": values[:, 1].astype(np.float64),
+    })
+
+
+def _pick(window: SeriesSamples, newest: bool, among: set[LabelKey] | None) -> dict[LabelKey, tuple[int, float]]:
+    """{series labels: (t_ms, value)} of each series' newest sample in `window` (`newest`) or its oldest, for the series in
+    `among` (None: all). At one instant the largest value, as the counter rules keep it."""
+    if not len(window.t_ms):
+        return {}
+    order = np.lexsort((window.value, window.t_ms if newest else -window.t_ms, window.series_id))
+    sid = window.series_id[order]
+    last = order[np.append(sid[1:] != sid[:-1], True)]  # the last of each series' run: the largest value at its chosen time
+    names = [c for c in window.series.columns if c != "series_id"]
+    keys = {int(i): tuple(sorted((k, v) for k, v in zip(names, values) if isinstance(v, str)))
+            for i, *values in window.series[["series_id", *names]].itertuples(index=False, name=None)}
+    picked = ((keys[int(i)], (int(t), float(v))) for i, t, v in zip(window.series_id[last], window.t_ms[last], window.value[last]))
+    return {key: tv for key, tv in picked if among is None or key in among}
 
 
 _EXPORT_CHUNK = 16 << 20  # bytes of an export answer parsed at a time: bounds the text held, and feeds Arrow's threads

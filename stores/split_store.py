@@ -35,6 +35,9 @@ class SplitStore(RollupStore):
     def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
         return self.samples.range_arrays(metric, start_ms, end_ms, match)
 
+    def edges(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        return self.samples.edges(metric, start_ms, end_ms, match)
+
     def metric_names(self) -> list[str]:
         return self.samples.metric_names()
 

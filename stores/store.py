@@ -76,6 +76,34 @@ def series_samples(frame: pd.DataFrame) -> SeriesSamples:
                          value[finite])
 
 
+EDGE_FIRST_WINDOW_MS = 120_000
+"""`SampleReader.edges`' first search window on each side, ms: two scrape intervals of a slow (1 min) exporter."""
+EDGE_GROWTH = 8
+"""How much each further search window of `edges` is longer than the one before: a silence of d ms is found in about
+log8(d / 2 min) reads whose spans add up to at most 8/7 of the last, itself under 8 d."""
+
+
+def range_with_edges(store: SampleReader, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None,
+                     before: bool = True) -> SeriesSamples:
+    """`range_arrays` over [start_ms, end_ms] and the samples of `edges` outside it (those before `start_ms` only if
+    `before`): every sample a rollup needs to count the range exactly, however long a meter was silent across its ends.
+    The two reads' series are listed one after the other (the edges' ids shifted past the range's), so a series that
+    both return is listed twice: callers group series by their labels, never by id."""
+    import numpy as np
+    import pandas as pd
+
+    inside = store.range_arrays(metric, start_ms, end_ms, match)
+    edge = store.edges(metric, start_ms, end_ms, match)
+    keep = (edge.t_ms > end_ms) | ((edge.t_ms < start_ms) if before else False)
+    if not keep.any():
+        return inside
+    shift = int(inside.series["series_id"].max()) + 1 if len(inside.series) else 0
+    series = edge.series.assign(series_id=edge.series["series_id"].to_numpy(dtype=np.int64) + shift)
+    return SeriesSamples(pd.concat([inside.series, series], ignore_index=True),
+                         np.concatenate([np.asarray(inside.series_id, dtype=np.int64), np.asarray(edge.series_id, dtype=np.int64)[keep] + shift]),
+                         np.concatenate([inside.t_ms, edge.t_ms[keep]]), np.concatenate([inside.value, edge.value[keep]]))
+
+
 class Store:
     """What every store has: the URL it was opened from, and `close`; also a context manager that closes it.
 
@@ -155,6 +183,18 @@ class SampleReader(Store):
         label copies. NaN and +-Inf are left out on every backend: such a value is no measurement (an exporter's NaN
         for a field its GPU lacks), and left out, the counter rules bridge it exactly where kept it would make every
         energy sum NaN."""
+        raise NotImplementedError
+
+    def edges(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        """The samples that bracket [start_ms, end_ms] however long the silence around it: for every series of `metric`
+        (matching `match`, as for `latest`), its last finite sample at or before `start_ms` and its first finite sample
+        at or after `end_ms` (0, 1 or 2 samples per series; a sample at exactly `start_ms` or `end_ms` is also one that
+        `range_arrays` returns). Same shape as `range_arrays`, whose series ids are not comparable with these.
+
+        What a rollup over the range needs to count the intervals that straddle its ends exactly. Each backend searches
+        outward from each end in windows that grow `EDGE_GROWTH`-fold from `EDGE_FIRST_WINDOW_MS`, only for the series
+        still lacking a sample on that side, and never past what it knows of each series' extent (docs/stores.md):
+        a series that stopped weeks before the range costs one small read, not a scan of the weeks since."""
         raise NotImplementedError
 
     def time_bounds(self) -> tuple[int, int] | None:
