@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from aifmon.rollups.counters import series_row
-from aifmon.stores.store import SampleReader, SeriesSamples
+from aifmon.stores.store import SampleReader, SeriesSamples, concat_samples, range_with_edges
 from aifmon.telemetry.schema import DCGM_ENERGY
 
 DCGM_POWER = "DCGM_FI_DEV_POWER_USAGE"
@@ -54,6 +54,8 @@ MAPPING: tuple[tuple[str, str, str], ...] = (
 """(dcgm-exporter series or label, aifmon series or label, conversion)."""
 UNKNOWN_PROJECT = "(project unknown)"
 UNKNOWN_MODE = "(unknown)"
+JOB_READ_GAP_MS = 15 * 60_000
+"""Job info at interval ends past the range that lie closer than this (ms) is read in one range, not one read each."""
 SEGMENTS = 3
 """Counter streams per GPU: 0 DCGM before aifmon's samples, 1 aifmon's, 2 DCGM after them (`gpu_energy`)."""
 
@@ -103,11 +105,12 @@ def _present(samples: SeriesSamples) -> pd.DataFrame:
     return samples.series[samples.series["series_id"].isin(np.unique(samples.series_id))]
 
 
-def gpu_energy(store: SampleReader, energy_metric: str, lo: int, hi: int) -> tuple[SeriesSamples, np.ndarray | None]:
-    """aifmon's `energy_metric` samples in [lo, hi] and dcgm-exporter's energy samples mapped onto them (J; rules: module
-    docstring), and each sample's counter segment (`SEGMENTS`); (aifmon's samples, None) where dcgm-exporter has none."""
-    ours = store.range_arrays(energy_metric, lo, hi)
-    theirs = store.range_arrays(DCGM_ENERGY, lo, hi)
+def gpu_energy(store: SampleReader, energy_metric: str, start_ms: int, end_ms: int) -> tuple[SeriesSamples, np.ndarray | None]:
+    """aifmon's `energy_metric` samples over [start_ms, end_ms] with each series' samples around it (`range_with_edges`) and
+    dcgm-exporter's energy samples read alike and mapped onto them (J; rules: module docstring), and each sample's counter
+    segment (`SEGMENTS`); (aifmon's samples, None) where dcgm-exporter has none."""
+    ours = range_with_edges(store, energy_metric, start_ms, end_ms)
+    theirs = range_with_edges(store, DCGM_ENERGY, start_ms, end_ms)
     if not len(theirs.t_ms):
         return ours, None
     dcgm = relabel(theirs, J_PER_MJ, _next_id(ours))
@@ -129,6 +132,14 @@ def gpu_energy(store: SampleReader, energy_metric: str, lo: int, hi: int) -> tup
     return merged, np.concatenate([np.full(len(ours.t_ms), 1, dtype=np.int64), seg[keep]])
 
 
+def _job_reads(t_ms: np.ndarray, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+    """The ranges `job_info` reads, ms: [start_ms, end_ms], and the times in `t_ms` after `end_ms` in runs of times closer
+    than `JOB_READ_GAP_MS` (each run from its first time to its last)."""
+    after = np.unique(t_ms[t_ms > end_ms])
+    cut = np.flatnonzero(np.diff(after) >= JOB_READ_GAP_MS) + 1
+    return [(start_ms, end_ms)] + [(int(run[0]), int(run[-1])) for run in np.split(after, cut) if len(run)]
+
+
 def _beside(ours: SeriesSamples, dcgm: SeriesSamples) -> pd.DataFrame:
     """DCGM's series with the GPU labels (`system`, `node`, `gpu`) of aifmon's series of the same factory and UUID, so
     that one GPU is one GPU to the ledger whichever exporter reported it."""
@@ -146,31 +157,48 @@ def _beside(ours: SeriesSamples, dcgm: SeriesSamples) -> pd.DataFrame:
     return series
 
 
-def _uuids(samples: SeriesSamples) -> set[str]:
-    """The GPUs of `samples`' series, by factory and UUID."""
-    return set(_gpu_keys(_present(samples))) - {""}
+def _uuids(samples: SeriesSamples, start_ms: int, end_ms: int) -> set[str]:
+    """The GPUs, by factory and UUID, that `samples` (a `range_with_edges` read) measure over some of [start_ms, end_ms]: with
+    a sample in it, or samples on both sides of it (a silence across it). A GPU whose only sample is one side's edge (its
+    meter stopped before the range, or started after it) measures none of it."""
+    if not len(samples.t_ms):
+        return set()
+    t = samples.t_ms
+    frame = pd.DataFrame({"key": _gpu_keys(samples.series).to_numpy(dtype=object)[series_row(samples)], "t": t,
+                          "inside": (t >= start_ms) & (t <= end_ms)})
+    per_gpu = frame[frame["key"] != ""].groupby("key").agg(first=("t", "min"), last=("t", "max"), inside=("inside", "any"))
+    measures = per_gpu["inside"] | ((per_gpu["first"] < start_ms) & (per_gpu["last"] > end_ms))
+    return set(per_gpu.index[measures.to_numpy(dtype=bool)])
 
 
-def gpu_power(store: SampleReader, power_metric: str, lo: int, hi: int, match: dict[str, str], energy: SeriesSamples) -> SeriesSamples:
-    """aifmon's `power_metric` samples matching `match` and dcgm-exporter's power samples (W) of the GPUs that neither
-    aifmon's power samples nor the energy samples `energy` (`gpu_energy`'s) show, under aifmon's labels."""
-    ours = store.range_arrays(power_metric, lo, hi, match=match)
-    theirs = store.range_arrays(DCGM_POWER, lo, hi, match=match)
+def gpu_power(store: SampleReader, power_metric: str, start_ms: int, end_ms: int, match: dict[str, str],
+              energy: SeriesSamples) -> SeriesSamples:
+    """aifmon's `power_metric` samples matching `match` over [start_ms, end_ms] with each series' samples around it
+    (`range_with_edges`), and dcgm-exporter's power samples (W), read alike, of the GPUs that neither aifmon's power
+    samples nor the energy samples `energy` (`gpu_energy`'s) measure over the range, under aifmon's labels."""
+    ours = range_with_edges(store, power_metric, start_ms, end_ms, match=match)
+    theirs = range_with_edges(store, DCGM_POWER, start_ms, end_ms, match=match)
     if not len(theirs.t_ms):
         return ours
     dcgm = relabel(theirs, 1.0, _next_id(ours))
-    seen = _uuids(ours) | _uuids(energy)
+    seen = _uuids(ours, start_ms, end_ms) | _uuids(energy, start_ms, end_ms)
     keep = ~_gpu_keys(dcgm.series).isin(seen).to_numpy()[series_row(dcgm)]
     return SeriesSamples(pd.concat([ours.series, dcgm.series], ignore_index=True),
                          np.concatenate([np.asarray(ours.series_id, dtype=np.int64), dcgm.series_id[keep]]),
                          np.concatenate([ours.t_ms, dcgm.t_ms[keep]]), np.concatenate([ours.value, dcgm.value[keep]]))
 
 
-def job_info(store: SampleReader, job_metric: str, energy: SeriesSamples, lo: int, hi: int) -> SeriesSamples:
-    """aifmon's `job_metric` samples in [lo, hi], and one job-info sample (value 1) for each energy sample that carries an
-    `hpc_job` label (`gpu_energy`'s DCGM samples), with the project and access mode aifmon's job info gives that job
-    in the same factory (`UNKNOWN_PROJECT` where it gives none)."""
-    ours = store.range_arrays(job_metric, lo, hi)
+def job_info(store: SampleReader, job_metric: str, energy: SeriesSamples, start_ms: int, end_ms: int) -> SeriesSamples:
+    """aifmon's `job_metric` samples over [start_ms, end_ms] and at the times of `energy`'s samples after it (`gpu_energy`'s:
+    an interval that straddles the end belongs to the job whose info sample shares its closing sample's time, however
+    long after the end that is), and one job-info sample (value 1) for each energy sample that carries an `hpc_job`
+    label (`gpu_energy`'s DCGM samples), with the project and access mode aifmon's job info gives that job in the same
+    factory (`UNKNOWN_PROJECT` where it gives none).
+
+    Not `range_with_edges`: every job that ever ran is a series of its own, and the first sample after the range of each
+    job that started since would be read. The closing times after the range are read instead, those closer than
+    `JOB_READ_GAP_MS` together: usually one read of the last scrape interval past the end."""
+    ours = concat_samples([store.range_arrays(job_metric, a, b) for a, b in _job_reads(energy.t_ms, start_ms, end_ms)])
     if "hpc_job" not in energy.series or not len(energy.t_ms):
         return ours
     row = series_row(energy)

@@ -56,7 +56,7 @@ import pandas as pd
 from aifmon.rollups import dcgm
 from aifmon.rollups.counters import HOUR_MS, Intervals, counter_increments, power_integral, series_row
 from aifmon.rollups.slurm_accounting import JobAllocation
-from aifmon.stores.store import SampleReader, SeriesSamples
+from aifmon.stores.store import SampleReader, SeriesSamples, range_with_edges
 from aifmon.telemetry.inventory import Inventory, carbon_intensity_table
 
 ENERGY_METRIC = "aif_gpu_energy_joules_total"
@@ -181,7 +181,7 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
     lo, hi = start_ms - _MARGIN_MS, end_ms + _MARGIN_MS
     gpus, nodes, jobs = _Codes(), _Codes(), _Codes()
 
-    e, segment = dcgm.gpu_energy(store, ENERGY_METRIC, lo, hi)
+    e, segment = dcgm.gpu_energy(store, ENERGY_METRIC, start_ms, end_ms)
     row = series_row(e)
     gpu_of = gpus.of_series(e, GPU_KEYS, row)[row]
     if segment is None:
@@ -206,7 +206,7 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
     nh = gpu_node * hours.count
     nh += hours.of(iv.until_ms)  # (node, hour) cell of every piece of an interval
     if accounting is None:
-        job_of, job_samples = _attribute_job_info(dcgm.job_info(store, JOB_METRIC, e, lo, hi), gpus, jobs, iv, start_ms, end_ms)
+        job_of, job_samples = _attribute_job_info(dcgm.job_info(store, JOB_METRIC, e, start_ms, end_ms), gpus, jobs, iv, start_ms, end_ms)
         n_jobs = len(jobs.index) + 1  # job -1 (unallocated) is shifted to 0
         cell_of = nh * n_jobs
         cell_of += job_of
@@ -320,7 +320,7 @@ def _power_for_gpus_without_counter(store: SampleReader, inventory: Inventory | 
     for f, *_ in gpus.index:
         with_counter[f] = with_counter.get(f, 0) + 1
     short = [f.id for f in inventory.live_factories() if 0 < with_counter.get(f.id, 0) < f.gpu_count]
-    reads = [dcgm.gpu_power(store, GPU_POWER_METRIC, lo, hi, {"factory": f}, energy) for f in short]
+    reads = [dcgm.gpu_power(store, GPU_POWER_METRIC, start_ms, end_ms, {"factory": f}, energy) for f in short]
     known = len(gpus.index)
     code = np.concatenate([np.zeros(0, np.int64)] + [gpus.of(p, GPU_KEYS) for p in reads])
     new = code >= known  # GPUs the counters did not show
@@ -487,7 +487,7 @@ def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, lo: int, hi:
     systems: dict[int, str] = {}
     counts = (0, 0, 0)
     known_nodes = len(nodes.index)
-    p = store.range_arrays(NODE_POWER_METRIC, lo, hi)
+    p = range_with_edges(store, NODE_POWER_METRIC, start_ms, end_ms)
     if len(p.t_ms):
         row = series_row(p)
         node_of_series = nodes.of_series(p, ["factory", "node"], row)
@@ -506,7 +506,7 @@ def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, lo: int, hi:
             systems = dict(zip(node_of_series[with_samples].tolist(), p.series["system"][with_samples].fillna("").tolist()))
     with_power = set((np.asarray(measured.index, dtype=np.int64) // hours.count).tolist())
     if len(with_power) < known_nodes:
-        c = store.range_arrays(CPU_ENERGY_METRIC, lo, hi)
+        c = range_with_edges(store, CPU_ENERGY_METRIC, start_ms, end_ms)
         if len(c.t_ms):
             domains = _Codes()
             domain = domains.of(c, ["factory", "node", "socket", "domain"])
@@ -521,7 +521,7 @@ def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, lo: int, hi:
 def _with_facility(store: SampleReader, sites: pd.DataFrame, hours: _Hours, lo: int, hi: int, start_ms: int, end_ms: int) -> pd.DataFrame:
     """Add `facility_energy_j` per clock hour and factory (all feeds; NaN where the factory's meters have no interval
     in the hour)."""
-    facility = store.range_arrays(FACILITY_METRIC, lo, hi)
+    facility = range_with_edges(store, FACILITY_METRIC, start_ms, end_ms)
     sites = sites.assign(facility_energy_j=np.nan)
     if not len(facility.t_ms):
         return sites

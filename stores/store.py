@@ -83,25 +83,31 @@ EDGE_GROWTH = 8
 log8(d / 2 min) reads whose spans add up to at most 8/7 of the last, itself under 8 d."""
 
 
-def range_with_edges(store: SampleReader, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None,
-                     before: bool = True) -> SeriesSamples:
-    """`range_arrays` over [start_ms, end_ms] and the samples of `edges` outside it (those before `start_ms` only if
-    `before`): every sample a rollup needs to count the range exactly, however long a meter was silent across its ends.
-    The two reads' series are listed one after the other (the edges' ids shifted past the range's), so a series that
-    both return is listed twice: callers group series by their labels, never by id."""
+def range_with_edges(store: SampleReader, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+    """`range_arrays` over [start_ms, end_ms] and the samples of `edges` outside it: every sample a rollup needs to count
+    the range exactly, however long a meter was silent across its ends (`concat_samples`: group series by labels)."""
+    inside = store.range_arrays(metric, start_ms, end_ms, match)
+    edge = store.edges(metric, start_ms, end_ms, match)
+    outside = (edge.t_ms < start_ms) | (edge.t_ms > end_ms)  # one at start_ms or end_ms is in `inside` already
+    if not outside.any():
+        return inside
+    return concat_samples([inside, SeriesSamples(edge.series, edge.series_id[outside], edge.t_ms[outside], edge.value[outside])])
+
+
+def concat_samples(parts: list[SeriesSamples]) -> SeriesSamples:
+    """Several reads as one: their series listed one after the other, each read's ids shifted past the previous ones' (ids
+    of different reads are not comparable), so a series that several reads return is listed once per read: callers
+    group series by their labels, never by id."""
     import numpy as np
     import pandas as pd
 
-    inside = store.range_arrays(metric, start_ms, end_ms, match)
-    edge = store.edges(metric, start_ms, end_ms, match)
-    keep = (edge.t_ms > end_ms) | ((edge.t_ms < start_ms) if before else False)
-    if not keep.any():
-        return inside
-    shift = int(inside.series["series_id"].max()) + 1 if len(inside.series) else 0
-    series = edge.series.assign(series_id=edge.series["series_id"].to_numpy(dtype=np.int64) + shift)
-    return SeriesSamples(pd.concat([inside.series, series], ignore_index=True),
-                         np.concatenate([np.asarray(inside.series_id, dtype=np.int64), np.asarray(edge.series_id, dtype=np.int64)[keep] + shift]),
-                         np.concatenate([inside.t_ms, edge.t_ms[keep]]), np.concatenate([inside.value, edge.value[keep]]))
+    series, ids, shift = [], [], 0
+    for part in parts:
+        series.append(part.series.assign(series_id=part.series["series_id"].to_numpy(dtype=np.int64) + shift))
+        ids.append(np.asarray(part.series_id, dtype=np.int64) + shift)
+        shift += int(part.series["series_id"].max()) + 1 if len(part.series) else 0
+    return SeriesSamples(pd.concat(series, ignore_index=True), np.concatenate(ids), np.concatenate([p.t_ms for p in parts]),
+                         np.concatenate([p.value for p in parts]))
 
 
 class Store:
