@@ -31,18 +31,12 @@ Rules (so that every figure can be traced; the counter rules themselves are in `
 - **Derived figures**: kWh = J / 3.6e6; cost = attributed IT kWh (GPU + node share) x the factory's
   price; CO2e = the same kWh x the country's intensity from the shipped table, whose source and year
   travel with every result.
-- **Sources**: `energy_rollup` reads each whole clock hour of its range whose hourly rollup rows have
-  settled (`aifmon.rollups.hourly`: the hour ended more than the 3 h late window ago) from those rows, and computes
-  the rest (partial first and last hours, hours not rolled up or still open to late data) from samples;
-  with job-info attribution and the rollups' `max_gap_s` only, since sacct records or another gap limit ask
-  a different question. The figures are the raw path's, to float rounding, because a range's figures are
-  the sum of its hours', with three exceptions, all stated: counter resets, wraps and duplicate samples are
-  counted over the part from samples only (the hourly rows keep no counts); the range's GPU count for
-  coverage is the most GPUs any hour or piece saw (the raw path counts every GPU seen: they differ only
-  when GPUs come and go within the range); and an hour does not see a scrape interval whose other end is
-  more than 15 min outside it, so a meter silent for longer across an hour boundary loses that interval's
-  energy in the hourly rows, where a range read bridges it (a GPU silent from :40 to :20 past the next hour
-  at 100 W: 240 kJ). `notes` say how many hours came from each source.
+- **Silences**: every meter's samples are read with the ones that bracket the window however long it was silent
+  (`SampleReader.edges`), so an interval across the window's start or end is counted, cut there by time: a counter's
+  exactly, a power reading's as an estimate.
+- **Windows**: `compute_ledger` gives its rows per clock hour; every reader goes through `aifmon.rollups.ledger`,
+  which takes settled hours from the hourly rows and computes the rest from samples, one hour at a time, so a range's
+  figures are the sum of its hours' whichever way each was read.
 """
 
 from __future__ import annotations
@@ -71,7 +65,6 @@ GROUPINGS = ("job", "project", "access_mode", "sector", "system", "factory", "co
 EUROHPC = "EuroHPC"
 JOB_KEYS = ["factory", "system", "job", "project", "access_mode"]
 GPU_KEYS = ["factory", "system", "node", "gpu"]
-_MARGIN_MS = 15 * 60 * 1000  # how far past each end of the range to look for the samples that straddle it
 DEFAULT_MAX_GAP_S = 60.0  # coverage counts scrape intervals up to this long, s; the hourly rollups use it
 JOB_INFO_ATTRIBUTION = "aif_gpu_job_info samples (per GPU)"
 _T_BITS = 42  # (stream << 42) | time offset in ms: one sortable int64 key; 2**42 ms is 139 years
@@ -178,7 +171,6 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
     """
     if end_ms <= start_ms:
         raise ValueError("the range's end must be after its start")
-    lo, hi = start_ms - _MARGIN_MS, end_ms + _MARGIN_MS
     gpus, nodes, jobs = _Codes(), _Codes(), _Codes()
 
     e, segment = dcgm.gpu_energy(store, ENERGY_METRIC, start_ms, end_ms)
@@ -189,7 +181,7 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
     else:  # one counter per GPU and exporter segment (aifmon.rollups.dcgm); (GPU, segment, time) order is (GPU, time) order
         iv = counter_increments(gpu_of * dcgm.SEGMENTS + segment, e.t_ms, e.value, start_ms, end_ms)
         iv = dataclasses.replace(iv, stream=iv.stream // dcgm.SEGMENTS)
-    from_power = _power_for_gpus_without_counter(store, inventory, gpus, e, lo, hi, start_ms, end_ms)
+    from_power = _power_for_gpus_without_counter(store, inventory, gpus, e, start_ms, end_ms)
     estimated = np.zeros(len(iv.stream), dtype=bool)
     if from_power is not None:
         iv = _concat(iv, from_power)
@@ -219,7 +211,7 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
         cells, (energy, held) = _sum_runs(nh[idx] * n_jobs + (job_of + 1), iv.energy_j[idx] * share, iv.seconds[idx] * share)
         job_samples = pd.Series(dtype=np.int64)
         attribution = f"Slurm accounting records ({len(accounting)} jobs; shared nodes split by GPU count)"
-    measured, cpu, node_gap, node_system_extra, rapl = _node_energy(store, nodes, hours, lo, hi, start_ms, end_ms, max_gap_s)
+    measured, cpu, node_gap, node_system_extra, rapl = _node_energy(store, nodes, hours, start_ms, end_ms, max_gap_s)
     n_nodes = len(nodes.index)
     cell_nh, cell_job = np.divmod(cells, n_jobs)
     held[cell_job == 0] = 0.0  # GPU-hours count allocated time only
@@ -282,7 +274,7 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
     sites = per_cell.groupby(["window_start_ms", "factory"]).sum().reindex(every, fill_value=0.0).reset_index()
     sites["gpus"] = sites["gpus"].astype(np.int64)
     sites["expected_s"] = sites["gpus"] * hours.seconds_in_range(sites["window_start_ms"].to_numpy())
-    sites = _with_facility(store, sites, hours, lo, hi, start_ms, end_ms)
+    sites = _with_facility(store, sites, hours, start_ms, end_ms)
     for column, counts in (("energy_samples", _count_by_hour(e.series, row, e.t_ms, start_ms, end_ms)), ("job_samples", job_samples)):
         at = pd.MultiIndex.from_frame(sites[["window_start_ms", "factory"]])
         sites[column] = counts.reindex(at).fillna(0).astype(np.int64).to_numpy() if len(counts) else np.int64(0)
@@ -310,8 +302,8 @@ def _concat(a: Intervals, b: Intervals) -> Intervals:
     return Intervals(**arrays, resets=a.resets + b.resets, wraps=a.wraps + b.wraps, duplicates=a.duplicates + b.duplicates)
 
 
-def _power_for_gpus_without_counter(store: SampleReader, inventory: Inventory | None, gpus: _Codes, energy: SeriesSamples, lo: int,
-                                    hi: int, start_ms: int, end_ms: int) -> Intervals | None:
+def _power_for_gpus_without_counter(store: SampleReader, inventory: Inventory | None, gpus: _Codes, energy: SeriesSamples,
+                                    start_ms: int, end_ms: int) -> Intervals | None:
     """Integrated power of the GPUs that have no energy counter, read only for factories where the
     inventory counts more GPUs than the counters (`energy`, the samples read) show."""
     if inventory is None:
@@ -475,7 +467,7 @@ class _Hours:
         return np.clip(hour, 0, self.count - 1, out=hour)
 
 
-def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, lo: int, hi: int, start_ms: int, end_ms: int,
+def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, start_ms: int, end_ms: int,
                  max_gap_s: float) -> tuple[pd.Series, pd.Series, pd.Series, dict[int, str], tuple[int, int, int]]:
     """Per (node, hour) cell (node code x hours.count + hour): energy from the node's power reading (J; cells
     without one are absent), RAPL CPU + DRAM energy (J), and energy integrated across gaps longer than
@@ -518,7 +510,7 @@ def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, lo: int, hi:
     return measured, cpu, gap, systems, counts
 
 
-def _with_facility(store: SampleReader, sites: pd.DataFrame, hours: _Hours, lo: int, hi: int, start_ms: int, end_ms: int) -> pd.DataFrame:
+def _with_facility(store: SampleReader, sites: pd.DataFrame, hours: _Hours, start_ms: int, end_ms: int) -> pd.DataFrame:
     """Add `facility_energy_j` per clock hour and factory (all feeds; NaN where the factory's meters have no interval
     in the hour)."""
     facility = range_with_edges(store, FACILITY_METRIC, start_ms, end_ms)

@@ -33,11 +33,18 @@ import numpy as np
 import pandas as pd
 
 from aifmon.rollups.counters import HOUR_MS
+from aifmon.rollups.dcgm import DCGM_POWER
 from aifmon.rollups.energy import (
+    CPU_ENERGY_METRIC,
     DEFAULT_MAX_GAP_S,
+    ENERGY_METRIC,
+    FACILITY_METRIC,
+    GPU_POWER_METRIC,
     GROUPINGS,
     JOB_INFO_ATTRIBUTION,
     JOB_KEYS,
+    JOB_METRIC,
+    NODE_POWER_METRIC,
     EnergyRollup,
     Ledger,
     compute_ledger,
@@ -46,11 +53,14 @@ from aifmon.rollups.energy import (
 )
 from aifmon.rollups.hourly import LATE_WINDOW_S, NODE_TABLE, SITE_COLUMNS, SITE_TABLE, TABLE
 from aifmon.rollups.slurm_accounting import JobAllocation
-from aifmon.stores.store import RowStore, SampleReader, StoreError
+from aifmon.stores.store import RowStore, SampleReader
 from aifmon.telemetry.errors import UserError
 from aifmon.telemetry.inventory import Inventory
+from aifmon.telemetry.schema import DCGM_ENERGY
 
 VALUES = ["energy_j", "gpu_seconds", "node_other_j"]
+LEDGER_METRICS = [ENERGY_METRIC, DCGM_ENERGY, DCGM_POWER, GPU_POWER_METRIC, JOB_METRIC, NODE_POWER_METRIC, CPU_ENERGY_METRIC, FACILITY_METRIC]
+DAY_MS = 86_400_000
 HOUR_COLUMNS = ["window_start_ms"] + JOB_KEYS + VALUES
 SITE_HOUR_COLUMNS = ["window_start_ms", "factory"] + SITE_COLUMNS
 
@@ -247,15 +257,16 @@ def _windows_between(start_ms: int, end_ms: int, hours: list[int]) -> list[tuple
 
 
 def _with_samples(store: SampleReader, windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The windows that can hold an interval: those not wholly before the store's oldest sample or after its newest (an
-    old month, a range reaching into the future cost nothing). All of them where the store does not say its bounds."""
-    try:
-        bounds = store.time_bounds()
-    except StoreError:
+    """The windows that can hold energy: those between the first and the last sample of any ledger metric within a day
+    of the range (`SampleReader.sample_span`, one query even on a PromQL server), so an old month or a range reaching
+    into the future costs nothing. A meter's silence bridged across the whole of such an empty stretch is not seen
+    when it is longer than the day looked past the range's ends."""
+    if not windows:
         return windows
-    if bounds is None:
+    span = store.sample_span(LEDGER_METRICS, windows[0][0] - DAY_MS, windows[-1][1] + DAY_MS)
+    if span is None:
         return []
-    return [(a, b) for a, b in windows if b > bounds[0] and a < bounds[1]]
+    return [(a, b) for a, b in windows if b > span[0] and a < span[1]]
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:

@@ -93,10 +93,8 @@ class Period:
 
     @property
     def coverage(self) -> float:
-        """GPU-time covered over the GPU-time of every elapsed hour, all factories with data (0-1)."""
-        f = self.factories[self.factories["gpus"] > 0]
-        expected = float((f["gpus"] * self.hours_elapsed * 3600.0).sum())
-        return float(f["covered_s"].sum() / expected) if expected else 0.0
+        """GPU-time covered over the GPU-time of every elapsed hour, all factories with data (0-1): the ledger's rule."""
+        return self.by["total"].coverage
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,15 @@ class SampleReader(Store):
         """(oldest, newest) sample time in ms, or None when the store is empty."""
         raise NotImplementedError
 
+    def sample_span(self, metrics: list[str], start_ms: int, end_ms: int) -> tuple[int, int] | None:
+        """(oldest, newest) time in ms, to the hour, of the samples of `metrics` between start_ms and end_ms, or None
+        when there are none: what a reader of a long range needs to skip its empty hours. This default answers from
+        `time_bounds` (every metric: a superset); a PromQL server, which does not say its bounds, asks."""
+        bounds = self.time_bounds()
+        if bounds is None or bounds[1] < start_ms or bounds[0] > end_ms:
+            return None
+        return max(bounds[0], start_ms), min(bounds[1], end_ms)
+
     def metric_names(self) -> list[str]:
         """Every metric name the store holds."""
         raise NotImplementedError

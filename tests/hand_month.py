@@ -10,11 +10,12 @@ The first two hours are rolled up into the hourly tables; the third is left for 
 
 With `previous_month=True` the store also holds two hours of February, 20:00 to 22:00 on the 28th (`PREVIOUS_*`, for
 month-over-month):
-only alphn0001 reports; job 091 of alpha-train holds GPU 0 at 500 W throughout, GPU 1 idles at 100 W and misses the
-scrapes of minutes 61 to 69 (one 10-minute interval: its energy still counts, its time is not covered), the node's
-BMC reads 1500 W and alpha's facility meter 2500 W; alphn0002 and beta are silent. The GPU counters restarted
-between the months (a reboot); the two hours between February's last scrape and March's first are more than an
-hour's ledger looks across (its hour and 15 minutes either side), so no interval joins them.
+only alphn0009 reports (a node retired at the month's end); job 091 of alpha-train holds its GPU 0 at 500 W throughout,
+GPU 1 idles at 100 W and misses the scrapes of minutes 61 to 69 (one 10-minute interval: its energy still counts, its
+time is not covered), the node's BMC reads 1500 W and alpha's facility meter of the time (feed `old`, replaced by
+`main` at the month's turn) 2500 W; the March nodes and beta are silent. No February meter runs on into March: the
+ledger bridges a meter's silence however long (counters exactly, power as an estimate), so meters that reported in
+both months would carry energy into February's last two hours.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def write_store(path: Path, inventory: Inventory, previous_month: bool = False) 
                               for f, s, n in NODE_POWER_W])
     facility = store.series_ids([series_key("aif_facility_power_watts", {"factory": "alpha", "feed": "main"})])
     if previous_month:
-        _write_previous(store, energy[:2], nodes[:1], facility)
+        _write_previous(store)
     jobs: dict[tuple[int, str], int] = {}
     counters = np.array([1e6 * (i + 1) for i in range(len(GPUS))])
     for minute in range(SCRAPES):
@@ -155,10 +156,15 @@ def write_store(path: Path, inventory: Inventory, previous_month: bool = False) 
     store.close()
 
 
-def _write_previous(store: DuckDBStore, energy: np.ndarray, node: np.ndarray, facility: np.ndarray) -> None:
-    """February's two hours (module docstring): GPUs 0 and 1 of alphn0001, its BMC and alpha's facility meter."""
-    job = store.series_ids([series_key("aif_gpu_job_info", {"factory": "alpha", "system": "alpha-gpu", "node": "alphn0001", "gpu": "0",
-                                                            "job": "091", "project": "alpha-train", "access_mode": "Large Scale"})])
+def _write_previous(store: DuckDBStore) -> None:
+    """February's two hours (module docstring): GPUs 0 and 1 of alphn0009, its BMC and alpha's old facility meter."""
+    node_labels = {"factory": "alpha", "system": "alpha-gpu", "node": "alphn0009"}
+    energy = store.series_ids([series_key("aif_gpu_energy_joules_total", {**node_labels, "gpu": str(g), "uuid": f"GPU-old-{g}",
+                                                                          "model": "H100-SXM5-80GB"}) for g in (0, 1)])
+    node = store.series_ids([series_key("aif_node_power_watts", {**node_labels, "source": "bmc"})])
+    facility = store.series_ids([series_key("aif_facility_power_watts", {"factory": "alpha", "feed": "old"})])
+    job = store.series_ids([series_key("aif_gpu_job_info", {**node_labels, "gpu": "0", "job": "091", "project": "alpha-train",
+                                                            "access_mode": "Large Scale"})])
     for minute in range(PREVIOUS_SCRAPES):
         counters = np.array([50_000.0 + w * 60.0 * minute for w in PREVIOUS_GPU_W])
         gpus = [0] if minute in PREVIOUS_MISSED else [0, 1]
