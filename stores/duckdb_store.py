@@ -57,6 +57,7 @@ from aifmon.stores.store import (
     SeriesSamples,
     StoreConfigError,
     StoreError,
+    StoreHeldError,
 )
 from aifmon.telemetry.schema import is_counter
 
@@ -118,9 +119,9 @@ class DuckDBStore(SampleWriter, RollupStore):
             self._con = duckdb.connect(str(self.path), read_only=read_only)
         except (duckdb.IOException, OSError) as e:
             if "lock" in str(e).lower():
-                raise StoreError(
+                raise StoreHeldError(
                     f"store {self.path} is held by another aifmon process ({e}); stop it, or run the dashboard and "
-                    "rollups inside it (`aifmon up`)"
+                    "rollups inside it (`aifmon up`)", str(self.path)
                 ) from None
             raise StoreError(f"cannot open store {self.path}: {e}") from None
         if not read_only:

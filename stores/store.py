@@ -49,6 +49,14 @@ class StoreError(RuntimeError):
     """A store that failed to open, read or write (unreachable, locked, disk full); the message says what to do."""
 
 
+class StoreHeldError(StoreError):
+    """An embedded store another process holds open (DuckDB admits one); `path` is the store's file."""
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path
+
+
 class StoreConfigError(UserError):
     """A store that cannot be used as configured: its URL (scheme, path, option, a token in it), its token setting,
     or a capability the command needs that it lacks; the message says what to configure instead."""

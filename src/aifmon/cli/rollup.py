@@ -13,7 +13,7 @@ from aifmon.cli.arguments import Commands, add_rows_store, command, group, sampl
 from aifmon.telemetry.errors import UserError
 
 if TYPE_CHECKING:
-    from aifmon.stores.store import RollupStore, SampleReader
+    from aifmon.stores.store import RollupStore, SampleReader, StoreHeldError
     from aifmon.telemetry.inventory import Inventory
 
 log = logging.getLogger("aifmon")
@@ -49,6 +49,7 @@ def register(commands: Commands) -> None:
 def energy(args: argparse.Namespace) -> None:
     from aifmon.rollups.ledger import energy_rollup
     from aifmon.rollups.report_format import format_energy_rollup
+    from aifmon.stores.store import StoreHeldError
     from aifmon.telemetry.config import parse_time
     from aifmon.telemetry.inventory import load_inventory
 
@@ -61,12 +62,33 @@ def energy(args: argparse.Namespace) -> None:
         from aifmon.rollups.slurm_accounting import load_sacct
 
         accounting = load_sacct(args.sacct, args.sacct_timezone)
-    with samples_and_rows(args) as store:
-        result = energy_rollup(store, inventory, start_ms, end_ms, by=args.by, accounting=accounting,
-                               accounting_factory=args.sacct_factory, from_hourly=not args.from_samples)
+    try:
+        with samples_and_rows(args) as store:
+            result = energy_rollup(store, inventory, start_ms, end_ms, by=args.by, accounting=accounting,
+                                   accounting_factory=args.sacct_factory, from_hourly=not args.from_samples)
+    except StoreHeldError as held:
+        print(_through_up(held, args, inventory, start_ms, end_ms))
+        return
     if "no_data" in result.notes:
         log.warning("%s in %s", result.notes["no_data"], args.store)
     print(format_energy_rollup(result, args.format))
+
+
+def _through_up(held: StoreHeldError, args: argparse.Namespace, inventory: Inventory, start_ms: int, end_ms: int) -> str:
+    """The answer of the `aifmon up` that holds the store (`aifmon.rollups.ledger_service`); `held` again if none serves it."""
+    from aifmon.rollups.ledger_service import ask
+    from aifmon.telemetry.inventory import demo_inventory_path
+
+    if args.sacct:
+        raise UserError(f"{held}; --sacct is read by this command only: stop `aifmon up` for it, or leave --sacct out") from None
+    request = {"start_ms": start_ms, "end_ms": end_ms, "by": args.by, "format": args.format, "from_samples": args.from_samples,
+               "inventory_yaml": Path(args.inventory or demo_inventory_path()).read_text(encoding="utf-8"),
+               "inventory_source": inventory.source}
+    answer = ask(held.path, request)
+    if answer is None:
+        raise held
+    log.info("store %s is held by aifmon up: read its ledger through it", held.path)
+    return answer
 
 
 def hourly(args: argparse.Namespace) -> None:

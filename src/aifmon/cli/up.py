@@ -61,6 +61,7 @@ def up(args: argparse.Namespace) -> int:
     from aifmon.cli.alerts import alert_evaluator
     from aifmon.ingest.collector import Collector, targets_of
     from aifmon.rollups.hourly import HourlyRollups
+    from aifmon.rollups.ledger_service import LedgerService
     from aifmon.rollups.report_schedule import ReportScheduler
     from aifmon.stores.duckdb_store import Compactor, DuckDBStore
     from aifmon.stores.store import open_store
@@ -91,7 +92,7 @@ def up(args: argparse.Namespace) -> int:
                 log.info("live: scraping %d simulated factories every %g s", len(simulated), args.interval)
                 exited = run_workers([Collector(store, targets_of(inventory), interval_s=args.interval, window=window),
                                       HourlyRollups(store, inventory), Compactor(store), alert_evaluator(store, inventory, args.alert_rules),
-                                      ReportScheduler(store, inventory, Path(args.reports_dir))], sims)
+                                      ReportScheduler(store, inventory, Path(args.reports_dir)), LedgerService(store, store.path)], sims)
                 if exited is not None:
                     served = ", ".join(f"{f.id} on {f.targets[0]}" for f in simulated)
                     print(f"aifmon: the simulator ({served}) exited with status {exited.returncode}", file=sys.stderr, flush=True)
