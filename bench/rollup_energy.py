@@ -1,5 +1,5 @@
 """Energy rollup benchmark: per-project GPU energy over a day, aifmon against VictoriaMetrics and Prometheus
-answering the same question over the same samples in the same run; then the monthly report of a 25,000-GPU
+answering the same question over the same samples in the same run; then the monthly report of a 100,000-GPU
 factory from hourly rollups.
 
 Data (deterministic, seed 1): G GPUs (default 1,000, 4 per node) over one UTC day, scraped every 15 s
@@ -21,23 +21,27 @@ which this data has). Rows, each the median of 5 warm runs:
   table; it is work done once, as the data comes in, not per query);
 - aifmon, raw samples only: the same call with `from_hourly=False`, everything from the samples through the
   Store interface (DuckDB reads included);
-- aifmon, raw kernel: the raw computation with the samples already in memory (no store read);
+- aifmon, raw kernel: the raw computation with the store's reads answered from memory: the answers of every read the
+  ledger made of DuckDB in one run (`range_arrays`, `edges`, `sample_span`: one clock hour at a time) are kept
+  (`Kept`), and the timed runs are answered from them;
 - VictoriaMetrics, cached: the query above over HTTP, warm: repeats are answered from VictoriaMetrics' rollup
   result cache, its counterpart of aifmon's hourly tables;
 - VictoriaMetrics, nocache=1: the same query with its result cache bypassed, computed from its samples;
 - aifmon over VictoriaMetrics: the raw computation reading VictoriaMetrics' samples (`/api/v1/export`), as
-  `aifmon rollup energy --store victoriametrics+http://...` does at a site that keeps no rollup rows;
+  `aifmon rollup energy --store victoriametrics+http://...` does at a site that keeps no rollup rows; each run on a new
+  store object, as a new process would be (`read_ledger` keeps the hours it computed per store);
 - Prometheus: the query above over HTTP (Prometheus keeps no result cache).
 Throughput = counter samples / time; error = largest relative error of any project against the truth. The
 two ratios compare like with like: aifmon's default path with VictoriaMetrics' cached answer, aifmon's raw
 path with VictoriaMetrics computing from samples.
 
-Then where the site path's time goes (medians of 5): the export of the two metrics with data moved to /dev/null by
-curl (VictoriaMetrics' part), the same read into NumPy (`range_arrays`), and the ledger over those arrays in memory;
-and its peak memory: `aifmon rollup energy`'s computation run once in a fresh process (VmHWM, and the resident memory
-after the imports, before the read).
+Then where the site path's time goes (medians of 5): the day's export of the two metrics with data moved to
+/dev/null by curl (VictoriaMetrics' part: the least any read of the raw samples costs), the ledger's own reads of
+VictoriaMetrics made again without the ledger, and the ledger over their answers kept in memory; and its peak memory:
+`aifmon rollup energy`'s computation run once in a fresh process (VmHWM, and the resident memory after the imports,
+before the read). Figures also go to bench/results/rollup_energy_<gpus>[_site].json.
 
-Run by hand (not in the test suite):  .venv/bin/python bench/rollup_energy.py [--gpus 1000] [--report-gpus 25000] [--site-only]
+Run by hand (not in the test suite):  .venv/bin/python bench/rollup_energy.py [--gpus 1000] [--report-gpus 100000] [--site-only]
 (`--site-only`: the VictoriaMetrics rows and the site path only; no DuckDB rows, Prometheus or monthly report)
 """
 
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -54,6 +59,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,12 +84,13 @@ PROJECTS = 20
 # where the previous hour's job still shows, and the join would find two jobs for one GPU
 DEFAULT_ROW = "aifmon, default (24 h from hourly rollups)"
 RAW_ROW = "aifmon, raw samples only (from_hourly=False)"
+KERNEL_ROW = "aifmon, raw kernel (the same reads, answered from memory)"
 VM_CACHED_ROW = "VictoriaMetrics, cached (query_range, 24 x 1h)"
 VM_NOCACHE_ROW = "VictoriaMetrics, nocache=1 (from its samples)"
 ON_VM_ROW = "aifmon over VictoriaMetrics (its raw samples, /api/v1/export)"
 RUNS = 5  # timed runs per row; rows give the median
-MARGIN_MS = 15 * 60_000  # the ledger reads this far past each end of its range
-LEDGER_READS = ("aif_gpu_energy_joules_total", "aif_gpu_job_info")  # the metrics this data holds, which the ledger reads
+LEDGER_DATA = ("aif_gpu_energy_joules_total", "aif_gpu_job_info")  # the metrics of the ledger's that this data holds
+RESULTS = Path(__file__).resolve().parent / "results"
 QUERY = ("sum by (project) (increase(aif_gpu_energy_joules_total[1h]) "
          "* on (factory, node, gpu) group_left (project) last_over_time(aif_gpu_job_info[3599s]))")
 
@@ -176,15 +183,50 @@ def promql_per_project(base_url: str, day_ms: int, nocache: bool = False) -> pd.
     return pd.Series({res["metric"].get("project", "?"): sum(float(v) for _, v in res["values"]) for res in body["data"]["result"]})
 
 
-class Preloaded:
-    """A store whose sample reads return samples already in memory: times the raw rollup without the store read."""
+class Kept(SampleReader):
+    """The ledger's sample reads of `store` (`range_arrays`, `edges`, `sample_span`), kept in memory: `record` passes
+    each read to `store` and keeps its answer; a `replay` answers each from what was kept and refuses a read that was
+    not, so the ledger over a replay computes exactly what it computed over the store, without the store's reads. Each
+    replay is a new store object, so `read_ledger`'s per-store cache of computed hours starts empty, as in a new process."""
 
-    def __init__(self, reads: dict[str, SeriesSamples]):
-        self.reads = reads
+    def __init__(self, store: SampleReader | None, kept: dict[tuple, tuple[str, tuple, Any]] | None = None):
+        self.store = store
+        self.kept: dict[tuple, tuple[str, tuple, Any]] = {} if kept is None else kept
+
+    @classmethod
+    def record(cls, store: SampleReader) -> Kept:
+        return cls(store)
+
+    def replay(self) -> Kept:
+        return Kept(None, self.kept)
+
+    def reads(self) -> list[tuple[str, tuple]]:
+        """Every read kept, in the order the ledger made them: (method name, its arguments)."""
+        return [(name, args) for name, args, _ in self.kept.values()]
+
+    def _read(self, name: str, *args):
+        key = (name, *(tuple(sorted(a.items())) if isinstance(a, dict) else tuple(a) if isinstance(a, list) else a for a in args))
+        if self.store is None:
+            return self.kept[key][2]  # a KeyError: the replay would compute something the recorded run did not
+        answer = getattr(self.store, name)(*args)
+        self.kept[key] = (name, args, answer)
+        return answer
 
     def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
-        none = SeriesSamples(pd.DataFrame({"series_id": np.zeros(0, np.int32)}), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))
-        return self.reads.get(metric, none)
+        return self._read("range_arrays", metric, start_ms, end_ms, match)
+
+    def edges(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        return self._read("edges", metric, start_ms, end_ms, match)
+
+    def sample_span(self, metrics: list[str], start_ms: int, end_ms: int) -> tuple[int, int] | None:
+        return self._read("sample_span", metrics, start_ms, end_ms)
+
+
+def reissue(store: SampleReader, reads: list[tuple[str, tuple]]) -> None:
+    """Make the reads `Kept.reads` lists of `store` again, in order, each answer dropped when the next is made (as the
+    ledger, one hour at a time, drops an hour's samples)."""
+    for name, args in reads:
+        getattr(store, name)(*args)
 
 
 def error(answer: pd.Series, truth: pd.Series) -> float:
@@ -208,9 +250,10 @@ def bench_per_project(gpus: int, work: Path, site_only: bool = False) -> tuple[l
     if not site_only:
         t, ans = median_of(RUNS, lambda: per_project(store, inv, day_ms, from_hourly=False))
         raw = (RAW_ROW, t, n / t, error(ans, truth))
-        mem = Preloaded({m: store.range_arrays(m, day_ms - MARGIN_MS, day_ms + 24 * H + MARGIN_MS) for m in LEDGER_READS})
-        t, ans = median_of(RUNS, lambda: per_project(mem, inv, day_ms, from_hourly=False))
-        kernel = ("aifmon, raw kernel (samples in memory)", t, n / t, error(ans, truth))
+        kept = Kept.record(store)
+        per_project(kept, inv, day_ms, from_hourly=False)
+        t, ans = median_of(RUNS, lambda: per_project(kept.replay(), inv, day_ms, from_hourly=False))
+        kernel = (KERNEL_ROW, t, n / t, error(ans, truth))
         t0 = time.perf_counter()
         for hour in range(day_ms, day_ms + 24 * H, H):
             rollup_hour(store, hour, inv)
@@ -232,10 +275,14 @@ def bench_per_project(gpus: int, work: Path, site_only: bool = False) -> tuple[l
         t, ans = median_of(RUNS, lambda: promql_per_project(vm.url, day_ms, nocache=True))
         rows.append((VM_NOCACHE_ROW, t, n / t, error(ans, truth)))
         # `aifmon rollup energy --store victoriametrics+http://...`: the ledger computed from VictoriaMetrics' raw samples
-        on_vm = open_store(vm.url.replace("http://", "victoriametrics+http://"), needs=SampleReader)
-        t, ans = median_of(RUNS, lambda: per_project(on_vm, inv, day_ms, from_hourly=False))
+        # a new store object per run: `read_ledger` keeps the settled hours it computed per store, and a second
+        # `aifmon rollup energy` is a new process
+        def on_vm() -> SampleReader:
+            return open_store(vm.url.replace("http://", "victoriametrics+http://"), needs=SampleReader)
+
+        t, ans = median_of(RUNS, lambda: per_project(on_vm(), inv, day_ms, from_hourly=False))
         rows.append((ON_VM_ROW, t, n / t, error(ans, truth)))
-        site = site_path(vm.url, on_vm, gpus, day_ms, truth)
+        site = site_path(vm.url, on_vm(), gpus, day_ms, truth)
     if not site_only:
         blocks = work / "prom-data"
         subprocess.run([installed("promtool", "prometheus"), "tsdb", "create-blocks-from", "openmetrics", str(om), str(blocks)],
@@ -254,42 +301,44 @@ def per_project(store, inv, day_ms: int, **kw) -> pd.Series:
 
 
 def site_path(vm_url: str, on_vm: SampleReader, gpus: int, day_ms: int, truth: pd.Series) -> dict:
-    """Where the site path's time goes, medians of RUNS (s): VictoriaMetrics' export of the metrics with data, moved to
-    /dev/null by curl (`transfer_s`, with `export_mb` the answers' size), the same read into NumPy (`read_s`), the ledger
-    over those arrays in memory (`ledger_s`); and the whole path once in a fresh process (`child`, see `site_path_child`)."""
-    lo, hi = day_ms - MARGIN_MS, day_ms + 24 * H + MARGIN_MS
+    """Where the site path's time goes, medians of RUNS (s): VictoriaMetrics' export of the day's samples of the metrics
+    with data, moved to /dev/null by curl (`transfer_s`, with `export_mb` the answers' size: the least any read of the
+    raw samples costs); the ledger's own reads of VictoriaMetrics, made again without the ledger (`read_s`, `reads` of
+    them: `range_arrays`, `edges`, `sample_span`, one clock hour at a time); the ledger over those reads' answers in
+    memory (`ledger_s`); and the whole path once in a fresh process (`child`, see `site_path_child`)."""
     sizes: list[int] = []
 
     def transfer() -> None:
         sizes.clear()
-        for metric in LEDGER_READS:
-            query = urllib.parse.urlencode({"match[]": metric + "{}", "start": f"{lo / 1000:.3f}", "end": f"{hi / 1000:.3f}"})
+        for metric in LEDGER_DATA:
+            query = urllib.parse.urlencode({"match[]": metric + "{}", "start": f"{day_ms / 1000:.3f}", "end": f"{(day_ms + 24 * H) / 1000:.3f}"})
             out = subprocess.run([installed("curl", "curl"), "-sS", "-o", "/dev/null", "-w", "%{size_download}", f"{vm_url}/api/v1/export?{query}"],
                                  check=True, capture_output=True, text=True, timeout=600)
             sizes.append(int(out.stdout))
 
     transfer_s, _ = median_of(RUNS, transfer)
-    read_s, reads = median_of(RUNS, lambda: {m: on_vm.range_arrays(m, lo, hi) for m in LEDGER_READS})
     inv = inventory(gpus, PROJECTS)
-    ledger_s, ans = median_of(RUNS, lambda: per_project(Preloaded(reads), inv, day_ms, from_hourly=False))
+    kept = Kept.record(on_vm)
+    per_project(kept, inv, day_ms, from_hourly=False)
+    reads = kept.reads()
+    read_s, _ = median_of(RUNS, lambda: reissue(on_vm, reads))
+    ledger_s, ans = median_of(RUNS, lambda: per_project(kept.replay(), inv, day_ms, from_hourly=False))
     assert error(ans, truth) < 1e-9
-    children = {what: json.loads(subprocess.run([sys.executable, __file__, "--site-path-child", vm_url, str(day_ms), str(gpus), what],
-                                                check=True, capture_output=True, text=True, timeout=1800).stdout) for what in ("read", "rollup")}
-    return {"transfer_s": transfer_s, "export_mb": sum(sizes) / 1e6, "read_s": read_s, "ledger_s": ledger_s, "child": children}
+    child = json.loads(subprocess.run([sys.executable, __file__, "--site-path-child", vm_url, str(day_ms), str(gpus)],
+                                      check=True, capture_output=True, text=True, timeout=1800).stdout)
+    return {"transfer_s": transfer_s, "export_mb": sum(sizes) / 1e6, "read_s": read_s, "reads": len(reads),
+            "reads_by_method": {m: sum(1 for name, _ in reads if name == m) for m in ("range_arrays", "edges", "sample_span")},
+            "ledger_s": ledger_s, "child": child}
 
 
-def site_path_child(vm_url: str, day_ms: int, gpus: int, what: str) -> None:
-    """Run `aifmon rollup energy`'s computation over VictoriaMetrics (`what` = "rollup"), or only its reads of the two
-    metrics ("read"), once in this fresh process; print JSON: its wall time (s), the resident memory after the imports
-    (MB) and the peak (VmHWM, MB)."""
+def site_path_child(vm_url: str, day_ms: int, gpus: int) -> None:
+    """Run `aifmon rollup energy`'s computation over VictoriaMetrics once in this fresh process; print JSON: its wall time
+    (s), the resident memory after the imports (MB) and the peak (VmHWM, MB)."""
     inv = inventory(gpus, PROJECTS)
     store = open_store(vm_url.replace("http://", "victoriametrics+http://"), needs=SampleReader)
     before = rss_mb()
     t0 = time.perf_counter()
-    if what == "rollup":
-        per_project(store, inv, day_ms, from_hourly=False)
-    else:
-        [store.range_arrays(m, day_ms - MARGIN_MS, day_ms + 24 * H + MARGIN_MS) for m in LEDGER_READS]
+    per_project(store, inv, day_ms, from_hourly=False)
     print(json.dumps({"seconds": time.perf_counter() - t0, "rss_after_imports_mb": before, "peak_rss_mb": peak_rss_mb()}))
 
 
@@ -335,13 +384,13 @@ def bench_monthly_report(gpus: int, work: Path, month: str = "2025-03") -> tuple
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpus", type=int, default=1000, help="GPUs for the per-project comparison (default 1000)")
-    p.add_argument("--report-gpus", type=int, default=25_000, help="GPUs of the factory whose monthly report is timed (default 25000)")
+    p.add_argument("--report-gpus", type=int, default=100_000, help="GPUs of the factory whose monthly report is timed (default 100000)")
     p.add_argument("--site-only", action="store_true", help="only the VictoriaMetrics rows and the site path (no DuckDB, Prometheus, report)")
-    p.add_argument("--site-path-child", nargs=4, metavar=("VM_URL", "DAY_MS", "GPUS", "WHAT"), help=argparse.SUPPRESS)
+    p.add_argument("--site-path-child", nargs=3, metavar=("VM_URL", "DAY_MS", "GPUS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.site_path_child:
-        url, day_ms, gpus, what = args.site_path_child
-        site_path_child(url, int(day_ms), int(gpus), what)
+        url, day_ms, gpus = args.site_path_child
+        site_path_child(url, int(day_ms), int(gpus))
         return
     with tempfile.TemporaryDirectory(prefix="aifmon-bench-") as tmp:
         work = Path(tmp)
@@ -353,17 +402,26 @@ def main() -> None:
         for name, t, rate, err in rows:
             print(f"{name:62s} {t:8.3f} {rate / 1e6:12.1f} {err:10.2e}")
         took_s = {name: t for name, t, _, _ in rows}
-        for ours, theirs in ((DEFAULT_ROW, VM_CACHED_ROW), (RAW_ROW, VM_NOCACHE_ROW), (ON_VM_ROW, VM_NOCACHE_ROW)):
-            if ours in took_s:
-                print(f"{ours} / {theirs}: {took_s[theirs] / took_s[ours]:.2f}x VictoriaMetrics' throughput")
-        print(f"\nsite path (aifmon over VictoriaMetrics), medians of {RUNS}: export to /dev/null (curl) {site['transfer_s']:.3f} s "
-              f"for {site['export_mb']:.0f} MB; read into NumPy {site['read_s']:.3f} s; ledger over the arrays {site['ledger_s']:.3f} s")
-        for what, child in site["child"].items():
-            print(f"site path, {what} only once in a fresh process: {child['seconds']:.2f} s, resident after imports "
-                  f"{child['rss_after_imports_mb']:.0f} MB, peak {child['peak_rss_mb']:.0f} MB (VmHWM)")
+        ratios = {f"{ours} / {theirs}": took_s[theirs] / took_s[ours]
+                  for ours, theirs in ((DEFAULT_ROW, VM_CACHED_ROW), (RAW_ROW, VM_NOCACHE_ROW), (ON_VM_ROW, VM_NOCACHE_ROW)) if ours in took_s}
+        for pair, ratio in ratios.items():
+            print(f"{pair}: {ratio:.2f}x VictoriaMetrics' throughput")
+        child = site["child"]
+        print(f"\nsite path (aifmon over VictoriaMetrics), medians of {RUNS}: the day's export to /dev/null (curl) {site['transfer_s']:.3f} s "
+              f"for {site['export_mb']:.0f} MB; the ledger's {site['reads']} reads ({site['reads_by_method']}) made again "
+              f"{site['read_s']:.3f} s; the ledger over their answers in memory {site['ledger_s']:.3f} s")
+        print(f"site path once in a fresh process: {child['seconds']:.2f} s, resident after imports "
+              f"{child['rss_after_imports_mb']:.0f} MB, peak {child['peak_rss_mb']:.0f} MB (VmHWM)")
+        results = {"gpus": args.gpus, "runs": RUNS, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+                   "rows": [{"answer": name, "median_s": t, "samples_per_s": rate, "max_error": err} for name, t, rate, err in rows],
+                   "hourly_catch_up_s": catch_up, "ratios": ratios, "site_path": site}
         if not args.site_only:
             took, n, pages = bench_monthly_report(args.report_gpus, work)
             print(f"\nmonthly report, {args.report_gpus:,} GPUs, {n:,} hourly rows: {took:.1f} s (html, pdf with {pages} pages, csv, json)")
+            results["monthly_report"] = {"gpus": args.report_gpus, "hourly_rows": n, "seconds": took, "pdf_pages": pages}
+        out = RESULTS / f"rollup_energy_{args.gpus}{'_site' if args.site_only else ''}.json"
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"written: {out.relative_to(RESULTS.parent.parent)}")
 
 
 if __name__ == "__main__":
