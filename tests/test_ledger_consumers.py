@@ -31,6 +31,7 @@ from aifmon.dashboard.accounting import month_energy
 from aifmon.dashboard.pages.projects import project_rows
 from aifmon.ingest.openmetrics import export_openmetrics
 from aifmon.rollups.hourly import HourlyRollups
+from aifmon.rollups.ledger import read_ledger
 from aifmon.rollups.monthly_report import build_monthly_report
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.split_store import SplitStore
@@ -148,8 +149,9 @@ def figures(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         assert made.returncode == 0, made.stderr
         (tmp / "prom").mkdir()
         with prometheus("global: {scrape_interval: 1m}\n", tmp / "prom", storage=blocks) as url:
-            with open_store(url.replace("http://", "prometheus+http://"), needs=SampleReader) as store:
-                yield _figures(store, inventory, [*inv, "--store", url.replace("http://", "prometheus+http://")], {}, tmp)
+            prom_url = url.replace("http://", "prometheus+http://")
+            with open_store(prom_url, needs=SampleReader) as store:
+                yield _figures(store, inventory, [*inv, "--store", prom_url], {}, tmp)
     else:
         duck.close()
         with victoria_metrics(tmp, extra_args=("-retentionPeriod=100y",)) as vm, postgresql() as pg:
@@ -179,3 +181,14 @@ def test_march_energy_and_coverage_are_the_hand_computed_truth(figures: Figures,
 def test_april_energy_is_the_hand_computed_truth(figures: Figures, consumer: str) -> None:
     got = {p: j for p, j in figures.april[consumer].items() if j}
     assert got == pytest.approx(TRUTH["2025-04"], rel=1e-9)
+
+
+def test_a_range_without_data_says_so(tmp_path: Path) -> None:
+    """A read of hours the store has no sample or row for is empty and says so (the CLI prints it as a warning)."""
+    (tmp_path / "inventory.yaml").write_text(inventory_text())
+    with DuckDBStore(tmp_path / "s.duckdb") as store:
+        _write(store)
+        read = read_ledger(store, load_inventory(tmp_path / "inventory.yaml"), START - 48 * H, START - 24 * H, NOW)
+    assert read.empty and read.windows_from_samples == 0  # the hours before the first sample are not even read
+    assert read.notes["no_data"] == "no samples or ledger rows from 2025-03-29T22:00:00Z to 2025-03-30T22:00:00Z"
+    assert read.by(load_inventory(tmp_path / "inventory.yaml"), "project").coverage == 0.0
