@@ -48,6 +48,19 @@ def prometheus(config: str, workdir: Path, storage: Path | None = None) -> Itera
         yield url
 
 
+@contextlib.contextmanager
+def prometheus_of(openmetrics: Path, workdir: Path) -> Iterator[str]:
+    """A Prometheus serving the samples of an OpenMetrics file, made into TSDB blocks by promtool (as a site backfills
+    history); yields its store URL, `prometheus+http://...`."""
+    blocks = workdir / "prom-blocks"
+    made = subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(openmetrics), str(blocks)],
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    (workdir / "prom").mkdir()
+    with prometheus("global: {scrape_interval: 1m}\n", workdir / "prom", storage=blocks) as url:
+        yield url.replace("http://", "prometheus+http://")
+
+
 def promql(base_url: str, query: str, at: float | None = None) -> list[dict]:
     """Instant query result vector, evaluated now or at Unix time `at` (s)."""
     params = {"query": query} if at is None else {"query": query, "time": f"{at:.3f}"}

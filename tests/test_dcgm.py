@@ -6,7 +6,6 @@ exporter reporting one of the same GPUs; then the same store read through a real
 """
 
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,8 +23,8 @@ from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import SampleReader, open_store
 from aifmon.telemetry.exposition import label_text, render_family
 from aifmon.telemetry.schema import BY_NAME
-from tests.conftest import free_port, require_binary
-from tests.servers import prometheus
+from tests.conftest import free_port
+from tests.servers import prometheus_of
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dcgm" / "h100-node-hpc-job-mapping.prom"
 H = 3_600_000
@@ -153,13 +152,8 @@ def test_prometheus_reads_give_the_same_energy(collected, small_inventory, tmp_p
     om = tmp_path / "dcgm.om"
     with om.open("w") as fh:
         export_openmetrics(store, fh, 0, 2**62)
-    blocks = tmp_path / "blocks"
-    result = subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(om), str(blocks)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    (tmp_path / "prom").mkdir()
-    with prometheus("global: {scrape_interval: 1m}\n", tmp_path / "prom", storage=blocks) as url:
-        prom = open_store(url.replace("http://", "prometheus+http://"), needs=SampleReader)
+    with prometheus_of(om, tmp_path) as url:
+        prom = open_store(url, needs=SampleReader)
         got, notes = _per_project(prom, small_inventory, start_ms, end_ms)
     assert got.keys() == truth.keys()
     for project, joules in truth.items():

@@ -37,8 +37,8 @@ from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.split_store import SplitStore
 from aifmon.stores.store import RowStore, SampleReader, SampleWriter, open_store, series_key
 from aifmon.telemetry.inventory import Inventory, load_inventory
-from tests.conftest import inventory_text, require_binary
-from tests.servers import postgresql, prometheus, victoria_metrics
+from tests.conftest import inventory_text
+from tests.servers import postgresql, prometheus_of, victoria_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 H, MIN = 3_600_000, 60_000
@@ -143,15 +143,8 @@ def figures(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         with (tmp / "samples.om").open("w") as fh:
             export_openmetrics(duck, fh, 0, 2**62)
         duck.close()
-        blocks = tmp / "blocks"
-        made = subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(tmp / "samples.om"), str(blocks)],
-                              capture_output=True, text=True, timeout=120)
-        assert made.returncode == 0, made.stderr
-        (tmp / "prom").mkdir()
-        with prometheus("global: {scrape_interval: 1m}\n", tmp / "prom", storage=blocks) as url:
-            prom_url = url.replace("http://", "prometheus+http://")
-            with open_store(prom_url, needs=SampleReader) as store:
-                yield _figures(store, inventory, [*inv, "--store", prom_url], {}, tmp)
+        with prometheus_of(tmp / "samples.om", tmp) as url, open_store(url, needs=SampleReader) as store:
+            yield _figures(store, inventory, [*inv, "--store", url], {}, tmp)
     else:
         duck.close()
         with victoria_metrics(tmp, extra_args=("-retentionPeriod=100y",)) as vm, postgresql() as pg:

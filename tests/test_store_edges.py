@@ -4,7 +4,6 @@ and a real Prometheus (issue #12, "exact across any silence")."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import numpy as np
@@ -14,8 +13,7 @@ import aifmon.stores.duckdb_store as duckdb_store
 from aifmon.ingest.openmetrics import export_openmetrics, import_openmetrics
 from aifmon.stores.duckdb_store import DuckDBStore, Retention
 from aifmon.stores.store import EDGE_FIRST_WINDOW_MS, SampleReader, SampleWriter, SeriesSamples, open_store, series_key
-from tests.conftest import require_binary
-from tests.servers import prometheus, victoria_metrics
+from tests.servers import prometheus_of, victoria_metrics
 
 H, MIN, DAY = 3_600_000, 60_000, 86_400_000
 NOW = int(time.time() * 1000)
@@ -184,10 +182,5 @@ def test_hand_set_silences_on_a_real_victoriametrics(openmetrics):
 
 def test_hand_set_silences_on_a_real_prometheus(openmetrics):
     path, work = openmetrics
-    blocks = work / "prom-data"
-    result = subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(path), str(blocks)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    (work / "prom").mkdir()
-    with prometheus("global: {scrape_interval: 1m}\n", work / "prom", storage=blocks) as url:
-        _check_server(open_store(url.replace("http://", "prometheus+http://"), needs=SampleReader))
+    with prometheus_of(path, work) as url:
+        _check_server(open_store(url, needs=SampleReader))
