@@ -66,6 +66,7 @@ EUROHPC = "EuroHPC"
 JOB_KEYS = ["factory", "system", "job", "project", "access_mode"]
 GPU_KEYS = ["factory", "system", "node", "gpu"]
 DEFAULT_MAX_GAP_S = 60.0  # coverage counts scrape intervals up to this long, s; the hourly rollups use it
+SETTLE_MS = 120_000  # the hourly rollups compute an hour this long after it ends, so the last scrapes of the hour are in
 JOB_INFO_ATTRIBUTION = "aif_gpu_job_info samples (per GPU)"
 _T_BITS = 42  # (stream << 42) | time offset in ms: one sortable int64 key; 2**42 ms is 139 years
 
@@ -92,6 +93,7 @@ class Ledger:
     wraps: int = 0
     duplicates: int = 0
     attribution: str = "aif_gpu_job_info"
+    reopen_from_ms: int | None = None  # a meter's last sample before a silence across the window's start (`_late_closing`)
 
     def factories(self) -> pd.DataFrame:
         """One site row per factory for the whole window (`range_sites`)."""
@@ -174,6 +176,7 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
     gpus, nodes, jobs = _Codes(), _Codes(), _Codes()
 
     e, segment = dcgm.gpu_energy(store, ENERGY_METRIC, start_ms, end_ms)
+    late = [_late_closing(e, start_ms)]
     row = series_row(e)
     gpu_of = gpus.of_series(e, GPU_KEYS, row)[row]
     if segment is None:
@@ -211,7 +214,7 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
         cells, (energy, held) = _sum_runs(nh[idx] * n_jobs + (job_of + 1), iv.energy_j[idx] * share, iv.seconds[idx] * share)
         job_samples = pd.Series(dtype=np.int64)
         attribution = f"Slurm accounting records ({len(accounting)} jobs; shared nodes split by GPU count)"
-    measured, cpu, node_gap, node_system_extra, rapl = _node_energy(store, nodes, hours, start_ms, end_ms, max_gap_s)
+    measured, cpu, node_gap, node_system_extra, rapl = _node_energy(store, nodes, hours, start_ms, end_ms, max_gap_s, late)
     n_nodes = len(nodes.index)
     cell_nh, cell_job = np.divmod(cells, n_jobs)
     held[cell_job == 0] = 0.0  # GPU-hours count allocated time only
@@ -274,11 +277,35 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
     sites = per_cell.groupby(["window_start_ms", "factory"]).sum().reindex(every, fill_value=0.0).reset_index()
     sites["gpus"] = sites["gpus"].astype(np.int64)
     sites["expected_s"] = sites["gpus"] * hours.seconds_in_range(sites["window_start_ms"].to_numpy())
-    sites = _with_facility(store, sites, hours, start_ms, end_ms)
+    sites = _with_facility(store, sites, hours, start_ms, end_ms, late)
     for column, counts in (("energy_samples", _count_by_hour(e.series, row, e.t_ms, start_ms, end_ms)), ("job_samples", job_samples)):
         at = pd.MultiIndex.from_frame(sites[["window_start_ms", "factory"]])
         sites[column] = counts.reindex(at).fillna(0).astype(np.int64).to_numpy() if len(counts) else np.int64(0)
-    return Ledger(rows, sites, start_ms, end_ms, iv.resets + rapl[0], iv.wraps + rapl[1], iv.duplicates + rapl[2], attribution)
+    reopen = [t for t in late if t is not None]
+    return Ledger(rows, sites, start_ms, end_ms, iv.resets + rapl[0], iv.wraps + rapl[1], iv.duplicates + rapl[2], attribution,
+                  min(reopen) if reopen else None)
+
+
+def _late_closing(samples: SeriesSamples, start_ms: int) -> int | None:
+    """The earliest last sample before `start_ms` of the series that were silent from before `start_ms` until more than
+    `SETTLE_MS` after it: the hours before the window were rolled up without the sample that closes that interval (they
+    are computed `SETTLE_MS` after they end), so they are to be computed again. None when no series was."""
+    t = samples.t_ms
+    if not len(t):
+        return None
+    # a meter by its labels: a read with edges lists a series once per read (`concat_samples`)
+    meters = _Codes()
+    row = meters.of(samples, [c for c in samples.series.columns if c != "series_id"])
+    n = len(meters.index)
+    before = t < start_ms
+    last_before = np.full(n, np.iinfo(np.int64).min)
+    np.maximum.at(last_before, row[before], t[before])  # one edge sample per series: few
+    settle = start_ms + SETTLE_MS
+    heard, later = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    heard[row[(t >= start_ms) & (t <= settle)]] = True
+    later[row[t > settle]] = True
+    late = (last_before > np.iinfo(np.int64).min) & ~heard & later
+    return int(last_before[late].min()) if late.any() else None
 
 
 def _count_by_hour(series: pd.DataFrame, row: np.ndarray, t_ms: np.ndarray, start_ms: int, end_ms: int) -> pd.Series:
@@ -468,10 +495,11 @@ class _Hours:
 
 
 def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, start_ms: int, end_ms: int,
-                 max_gap_s: float) -> tuple[pd.Series, pd.Series, pd.Series, dict[int, str], tuple[int, int, int]]:
+                 max_gap_s: float, late: list[int | None]) -> tuple[pd.Series, pd.Series, pd.Series, dict[int, str], tuple[int, int, int]]:
     """Per (node, hour) cell (node code x hours.count + hour): energy from the node's power reading (J; cells
     without one are absent), RAPL CPU + DRAM energy (J), and energy integrated across gaps longer than
-    `max_gap_s` (J); the systems of nodes seen only here; and the RAPL counters' (resets, wraps, duplicates).
+    `max_gap_s` (J); the systems of nodes seen only here; and the RAPL counters' (resets, wraps, duplicates). A
+    late-closing silence of a meter goes to `late` (`_late_closing`).
 
     RAPL counters are read only when some node lacks a power reading: they are the fallback.
     """
@@ -480,6 +508,7 @@ def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, start_ms: in
     counts = (0, 0, 0)
     known_nodes = len(nodes.index)
     p = range_with_edges(store, NODE_POWER_METRIC, start_ms, end_ms)
+    late.append(_late_closing(p, start_ms))
     if len(p.t_ms):
         row = series_row(p)
         node_of_series = nodes.of_series(p, ["factory", "node"], row)
@@ -499,6 +528,7 @@ def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, start_ms: in
     with_power = set((np.asarray(measured.index, dtype=np.int64) // hours.count).tolist())
     if len(with_power) < known_nodes:
         c = range_with_edges(store, CPU_ENERGY_METRIC, start_ms, end_ms)
+        late.append(_late_closing(c, start_ms))
         if len(c.t_ms):
             domains = _Codes()
             domain = domains.of(c, ["factory", "node", "socket", "domain"])
@@ -510,10 +540,12 @@ def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, start_ms: in
     return measured, cpu, gap, systems, counts
 
 
-def _with_facility(store: SampleReader, sites: pd.DataFrame, hours: _Hours, start_ms: int, end_ms: int) -> pd.DataFrame:
+def _with_facility(store: SampleReader, sites: pd.DataFrame, hours: _Hours, start_ms: int, end_ms: int,
+                   late: list[int | None]) -> pd.DataFrame:
     """Add `facility_energy_j` per clock hour and factory (all feeds; NaN where the factory's meters have no interval
-    in the hour)."""
+    in the hour); a late-closing silence of a meter goes to `late` (`_late_closing`)."""
     facility = range_with_edges(store, FACILITY_METRIC, start_ms, end_ms)
+    late.append(_late_closing(facility, start_ms))
     sites = sites.assign(facility_energy_j=np.nan)
     if not len(facility.t_ms):
         return sites

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from aifmon.rollups.counters import HOUR_MS
-from aifmon.rollups.energy import DEFAULT_MAX_GAP_S, JOB_KEYS, compute_ledger
-from aifmon.stores.store import RollupStore, RowStore, SampleReader, Store
+from aifmon.rollups.energy import DEFAULT_MAX_GAP_S, JOB_KEYS, SETTLE_MS, Ledger, compute_ledger
+from aifmon.stores.store import RollupStore, RowStore, RowWriter, SampleReader, Store
 from aifmon.telemetry.inventory import Inventory
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 TABLE = "gpu_energy_hourly"
 NODE_TABLE = "node_energy_hourly"
 SITE_TABLE = "site_energy_hourly"
-SETTLE_MS = 120_000  # wait this long after an hour ends, so the last scrapes of the hour are in
 LATE_WINDOW_S = 3 * 3600.0  # hours that ended less than this ago are rechecked for late data (HourlyRollups' default)
 SITE_COLUMNS = ["gpu_energy_j", "it_energy_j", "facility_energy_j", "estimated_j", "covered_s", "expected_s", "gpus",
                 "energy_samples", "job_samples"]
@@ -53,19 +52,29 @@ def rollup_hour(store: RollupStore, hour_start_ms: int, inventory: Inventory | N
 
     `inventory` lets GPUs without an energy counter fall back to integrated power (see `aifmon.rollups.energy`).
     """
-    jobs, nodes, sites = hour_rows(store, hour_start_ms, inventory)
-    store.replace_rows(TABLE, hour_start_ms, jobs)
-    store.replace_rows(NODE_TABLE, hour_start_ms, nodes)
-    store.replace_rows(SITE_TABLE, hour_start_ms, sites)
-    return jobs
+    return _store_hour(store, hour_start_ms, _hour_ledger(store, hour_start_ms, inventory))
 
 
 def hour_rows(store: SampleReader, hour_start_ms: int, inventory: Inventory | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The rows of the three hourly tables for one hour, computed from samples, not stored."""
+    ledger = _hour_ledger(store, hour_start_ms, inventory)
+    return table_rows(ledger.jobs, ledger.sites)
+
+
+def _hour_ledger(store: SampleReader, hour_start_ms: int, inventory: Inventory | None) -> Ledger:
     if hour_start_ms % HOUR_MS:
         raise ValueError("an hour starts on a whole hour (ms since the epoch divisible by 3,600,000)")
-    ledger = compute_ledger(store, inventory, hour_start_ms, hour_start_ms + HOUR_MS, max_gap_s=DEFAULT_MAX_GAP_S)
-    return table_rows(ledger.jobs, ledger.sites)
+    return compute_ledger(store, inventory, hour_start_ms, hour_start_ms + HOUR_MS, max_gap_s=DEFAULT_MAX_GAP_S)
+
+
+def _store_hour(store: RowWriter, hour_start_ms: int, ledger: Ledger) -> pd.DataFrame:
+    """Replace the hour's rows in the three tables (the site table last: its row says the hour is complete); returns the
+    `gpu_energy_hourly` rows."""
+    jobs, nodes, sites = table_rows(ledger.jobs, ledger.sites)
+    store.replace_rows(TABLE, hour_start_ms, jobs)
+    store.replace_rows(NODE_TABLE, hour_start_ms, nodes)
+    store.replace_rows(SITE_TABLE, hour_start_ms, sites)
+    return jobs
 
 
 def table_rows(jobs: pd.DataFrame, sites: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -134,9 +143,11 @@ class HourlyRollups:
         written = 0
         for hour in range(first, last, HOUR_MS):
             if hour not in self._done or hour in self._again:
-                rollup_hour(self.store, hour, self.inventory)
+                ledger = _hour_ledger(self.store, hour, self.inventory)
+                _store_hour(self.store, hour, ledger)
                 self._done.add(hour)
                 self._again.discard(hour)
+                self._reopen_silence(hour, ledger)
                 written += 1
         if now_ms - self._last_recheck_ms >= self.recheck_every_s * 1000:
             self._last_recheck_ms = now_ms
@@ -150,15 +161,26 @@ class HourlyRollups:
         for hour in range(start_ms, end_ms, HOUR_MS):
             if hour not in self._done:
                 continue
-            jobs, nodes, sites = hour_rows(self.store, hour, self.inventory)
+            ledger = _hour_ledger(self.store, hour, self.inventory)
             before = stored[stored["window_start_ms"] == hour] if not stored.empty else stored
-            if _fingerprint(before) != _fingerprint(sites):
+            if _fingerprint(before) != _fingerprint(table_rows(ledger.jobs, ledger.sites)[2]):
                 log.info("hourly rollups: late data re-opened the hour starting %s", pd.Timestamp(hour, unit="ms", tz="UTC"))
-                self.store.replace_rows(TABLE, hour, jobs)
-                self.store.replace_rows(NODE_TABLE, hour, nodes)
-                self.store.replace_rows(SITE_TABLE, hour, sites)
+                _store_hour(self.store, hour, ledger)
+                self._reopen_silence(hour, ledger)
                 changed += 1
         return changed
+
+    def _reopen_silence(self, hour_ms: int, ledger: Ledger) -> None:
+        """A meter that came back in this hour after a silence from an earlier one: the done hours since its last sample
+        before it were rolled up without the sample that closes the silence, and are computed again at the next
+        `catch_up`, however long ago the silence began."""
+        if ledger.reopen_from_ms is None:
+            return
+        hours = {h for h in range(ledger.reopen_from_ms // HOUR_MS * HOUR_MS, hour_ms, HOUR_MS) if h in self._done}
+        if hours - self._again:
+            log.info("hourly rollups: a meter silent since %s reported again: %d earlier hour(s) re-opened",
+                     pd.Timestamp(ledger.reopen_from_ms, unit="ms", tz="UTC"), len(hours - self._again))
+        self._again |= hours
 
     def reopen(self, start_ms: int, end_ms: int) -> None:
         """Mark the hours overlapping [start_ms, end_ms) for recomputation at the next `catch_up` (history loaded late)."""

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from aifmon.rollups.hourly import hour_rows
+from aifmon.rollups.hourly import SITE_TABLE, HourlyRollups, hour_rows
 from aifmon.stores.duckdb_store import DuckDBStore
 from aifmon.stores.store import series_key
 
@@ -53,3 +53,24 @@ def test_each_hour_holds_exactly_the_energy_measured_across_the_silences(store):
         assert held.to_dict() == pytest.approx({"p-short": 3600.0, "p-long": 3600.0}, rel=1e-12)
     total = sum(hour_rows(store, T0 + hour * H)[0]["energy_j"].sum() for hour in range(1, 6))
     assert total == pytest.approx((100.0 + 250.0) * 5 * 3600.0, rel=1e-9, abs=0)
+
+
+def test_hourly_rollups_reopen_the_hours_of_a_silence_when_the_meter_reports_again(tmp_path):
+    """Samples arrive as they would live, the rollups catching up every 10 minutes: GPU 1 falls silent at 01:30 and reports
+    again at 04:30, after the 3 h late window of the hours it was silent in. When it does, those hours, rolled up without
+    the sample that closes the silence, are computed again: every hour's row holds both GPUs' 350 W x 3600 s."""
+    s = DuckDBStore(tmp_path / "live.duckdb")
+    rollups = HourlyRollups(s, None, recheck_every_s=600.0)
+    ids = {gpu: s.series_ids([series_key("aif_gpu_energy_joules_total", {"factory": "f", "system": "s", "node": "n1", "gpu": gpu})])[0]
+           for gpu in GPUS}
+    written = T0 - 1
+    for now in range(T0 + 10 * MIN, T0 + 6 * H + 20 * MIN, 10 * MIN):
+        arrived = TIMES[(TIMES > written) & (TIMES <= now)]
+        for gpu, (watts, quiet_from, quiet_until, _, _) in GPUS.items():
+            t = arrived[~((quiet_from < arrived) & (quiet_until > arrived))]
+            s.append(np.full(len(t), ids[gpu]), t, 5e6 + watts * (t - T0) / 1000.0)
+        written = now
+        rollups.catch_up(now_ms=now)
+    rows = s.read_rows(SITE_TABLE, T0, T0 + 6 * H).set_index("window_start_ms")["gpu_energy_j"]
+    assert rows.to_dict() == pytest.approx({T0 + h * H: 350.0 * 3600 for h in range(6)}, rel=1e-12)
+    s.close()
