@@ -223,10 +223,11 @@ class PromQLStore(SampleReader):
         last = -(-end_ms // 3_600_000) * 3_600_000
         # one sum per metric: count_over_time drops the name, so a regex over several would clash (Prometheus refuses it)
         query = " or ".join(f"sum(count_over_time({m}[1h]))" for m in metrics)
-        data = self._get("/api/v1/query_range", {"query": query,
-                                                 "start": f"{(first + 3_600_000) / 1000:.3f}", "end": f"{last / 1000:.3f}", "step": "3600"})
-        hours = [int(float(t) * 1000) for result in data["result"] for t, v in result["values"] if float(v) > 0]
-        return (min(hours) - 3_600_000, max(hours)) if hours else None
+        # evaluated 1 ms before each hour's end, a window (t - 1 h, t] is the hour [start, end) exactly
+        data = self._get("/api/v1/query_range", {"query": query, "start": f"{(first + 3_600_000 - 1) / 1000:.3f}",
+                                                 "end": f"{(last - 1) / 1000:.3f}", "step": "3600"})
+        ends = [round(float(t) * 1000) + 1 for result in data["result"] for t, v in result["values"] if float(v) > 0]
+        return (min(ends) - 3_600_000, max(ends)) if ends else None
 
     def close(self) -> None:
         pass  # one HTTP request per read: nothing is held open

@@ -129,8 +129,7 @@ def _figures(store: SampleReader, inventory: Inventory, cli_args: list[str], env
 @pytest.fixture(scope="module", params=["duckdb", "victoriametrics+postgresql", "prometheus"])
 def figures(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Figures]:
     tmp = tmp_path_factory.mktemp(request.param.replace("+", "-"))
-    (tmp / "inventory.yaml").write_text(inventory_text())
-    inventory = load_inventory(tmp / "inventory.yaml")
+    inventory = load_inventory(_inventory_file(tmp))
     inv = ["--inventory", str(tmp / "inventory.yaml")]
     duck = DuckDBStore(tmp / "samples.duckdb")
     _write(duck)
@@ -178,10 +177,34 @@ def test_april_energy_is_the_hand_computed_truth(figures: Figures, consumer: str
 
 def test_a_range_without_data_says_so(tmp_path: Path) -> None:
     """A read of hours the store has no sample or row for is empty and says so (the CLI prints it as a warning)."""
-    (tmp_path / "inventory.yaml").write_text(inventory_text())
+    inventory = load_inventory(_inventory_file(tmp_path))
     with DuckDBStore(tmp_path / "s.duckdb") as store:
         _write(store)
-        read = read_ledger(store, load_inventory(tmp_path / "inventory.yaml"), START - 48 * H, START - 24 * H, NOW)
+        read = read_ledger(store, inventory, START - 48 * H, START - 24 * H, NOW)
     assert read.empty and read.windows_from_samples == 0  # the hours before the first sample are not even read
     assert read.notes["no_data"] == "no samples or ledger rows from 2025-03-29T22:00:00Z to 2025-03-30T22:00:00Z"
-    assert read.by(load_inventory(tmp_path / "inventory.yaml"), "project").coverage == 0.0
+    assert read.by(inventory, "project").coverage == 0.0
+
+
+def _inventory_file(folder: Path) -> Path:
+    (folder / "inventory.yaml").write_text(inventory_text())
+    return folder / "inventory.yaml"
+
+
+def test_a_store_without_rows_reads_each_settled_hour_once(tmp_path: Path) -> None:
+    """On Prometheus alone every hour comes from samples: a month's read computes only the hours that hold samples (the
+    span asked in one query), and a second read none of the settled ones (kept in the process's memory)."""
+    inventory = load_inventory(_inventory_file(tmp_path))
+    with DuckDBStore(tmp_path / "s.duckdb") as duck:
+        _write(duck)
+        with (tmp_path / "s.om").open("w") as fh:
+            export_openmetrics(duck, fh, 0, 2**62)
+    with prometheus_of(tmp_path / "s.om", tmp_path) as url, open_store(url, needs=SampleReader) as store:
+        computed: list[list[str]] = [[], []]
+        for steps in computed:
+            read = read_ledger(store, inventory, *MARCH, NOW, progress=steps.append)
+            assert {p: j for p, j in read.by(inventory, "project").rows.set_index("project")["energy_kwh"].items() if j} == \
+                pytest.approx({p: j / 3.6e6 for p, j in TRUTH["2025-03"].items()}, rel=1e-9)
+    assert computed[0] == ["2025-03-31T22:00:00Z to 2025-03-31T23:00:00Z computed from samples",
+                           "2025-03-31T23:00:00Z to 2025-04-01T00:00:00Z computed from samples"]
+    assert computed[1] == []
