@@ -125,7 +125,11 @@ projects:
 
 
 def make_day(store: DuckDBStore, gpus: int, day_ms: int, seed: int = 1) -> pd.Series:
-    """Write one day of counters and job info; return the true GPU energy per project (J), `(unallocated)` included."""
+    """Write one day of counters and job info; return the true GPU energy per project (J), `(unallocated)` included.
+
+    The samples are appended in time order, as scrapes arrive: the store then holds them clustered by time, as it does
+    in service, and a read of one hour skips the rest of the day (DuckDB's row-group zone maps). Written series after
+    series, every hour's read would scan the whole day."""
     rng = np.random.default_rng(seed)
     per_node = 4
     nodes = gpus // per_node
@@ -138,12 +142,17 @@ def make_day(store: DuckDBStore, gpus: int, day_ms: int, seed: int = 1) -> pd.Se
     e_ids = store.series_ids([series_key("aif_gpu_energy_joules_total", {**base, "node": f"fn{g // per_node + 1:04d}", "gpu": str(g % per_node),
                                                                            "uuid": f"GPU-{g}", "model": "H100"}) for g in range(gpus)])
     truth: dict[str, float] = {}
+    ids: list[np.ndarray] = []
+    at: list[np.ndarray] = []
+    values: list[np.ndarray] = []
     for g in range(gpus):
         node = g // per_node
         job_busy = busy[hour_of, node]
         watts = np.where(job_busy, rng.uniform(300, 700, k), rng.uniform(60, 90, k))
         counter = rng.uniform(0, 1e9) + np.concatenate([[0.0], np.cumsum(watts[1:] * STEP_MS / 1000)])
-        store.append(np.full(k, e_ids[g]), times, counter)
+        ids.append(np.full(k, e_ids[g]))
+        at.append(times)
+        values.append(counter)
         inc = np.diff(counter)  # the increments the truth is made of, as float64 sees them
         owner = np.where(job_busy[1:], np.char.add("p", np.char.zfill(project[hour_of[1:], node].astype(str), 2)), UNALLOCATED)
         for p, j in pd.Series(inc).groupby(owner).sum().items():
@@ -156,7 +165,13 @@ def make_day(store: DuckDBStore, gpus: int, day_ms: int, seed: int = 1) -> pd.Se
         if len(with_job):
             sid_of_hour = np.zeros(24, dtype=np.int64)
             sid_of_hour[hours] = sids
-            store.append(sid_of_hour[hour_of[with_job]], times[with_job], np.ones(len(with_job)))
+            ids.append(sid_of_hour[hour_of[with_job]])
+            at.append(times[with_job])
+            values.append(np.ones(len(with_job)))
+    order = np.argsort(np.concatenate(at), kind="stable")
+    sid_all, t_all, v_all = (np.concatenate(parts)[order] for parts in (ids, at, values))
+    for chunk in range(0, len(order), 1_000_000):
+        store.append(sid_all[chunk:chunk + 1_000_000], t_all[chunk:chunk + 1_000_000], v_all[chunk:chunk + 1_000_000])
     return pd.Series(truth)
 
 
