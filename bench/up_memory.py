@@ -57,6 +57,16 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
+def rollup(pid: int) -> dict[str, int]:
+    """/proc/PID/smaps_rollup in bytes (Rss, Pss, Anonymous, Shared_Clean, ...; empty once it has exited): what of the
+    resident memory is the process's own (Anonymous) and what is mapped files, shared with the other processes."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    except OSError:
+        return {}
+    return {k.rstrip(":"): int(v) * 1024 for k, v, *_ in (line.split() for line in lines)}
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU time of one process so far, s."""
     try:
@@ -105,6 +115,7 @@ def main() -> None:
             minute_ago = next(s for s in samples if s["t_s"] >= last["t_s"] - 60)
             cores = (sum(last["cpu_s"].values()) - sum(minute_ago["cpu_s"].get(p, 0.0) for p in last["cpu_s"])) / max(1.0, last["t_s"] - minute_ago["t_s"])
             disk = sum(f.stat().st_size for f in Path(tmp).glob("up.duckdb*"))
+            rollups = {f"{describe(p)} {p}": rollup(p) for p in tree(proc.pid)}
         finally:
             proc.send_signal(signal.SIGINT)
             status = proc.wait(timeout=120)
@@ -117,6 +128,7 @@ def main() -> None:
         "rss_bytes_total": total,
         "rss_bytes_by_process": last["rss_bytes"],
         "rss_bytes_peak_total": peak,
+        "smaps_rollup_bytes_by_process": rollups,
         "rss_mb_timeline": [(s["t_s"], round(sum(s["rss_bytes"].values()) / 1e6)) for s in samples],
         "rss_bytes_median_total_last_minute": statistics.median(sum(s["rss_bytes"].values()) for s in samples if s["t_s"] >= last["t_s"] - 60),
         "live_after_s": live_at,
@@ -131,6 +143,8 @@ def main() -> None:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"after {args.minutes:g} min: {total / 1e6:.0f} MB resident in all "
           f"({', '.join(f'{k}: {v / 1e6:.0f} MB' for k, v in last['rss_bytes'].items())}); peak {peak / 1e6:.0f} MB")
+    print("  of which anonymous: " + ", ".join(f"{k}: {r.get('Anonymous', 0) / 1e6:.0f} MB" for k, r in rollups.items())
+          + f"; proportional (PSS) sum {sum(r.get('Pss', 0) for r in rollups.values()) / 1e6:.0f} MB")
     print(f"live after {live_at if live_at is None else round(live_at, 1)} s; {cores:.2f} cores over the last minute; store {disk / 1e6:.0f} MB")
     print(f"target < {TARGET_BYTES / 1e9:g} GB: {'met' if result['met'] else 'NOT met'}; stopped with status {status}")
 
