@@ -33,7 +33,7 @@ class GpuGrid:
     """Where each GPU of a factory sits in the heatmap: nodes in inventory order, `nodes_per_row` nodes
     side by side per row, each node `width` columns wide (its GPUs by NVML index).
 
-    `node_row`, `node_col`: row and first column of each node; `node_index`: node name -> position.
+    `node_row`, `node_col`: row and first column of each node; `node_index`: the node names, hashed (`get_indexer` gives positions).
     Cells of GPUs that do not exist (narrower nodes, the end of the last row) stay NaN.
     """
 
@@ -43,7 +43,7 @@ class GpuGrid:
     width: int
     nodes_per_row: int
     rows: int
-    node_index: dict[str, int]
+    node_index: pd.Index
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -59,7 +59,8 @@ class GpuGrid:
         Each distinct label is looked up once (a few thousand nodes, eight GPU indexes), not once per row: 25,000
         rows through `Series.map` took 7 ms of a 25,000-GPU tick."""
         codes, names = pd.factorize(node)  # code -1: no node label; it picks the NaN appended below
-        pos = np.append(np.array([self.node_index.get(n, np.nan) for n in names], dtype=np.float64), np.nan)[codes]
+        at = self.node_index.get_indexer(names)
+        pos = np.append(np.where(at >= 0, at, np.nan), np.nan)[codes]
         g_codes, g_names = pd.factorize(gpu)
         g = np.append(pd.to_numeric(pd.Series(g_names, dtype=object), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan),
                       np.nan)[g_codes]
@@ -95,7 +96,7 @@ def gpu_grid(factory: Factory, aspect: float = 2.0) -> GpuGrid:
     rows = max(1, -(-len(nodes) // per_row))
     names = tuple(n.name for n in nodes)
     return GpuGrid(factory.id, names, np.array([n.gpus for n in nodes], dtype=np.int64), width, per_row, rows,
-                   {name: i for i, name in enumerate(names)})
+                   pd.Index(names, dtype=object))
 
 
 def grid_values(grid: GpuGrid, latest: pd.DataFrame, scale: float = 1.0) -> np.ndarray:
@@ -188,22 +189,26 @@ def _job_of_each(power: pd.DataFrame, jobs: pd.DataFrame) -> np.ndarray:
 
 def _top_by_power(jobs: pd.DataFrame, job_of: np.ndarray, watts: np.ndarray, by: list[str], top: int) -> pd.DataFrame:
     """The `top` groups of `by` (labels of `jobs`) by the GPU power (W) of the GPUs they hold (`job_of`, `watts`: per GPU,
-    as `_job_of_each` gives them): the `by` columns, gpus, watts. A GPU whose job lacks one of the labels counts in none."""
+    as `_job_of_each` gives them): the `by` columns, gpus, watts. A GPU whose job lacks one of the labels counts in none.
+    Equal watts rank by the labels, as pandas' groupby (sorted) and `nlargest` would; only the `top` rows become a frame."""
     rows, w = job_of[job_of >= 0], watts[job_of >= 0]
     if not len(rows):  # no GPU in a job (and `jobs` may have no label columns at all)
         return pd.DataFrame({**{c: pd.Series(dtype=object) for c in by}, "gpus": pd.Series(dtype=np.int64), "watts": pd.Series(dtype=float)})
-    key, keep = np.zeros(len(rows), dtype=np.int64), np.ones(len(rows), dtype=bool)
-    for c in by:
-        codes, uniques = pd.factorize(jobs[c])
+    key, keep, names = np.zeros(len(rows), dtype=np.int64), np.ones(len(rows), dtype=bool), []
+    for c in by:  # each label's rank among its sorted distinct values, so that the key orders groups as their labels do
+        codes, uniques = pd.factorize(jobs[c], sort=True)
         key = key * (len(uniques) + 1) + codes[rows]
         keep &= codes[rows] >= 0
-    rows, w = rows[keep], w[keep]
-    _, first, group = np.unique(key[keep], return_index=True, return_inverse=True)
-    out = pd.DataFrame({c: jobs[c].iloc[rows[first]].to_numpy(dtype=object) for c in by})
-    out["gpus"] = np.bincount(group, minlength=len(first))
-    out["watts"] = np.bincount(group, weights=w, minlength=len(first))
-    # by the labels first, as pandas' groupby sorts its groups, so that ties come in the same order
-    return out.sort_values(by).nlargest(top, "watts").reset_index(drop=True)
+        names.append(uniques)
+    group_key, group = np.unique(key[keep], return_inverse=True)
+    gpus = np.bincount(group, minlength=len(group_key))
+    total = np.bincount(group, weights=w[keep], minlength=len(group_key))
+    best = np.lexsort((group_key, -total))[:top]  # most watts first; a tie in label order
+    out, rest = {}, group_key[best]
+    for c, uniques in zip(reversed(by), reversed(names)):
+        out[c] = np.asarray(uniques, dtype=object)[rest % (len(uniques) + 1)]
+        rest = rest // (len(uniques) + 1)
+    return pd.DataFrame({**{c: out[c] for c in by}, "gpus": gpus[best], "watts": total[best]})
 
 
 def _same_scrapes_s(power: pd.DataFrame, now_ms: int) -> float:
