@@ -22,7 +22,7 @@ which this data has). Rows, each the median of 5 warm runs:
 - aifmon, raw samples only: the same call with `from_hourly=False`, everything from the samples through the
   Store interface (DuckDB reads included);
 - aifmon, raw kernel: the raw computation with the store's reads answered from memory: the answers of every read the
-  ledger made of DuckDB in one run (`range_arrays`, `edges`, `sample_span`: one clock hour at a time) are kept
+  ledger made of DuckDB in one run (`range_arrays`, `edges`, `sample_spans`: one clock hour at a time) are kept
   (`Kept`), and the timed runs are answered from them;
 - VictoriaMetrics, cached: the query above over HTTP, warm: repeats are answered from VictoriaMetrics' rollup
   result cache, its counterpart of aifmon's hourly tables;
@@ -199,7 +199,7 @@ def promql_per_project(base_url: str, day_ms: int, nocache: bool = False) -> pd.
 
 
 class Kept(SampleReader):
-    """The ledger's sample reads of `store` (`range_arrays`, `edges`, `sample_span`), kept in memory: `record` passes
+    """The ledger's sample reads of `store` (`range_arrays`, `edges`, `sample_spans`), kept in memory: `record` passes
     each read to `store` and keeps its answer; a `replay` answers each from what was kept and refuses a read that was
     not, so the ledger over a replay computes exactly what it computed over the store, without the store's reads. Each
     replay is a new store object, so `read_ledger`'s per-store cache of computed hours starts empty, as in a new process."""
@@ -233,8 +233,8 @@ class Kept(SampleReader):
     def edges(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
         return self._read("edges", metric, start_ms, end_ms, match)
 
-    def sample_span(self, metrics: list[str], start_ms: int, end_ms: int) -> tuple[int, int] | None:
-        return self._read("sample_span", metrics, start_ms, end_ms)
+    def sample_spans(self, metrics: list[str], start_ms: int, end_ms: int) -> dict[str, tuple[int, int]]:
+        return self._read("sample_spans", metrics, start_ms, end_ms)
 
 
 def reissue(store: SampleReader, reads: list[tuple[str, tuple]]) -> None:
@@ -319,7 +319,7 @@ def site_path(vm_url: str, on_vm: SampleReader, gpus: int, day_ms: int, truth: p
     """Where the site path's time goes, medians of RUNS (s): VictoriaMetrics' export of the day's samples of the metrics
     with data, moved to /dev/null by curl (`transfer_s`, with `export_mb` the answers' size: the least any read of the
     raw samples costs); the ledger's own reads of VictoriaMetrics, made again without the ledger (`read_s`, `reads` of
-    them: `range_arrays`, `edges`, `sample_span`, one clock hour at a time); the ledger over those reads' answers in
+    them: `range_arrays`, `edges`, `sample_spans`, one clock hour at a time); the ledger over those reads' answers in
     memory (`ledger_s`); and the whole path once in a fresh process (`child`, see `site_path_child`)."""
     sizes: list[int] = []
 
@@ -342,7 +342,7 @@ def site_path(vm_url: str, on_vm: SampleReader, gpus: int, day_ms: int, truth: p
     child = json.loads(subprocess.run([sys.executable, __file__, "--site-path-child", vm_url, str(day_ms), str(gpus)],
                                       check=True, capture_output=True, text=True, timeout=1800).stdout)
     return {"transfer_s": transfer_s, "export_mb": sum(sizes) / 1e6, "read_s": read_s, "reads": len(reads),
-            "reads_by_method": {m: sum(1 for name, _ in reads if name == m) for m in ("range_arrays", "edges", "sample_span")},
+            "reads_by_method": {m: sum(1 for name, _ in reads if name == m) for m in ("range_arrays", "edges", "sample_spans")},
             "ledger_s": ledger_s, "child": child}
 
 

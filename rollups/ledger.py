@@ -53,7 +53,7 @@ from aifmon.rollups.energy import (
 )
 from aifmon.rollups.hourly import LATE_WINDOW_S, NODE_TABLE, SITE_COLUMNS, SITE_TABLE, TABLE
 from aifmon.rollups.slurm_accounting import JobAllocation
-from aifmon.stores.store import RowStore, SampleReader
+from aifmon.stores.store import RowStore, SampleReader, SeriesSamples
 from aifmon.telemetry.errors import UserError
 from aifmon.telemetry.inventory import Inventory
 from aifmon.telemetry.schema import DCGM_ENERGY
@@ -174,7 +174,10 @@ def read_ledger(store: SampleReader, inventory: Inventory | None, start_ms: int,
     same_question = accounting is None and max_gap_s == DEFAULT_MAX_GAP_S
     stored_hours, stored_jobs, stored_sites = _settled_rows(store, start_ms, end_ms, now_ms) if from_rows and same_question \
         else ([], _no_jobs(), _no_sites())
-    windows = _with_samples(store, _windows_between(start_ms, end_ms, stored_hours))
+    windows = _windows_between(start_ms, end_ms, stored_hours)
+    held = store.sample_spans(LEDGER_METRICS, windows[0][0] - DAY_MS, windows[-1][1] + DAY_MS) if windows else {}
+    windows = _with_samples(windows, held)
+    reader = _Held(store, set(held))
     cache = same_question and not isinstance(store, RowStore)
     cutoff = now_ms - LATE_WINDOW_S * 1000
     known = {a: _CACHE.get(store, inventory, a) for a, b in windows if cache and _settled(a, b, cutoff)}
@@ -188,7 +191,7 @@ def read_ledger(store: SampleReader, inventory: Inventory | None, start_ms: int,
     for a, b in windows:
         ledger = known.get(a)
         if ledger is None:
-            ledger = compute_ledger(store, inventory, a, b, max_gap_s, accounting, accounting_factory)
+            ledger = compute_ledger(reader, inventory, a, b, max_gap_s, accounting, accounting_factory)
             if cache and _settled(a, b, cutoff):
                 _CACHE.put(store, inventory, a, ledger)
             progress(f"{iso_utc(a)} to {iso_utc(b)} computed from samples")
@@ -256,17 +259,36 @@ def _windows_between(start_ms: int, end_ms: int, hours: list[int]) -> list[tuple
     return windows
 
 
-def _with_samples(store: SampleReader, windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _with_samples(windows: list[tuple[int, int]], spans: dict[str, tuple[int, int]]) -> list[tuple[int, int]]:
     """The windows that can hold energy: those between the first and the last sample of any ledger metric within a day
-    of the range (`SampleReader.sample_span`, one query even on a PromQL server), so an old month or a range reaching
-    into the future costs nothing. A meter's silence bridged across the whole of such an empty stretch is not seen
-    when it is longer than the day looked past the range's ends."""
-    if not windows:
-        return windows
-    span = store.sample_span(LEDGER_METRICS, windows[0][0] - DAY_MS, windows[-1][1] + DAY_MS)
-    if span is None:
+    of the range (`spans`, from `SampleReader.sample_spans`: one query even on a PromQL server), so an old month or a
+    range reaching into the future costs nothing. A meter's silence bridged across the whole of such an empty stretch
+    is not seen when it is longer than the day looked past the range's ends."""
+    if not spans:
         return []
-    return [(a, b) for a, b in windows if b > span[0] and a < span[1]]
+    first, last = min(a for a, _ in spans.values()), max(b for _, b in spans.values())
+    return [(a, b) for a, b in windows if b > first and a < last]
+
+
+class _Held(SampleReader):
+    """`store` for one ledger read: the reads of a ledger metric with no samples within a day of the range come back
+    empty without asking it. Most sites have no dcgm-exporter, RAPL or facility series, and on a PromQL server each
+    read is a request: four of five an hour."""
+
+    def __init__(self, store: SampleReader, held: set[str]):
+        self.store, self.held = store, held
+
+    def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        return self.store.range_arrays(metric, start_ms, end_ms, match) if self._asks(metric) else _NO_SAMPLES
+
+    def edges(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        return self.store.edges(metric, start_ms, end_ms, match) if self._asks(metric) else _NO_SAMPLES
+
+    def _asks(self, metric: str) -> bool:
+        return metric in self.held or metric not in LEDGER_METRICS
+
+
+_NO_SAMPLES = SeriesSamples(pd.DataFrame({"series_id": np.zeros(0, np.int32)}), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:

@@ -216,18 +216,23 @@ class PromQLStore(SampleReader):
     def time_bounds(self) -> tuple[int, int] | None:
         raise StoreError(f"{self.kind} does not report the store's time bounds; give the time range explicitly")
 
-    def sample_span(self, metrics: list[str], start_ms: int, end_ms: int) -> tuple[int, int] | None:
-        """The hours holding samples of `metrics` in [start_ms, end_ms], asked in one range query (`count_over_time` over
-        each clock hour, at a 1 h step): the first hour's start and the last hour's end, ms (SampleReader.sample_span)."""
+    def sample_spans(self, metrics: list[str], start_ms: int, end_ms: int) -> dict[str, tuple[int, int]]:
+        """The hours holding samples of each metric in [start_ms, end_ms], asked in one range query (`count_over_time` over
+        each clock hour at a 1 h step, labelled with its metric): the first hour's start and the last hour's end, ms
+        (SampleReader.sample_spans)."""
         first = start_ms // 3_600_000 * 3_600_000
         last = -(-end_ms // 3_600_000) * 3_600_000
-        # one sum per metric: count_over_time drops the name, so a regex over several would clash (Prometheus refuses it)
-        query = " or ".join(f"sum(count_over_time({m}[1h]))" for m in metrics)
+        # count_over_time drops the name, so each metric's count is summed alone and labelled with it
+        query = " or ".join(f'label_replace(sum(count_over_time({m}[1h])), "metric", "{m}", "", "")' for m in metrics)
         # evaluated 1 ms before each hour's end, a window (t - 1 h, t] is the hour [start, end) exactly
         data = self._get("/api/v1/query_range", {"query": query, "start": f"{(first + 3_600_000 - 1) / 1000:.3f}",
                                                  "end": f"{(last - 1) / 1000:.3f}", "step": "3600"})
-        ends = [round(float(t) * 1000) + 1 for result in data["result"] for t, v in result["values"] if float(v) > 0]
-        return (min(ends) - 3_600_000, max(ends)) if ends else None
+        spans = {}
+        for result in data["result"]:
+            ends = [round(float(t) * 1000) + 1 for t, v in result["values"] if float(v) > 0]
+            if ends:
+                spans[result["metric"]["metric"]] = (min(ends) - 3_600_000, max(ends))
+        return spans
 
     def close(self) -> None:
         pass  # one HTTP request per read: nothing is held open

@@ -38,8 +38,8 @@ class SplitStore(RollupStore):
     def edges(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
         return self.samples.edges(metric, start_ms, end_ms, match)
 
-    def sample_span(self, metrics: list[str], start_ms: int, end_ms: int) -> tuple[int, int] | None:
-        return self.samples.sample_span(metrics, start_ms, end_ms)
+    def sample_spans(self, metrics: list[str], start_ms: int, end_ms: int) -> dict[str, tuple[int, int]]:
+        return self.samples.sample_spans(metrics, start_ms, end_ms)
 
     def metric_names(self) -> list[str]:
         return self.samples.metric_names()

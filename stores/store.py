@@ -215,14 +215,16 @@ class SampleReader(Store):
         """(oldest, newest) sample time in ms, or None when the store is empty."""
         raise NotImplementedError
 
-    def sample_span(self, metrics: list[str], start_ms: int, end_ms: int) -> tuple[int, int] | None:
-        """(oldest, newest) time in ms, to the hour, of the samples of `metrics` between start_ms and end_ms, or None
-        when there are none: what a reader of a long range needs to skip its empty hours. This default answers from
-        `time_bounds` (every metric: a superset); a PromQL server, which does not say its bounds, asks."""
+    def sample_spans(self, metrics: list[str], start_ms: int, end_ms: int) -> dict[str, tuple[int, int]]:
+        """Per metric of `metrics` that has samples between start_ms and end_ms: (oldest, newest) time in ms, to the hour
+        or wider; a metric without any is left out. What a reader of a long range needs to skip its empty hours and the
+        metrics a site does not have. This default answers from `time_bounds` and `metric_names` (a superset); a PromQL
+        server, which does not say its bounds, asks."""
         bounds = self.time_bounds()
         if bounds is None or bounds[1] < start_ms or bounds[0] > end_ms:
-            return None
-        return max(bounds[0], start_ms), min(bounds[1], end_ms)
+            return {}
+        held = set(self.metric_names())
+        return {m: (max(bounds[0], start_ms), min(bounds[1], end_ms)) for m in metrics if m in held}
 
     def metric_names(self) -> list[str]:
         """Every metric name the store holds."""
