@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aifmon.cli.up import MALLOC_ARENAS, MALLOC_MMAP_THRESHOLD, demo_epochs, history_hours
+from aifmon.cli.up import ARROW_POOL, MALLOC_ARENAS, MALLOC_MMAP_THRESHOLD, demo_epochs, history_hours
 from aifmon.exporters.http import serve_exposition
 from aifmon.rollups.hourly import SETTLE_MS
 from aifmon.stores.duckdb_store import DuckDBStore
@@ -152,7 +152,7 @@ def test_a_killed_up_leaves_no_simulator_behind(tmp_path):
         children = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
         assert len(children) == 1, "one simulator process for every factory"
         environ = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{children[0]}/environ").read_bytes().split(b"\0") if b"=" in kv)
-        for name, value in (("MALLOC_ARENA_MAX", MALLOC_ARENAS), ("MALLOC_MMAP_THRESHOLD_", MALLOC_MMAP_THRESHOLD)):
+        for name, value in (("MALLOC_ARENA_MAX", MALLOC_ARENAS), ("MALLOC_MMAP_THRESHOLD_", MALLOC_MMAP_THRESHOLD), ARROW_POOL):
             assert environ[name.encode()] == os.environ.get(name, str(value)).encode(), f"the simulator allocates as up does: {name}"
     finally:
         proc.kill()

@@ -62,8 +62,7 @@ def register(commands: Commands) -> None:
 def up(args: argparse.Namespace) -> int:
     """One simulator child process for every live factory, backfill, then collector, hourly rollups, compactor and alert
     evaluator (workers) and the dashboard, until Ctrl-C or SIGTERM (0) or until the simulator exits (1)."""
-    import pyarrow as pa
-
+    _tune_malloc()  # before pyarrow is imported: it picks its memory pool then
     from aifmon.cli.alerts import alert_evaluator
     from aifmon.ingest.collector import Collector, targets_of
     from aifmon.rollups.hourly import HourlyRollups
@@ -78,10 +77,6 @@ def up(args: argparse.Namespace) -> int:
     window = sample_window(args)
     simulated = [f for f in inventory.live_factories() if f.targets]
     status = 0
-    _tune_malloc()
-    # Arrow's own pool (mimalloc) kept 127 MB of freed buffers after the backfill and the first scrapes of JAIF; glibc's
-    # malloc, with few arenas, gives them back.
-    pa.set_memory_pool(pa.system_memory_pool())
     with open_store(args.store, needs=DuckDBStore) as store:
         store.limit_memory(STORE_MEMORY_MB)
         epochs = demo_epochs(store, inventory, args.seed, args.backfill_hours)
@@ -110,13 +105,21 @@ def up(args: argparse.Namespace) -> int:
 
 
 _MALLOC_SETTINGS = (("MALLOC_ARENA_MAX", -8, MALLOC_ARENAS), ("MALLOC_MMAP_THRESHOLD_", -3, MALLOC_MMAP_THRESHOLD))
-"""(environment variable, mallopt's parameter number from glibc's malloc.h, value) of each setting `_tune_malloc` makes."""
+"""(environment variable, mallopt's parameter number from glibc's malloc.h, value) of each glibc setting `_tune_malloc` makes."""
+
+ARROW_POOL = ("ARROW_DEFAULT_MEMORY_POOL", "system")
+"""Arrow allocates with glibc's malloc (tuned above), not its own mimalloc pool, whose 1 GiB reservation held 63-137 MB
+in `up` after the backfill. Set in the environment, read once when pyarrow is first imported, the choice covers Arrow's
+C++ kernels too: `pyarrow.set_memory_pool` covers only the allocations made through pyarrow's Python API, and with it
+alone the mimalloc reservation stayed."""
 
 
 def _tune_malloc() -> None:
-    """`MALLOC_ARENAS` arenas and `MALLOC_MMAP_THRESHOLD` in this process (before its threads start) and in the children
-    it starts (their environment), each unless its environment variable is set already: glibc has then read it at
-    start-up, and the children inherit it."""
+    """`MALLOC_ARENAS` arenas, `MALLOC_MMAP_THRESHOLD` and `ARROW_POOL` in this process (before its threads start and
+    before pyarrow is imported) and in the children it starts (their environment), each unless its environment variable
+    is set already: glibc has then read it at start-up, and the children inherit it."""
+    if ARROW_POOL[0] not in os.environ:
+        os.environ[ARROW_POOL[0]] = ARROW_POOL[1]
     unset = [(name, param, value) for name, param, value in _MALLOC_SETTINGS if name not in os.environ]
     for name, _param, value in unset:
         os.environ[name] = str(value)
