@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from aifmon.rollups.counters import series_row
-from aifmon.stores.store import SampleReader, SeriesSamples, concat_samples, range_with_edges
+from aifmon.stores.store import SampleReader, SeriesSamples, concat_samples, range_with_edges, runs_of
 from aifmon.telemetry.schema import DCGM_ENERGY
 
 DCGM_POWER = "DCGM_FI_DEV_POWER_USAGE"
@@ -189,16 +189,16 @@ def gpu_power(store: SampleReader, power_metric: str, start_ms: int, end_ms: int
 
 
 def job_info(store: SampleReader, job_metric: str, energy: SeriesSamples, start_ms: int, end_ms: int) -> SeriesSamples:
-    """aifmon's `job_metric` samples over [start_ms, end_ms] and at the times of `energy`'s samples after it (`gpu_energy`'s:
-    an interval that straddles the end belongs to the job whose info sample shares its closing sample's time, however
-    long after the end that is), and one job-info sample (value 1) for each energy sample that carries an `hpc_job`
-    label (`gpu_energy`'s DCGM samples), with the project and access mode aifmon's job info gives that job in the same
-    factory (`UNKNOWN_PROJECT` where it gives none).
+    """The runs (`SampleReader.runs`: `t_ms` a run's first sample, `value` its last, ms) of aifmon's `job_metric` over
+    [start_ms, end_ms] and at the times of `energy`'s samples after it (`gpu_energy`'s: an interval that straddles the end
+    belongs to the job holding the GPU at its closing sample, however long after the end that is), and the runs of the
+    energy samples that carry an `hpc_job` label (`gpu_energy`'s DCGM samples: value 1 at each), with the project and
+    access mode aifmon's job info gives that job in the same factory (`UNKNOWN_PROJECT` where it gives none).
 
     Not `range_with_edges`: every job that ever ran is a series of its own, and the first sample after the range of each
     job that started since would be read. The closing times after the range are read instead, those closer than
     `JOB_READ_GAP_MS` together: usually one read of the last scrape interval past the end."""
-    ours = concat_samples([store.range_arrays(job_metric, a, b) for a, b in _job_reads(energy.t_ms, start_ms, end_ms)])
+    ours = concat_samples([store.runs(job_metric, a, b) for a, b in _job_reads(energy.t_ms, start_ms, end_ms)])
     if "hpc_job" not in energy.series or not len(energy.t_ms):
         return ours
     row = series_row(energy)
@@ -214,12 +214,10 @@ def job_info(store: SampleReader, job_metric: str, energy: SeriesSamples, start_
         found = names.join(known[[c for c in ("project", "access_mode") if c in known]], on=["factory", "job"])
     else:
         found = names.assign(project=None, access_mode=None)
-    offset = _next_id(ours) - int(series["series_id"].min())
-    jobs = pd.DataFrame({"series_id": series["series_id"].to_numpy(dtype=np.int64) + offset, "factory": factory.to_numpy(dtype=object),
+    jobs = pd.DataFrame({"series_id": series["series_id"].to_numpy(dtype=np.int64), "factory": factory.to_numpy(dtype=object),
                          **{c: series[c].to_numpy(dtype=object) for c in ("system", "node", "gpu") if c in series},
                          "job": series["hpc_job"].to_numpy(dtype=object),
                          "project": found.get("project", pd.Series(dtype=object)).reindex(series.index).fillna(UNKNOWN_PROJECT).to_numpy(dtype=object),
                          "access_mode": found.get("access_mode", pd.Series(dtype=object)).reindex(series.index).fillna(UNKNOWN_MODE).to_numpy(dtype=object)})
-    return SeriesSamples(pd.concat([ours.series, jobs], ignore_index=True),
-                         np.concatenate([np.asarray(ours.series_id, dtype=np.int64), np.asarray(energy.series_id, dtype=np.int64)[use] + offset]),
-                         np.concatenate([ours.t_ms, energy.t_ms[use]]), np.concatenate([ours.value, np.ones(int(use.sum()))]))
+    theirs = runs_of(SeriesSamples(jobs, np.asarray(energy.series_id, dtype=np.int64)[use], energy.t_ms[use], np.ones(int(use.sum()))))
+    return concat_samples([ours, theirs])

@@ -352,56 +352,44 @@ def _power_for_gpus_without_counter(store: SampleReader, inventory: Inventory | 
 
 def _attribute_job_info(j: SeriesSamples, gpus: _Codes, jobs: _Codes, iv: Intervals, start_ms: int,
                         end_ms: int) -> tuple[np.ndarray, pd.Series]:
-    """(job code of each piece of an interval, -1 for none; job samples per hour and factory): each interval goes to
-    the job whose info sample `j` for that GPU shares the interval's end time. `iv` is in (GPU, end time) order, as
-    the counter kernel gives it (GPUs integrated from power follow those with counters: their codes are larger); the
-    pieces an interval is cut into at clock hours are adjacent and all go to its job."""
+    """(job code of each piece of an interval, -1 for none; job-info runs per hour and factory): each interval goes to
+    the job holding the GPU at its closing sample, the job of a run of `j` (`dcgm.job_info`: `t_ms` the run's first
+    sample, `value` its last, ms) that covers the interval's end time; where runs on one GPU overlap, the first
+    registered job's. `iv` is in (GPU, end time) order, as the counter kernel gives it (GPUs integrated from power follow
+    those with counters: their codes are larger); the pieces an interval is cut into at clock hours are adjacent and all
+    go to its job."""
     whole = np.ones(len(iv.stream), dtype=bool)
     whole[1:] = (iv.stream[1:] != iv.stream[:-1]) | (iv.t_end_ms[1:] != iv.t_end_ms[:-1])
-    job_of, samples = _match_job_info(j, gpus, jobs, iv.stream[whole], iv.t_end_ms[whole], start_ms, end_ms)
-    return job_of[np.cumsum(whole) - 1], samples
+    job_of, runs = _match_job_runs(j, gpus, jobs, iv.stream[whole], iv.t_end_ms[whole], start_ms, end_ms)
+    return job_of[np.cumsum(whole) - 1], runs
 
 
-def _match_job_info(j: SeriesSamples, gpus: _Codes, jobs: _Codes, stream: np.ndarray, t_end_ms: np.ndarray, start_ms: int,
+def _match_job_runs(j: SeriesSamples, gpus: _Codes, jobs: _Codes, stream: np.ndarray, t_end_ms: np.ndarray, start_ms: int,
                     end_ms: int) -> tuple[np.ndarray, pd.Series]:
-    """`_attribute_job_info` over whole intervals: their GPU codes and closing sample times, ms, in that order."""
+    """`_attribute_job_info` over whole intervals (their GPU codes and closing sample times, ms, in that order): an interval
+    join, two binary searches per run, so its cost grows with jobs, not with samples."""
     n = len(stream)
+    none = np.full(n, -1, dtype=np.int64)
     if not len(j.t_ms) or not n:
-        return np.full(n, -1, dtype=np.int64), pd.Series(dtype=np.int64)
+        return none, pd.Series(dtype=np.int64)
     row = series_row(j)
     gpu_of_series = gpus.of_series(j, GPU_KEYS, row)
     job_of_series = jobs.of_series(j, ["factory", "job", "project", "access_mode"], row)
-    # an info sample of 0 is no job; a GPU without energy has nothing to share
-    use = (j.value > 0) & (gpu_of_series < len(gpus.index))[row]
-    t = j.t_ms
-    if not use.all():
-        row, t = row[use], t[use]
-    samples = _count_by_hour(j.series, row, t, start_ms, end_ms)
-    if not len(t):
-        return np.full(n, -1, dtype=np.int64), samples
-    base = min(int(t.min()), int(t_end_ms.min()))
-    keys = _key(gpu_of_series[row], t, base)
-    order = np.argsort(keys, kind="stable")  # the store's runs (a series, or a scrape) are in order: a stable sort merges them
-    keys, job = keys[order], job_of_series[row[order]]
-    first = np.flatnonzero(np.append(True, keys[1:] != keys[:-1]))
-    if len(first) < len(keys):  # one job per GPU and instant, so energy is never counted twice: the first registered
-        keys, job = keys[first], np.minimum.reduceat(job, first)
-    # Where each info sample's (GPU, instant) is among the intervals' ends. A run of one job's samples on a GPU
-    # is a run of consecutive scrapes, and so are the intervals' ends: one binary search per run, then each
-    # sample's guess is the next interval end (linear; a binary search per sample costs twice as much). Samples
-    # whose guess misses (an interval end without an info sample, or the reverse) are searched one by one.
-    want = _key(stream, t_end_ms, base)
-    run = np.flatnonzero(np.append(True, (job[1:] != job[:-1]) | ((keys[1:] >> _T_BITS) != (keys[:-1] >> _T_BITS))))
-    at = np.repeat(np.searchsorted(want, keys[run]) - run, np.diff(np.append(run, len(keys))))
-    at += np.arange(len(keys))
-    np.minimum(at, n - 1, out=at)
-    found = want[at] == keys
-    miss = np.flatnonzero(~found)
-    at[miss] = np.minimum(np.searchsorted(want, keys[miss]), n - 1)
-    found[miss] = want[at[miss]] == keys[miss]
-    job_of = np.full(n, -1, dtype=np.int64)
-    job_of[at[found]] = job[found]
-    return job_of, samples
+    use = (gpu_of_series < len(gpus.index))[row]  # a GPU without energy has nothing to share
+    row, first, last = row[use], j.t_ms[use], j.value[use].astype(np.int64)
+    runs = _count_by_hour(j.series, row, first, start_ms, end_ms)
+    if not len(first):
+        return none, runs
+    gpu, job = gpu_of_series[row], job_of_series[row]
+    base = min(int(first.min()), int(t_end_ms.min()))
+    ends = _key(stream, t_end_ms, base)  # sorted: (GPU, end time) order
+    lo = np.searchsorted(ends, _key(gpu, first, base), side="left")
+    length = np.searchsorted(ends, _key(gpu, last, base), side="right") - lo
+    at = np.repeat(lo - (np.cumsum(length) - length), length) + np.arange(int(length.sum()))
+    job_of = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(job_of, at, np.repeat(job, length))  # overlapping runs: the lowest code, the first registered job
+    job_of[job_of == np.iinfo(np.int64).max] = -1
+    return job_of, runs
 
 
 def _attribute_accounting(accounting: list[JobAllocation], factory: str | None, inventory: Inventory | None, nodes: _Codes, jobs: _Codes,

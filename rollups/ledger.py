@@ -284,6 +284,9 @@ class _Held(SampleReader):
     def edges(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
         return self.store.edges(metric, start_ms, end_ms, match) if self._asks(metric) else _NO_SAMPLES
 
+    def runs(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        return self.store.runs(metric, start_ms, end_ms, match) if self._asks(metric) else _NO_SAMPLES
+
     def _asks(self, metric: str) -> bool:
         return metric in self.held or metric not in LEDGER_METRICS
 

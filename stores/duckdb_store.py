@@ -51,6 +51,7 @@ import pyarrow.compute as pc
 from aifmon.stores.store import (
     EDGE_FIRST_WINDOW_MS,
     EDGE_GROWTH,
+    RUN_GAP_MS,
     RollupStore,
     SampleWriter,
     SeriesKey,
@@ -405,6 +406,36 @@ class DuckDBStore(SampleWriter, RollupStore):
                 [start_ms, end_ms, start_ms, end_ms, raw_from],
             ).to_arrow_table()
         return series, {c: found.column(c).to_numpy() for c in ("series_id", "t_ms", "value")}
+
+    def runs(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        """The runs of each series' samples above 0 (the contract: `SampleReader.runs`), found by DuckDB: a new run where a
+        sample is more than `RUN_GAP_MS` after its series' previous one, then each run's first and last time. Read as
+        `range_arrays` reads (raw samples, else the per-minute aggregates that replaced them); a run per job and GPU
+        comes back where `range_arrays` would send a sample per scrape."""
+        series = self._series_of(metric).loc[self._matching(metric, match)]
+        if series.empty:
+            return SeriesSamples(series, np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))
+        ids = series[["series_id"]]  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
+        with self._cursor() as cur:
+            raw_from = _one(cur, "SELECT min(t_ms) FROM samples")[0]
+            raw_from = end_ms + 1 if raw_from is None else raw_from
+            found = cur.execute(
+                """WITH picked AS (
+                       SELECT s.series_id, s.t_ms FROM samples s SEMI JOIN ids ON ids.series_id = s.series_id
+                       WHERE s.t_ms >= $1 AND s.t_ms <= $2 AND s.value > 0
+                       UNION ALL
+                       SELECT m.series_id, m.last_t_ms FROM samples_1m m SEMI JOIN ids ON ids.series_id = m.series_id
+                       WHERE m.last_t_ms >= $1 AND m.last_t_ms <= $2 AND m.last_t_ms < $3 AND m.avg > 0),
+                   marked AS (
+                       SELECT series_id, t_ms, CASE WHEN t_ms - lag(t_ms) OVER w > $4 THEN 1 ELSE 0 END AS new_run
+                       FROM picked WINDOW w AS (PARTITION BY series_id ORDER BY t_ms)),
+                   numbered AS (
+                       SELECT series_id, t_ms, sum(new_run) OVER (PARTITION BY series_id ORDER BY t_ms) AS run FROM marked)
+                   SELECT series_id, min(t_ms) AS t_ms, CAST(max(t_ms) AS DOUBLE) AS value FROM numbered
+                   GROUP BY series_id, run""",
+                [start_ms, end_ms, raw_from, RUN_GAP_MS],
+            ).to_arrow_table()
+        return SeriesSamples(series, found.column("series_id").to_numpy(), found.column("t_ms").to_numpy(), found.column("value").to_numpy())
 
     def edges(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
         """Each series' last sample at or before `start_ms` and first at or after `end_ms` (the contract: `SampleReader.edges`),

@@ -38,6 +38,9 @@ class SplitStore(RollupStore):
     def edges(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
         return self.samples.edges(metric, start_ms, end_ms, match)
 
+    def runs(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        return self.samples.runs(metric, start_ms, end_ms, match)
+
     def sample_spans(self, metrics: list[str], start_ms: int, end_ms: int) -> dict[str, tuple[int, int]]:
         return self.samples.sample_spans(metrics, start_ms, end_ms)
 

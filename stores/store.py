@@ -84,6 +84,27 @@ def series_samples(frame: pd.DataFrame) -> SeriesSamples:
                          value[finite])
 
 
+RUN_GAP_MS = 120_000
+"""Samples of an info series (value 1 while a job holds a GPU) no further apart than this are one run: a missed scrape or
+two at 15-60 s, or one minute's aggregate to the next after compaction."""
+
+
+def runs_of(samples: SeriesSamples, gap_ms: int = RUN_GAP_MS) -> SeriesSamples:
+    """The runs of each series' samples above 0 (`SampleReader.runs`), from its samples: maximal chains no more than
+    `gap_ms` apart, as one item each whose `t_ms` is the chain's first sample and `value` its last (ms)."""
+    import numpy as np
+
+    keep = samples.value > 0
+    sid, t = np.asarray(samples.series_id, dtype=np.int64)[keep], samples.t_ms[keep]
+    order = np.lexsort((t, sid))
+    sid, t = sid[order], t[order]
+    new = np.ones(len(t), dtype=bool)
+    new[1:] = (sid[1:] != sid[:-1]) | (t[1:] - t[:-1] > gap_ms)
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], len(t))[:len(first)] - 1
+    return SeriesSamples(samples.series, sid[first], t[first], t[last].astype(np.float64))
+
+
 EDGE_FIRST_WINDOW_MS = 120_000
 """`SampleReader.edges`' first search window on each side, ms: two scrape intervals of a slow (1 min) exporter."""
 EDGE_GROWTH = 8
@@ -210,6 +231,13 @@ class SampleReader(Store):
         still lacking a sample on that side, and never past what it knows of each series' extent (docs/stores.md):
         a series that stopped weeks before the range costs one small read, not a scan of the weeks since."""
         raise NotImplementedError
+
+    def runs(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        """The runs of each series of an info metric (`aif_gpu_job_info`: 1 while a job holds a GPU) in [start_ms,
+        end_ms]: maximal chains of its samples above 0 no more than `RUN_GAP_MS` apart, one item each, whose `t_ms` is
+        the chain's first sample and `value` its last (ms). What job attribution needs, at a cost that grows with jobs:
+        a store that can aggregate (DuckDB) sends runs, not samples; this default reads the samples."""
+        return runs_of(self.range_arrays(metric, start_ms, end_ms, match))
 
     def time_bounds(self) -> tuple[int, int] | None:
         """(oldest, newest) sample time in ms, or None when the store is empty."""
