@@ -8,9 +8,9 @@ Rules (so that every figure can be traced; the counter rules themselves are in `
   are bridged exactly. A GPU of a live factory that has no counter (NVML before Volta has none) has its
   `aif_gpu_power_watts` integrated instead, and that energy is reported as estimated.
 - **Attribution, from job info**: an increment covers (previous sample, sample] and belongs to the job
-  whose `aif_gpu_job_info` sample for that GPU carries the same timestamp as the interval's end (the
-  collector stamps one scrape's samples alike). If two jobs ever show on one GPU at once, one is kept (the
-  one whose info series the store registered first) so energy is not counted twice.
+  holding the GPU at the interval's end: the job whose `aif_gpu_job_info` run on that GPU covers that time (a run:
+  the job's info samples, no more than `RUN_GAP_MS` apart; `SampleReader.runs`). If two jobs ever show on one GPU at
+  once, one is kept (the one whose info series the store registered first) so energy is not counted twice.
 - **Attribution, from Slurm accounting** (`sacct` records, see `aifmon.rollups.slurm_accounting`): an interval
   belongs to the jobs running on the GPU's node at the interval's end; a job holding k of a node's N
   GPUs gets k/N of each of the node's GPU intervals (sacct does not say which GPUs it held).
