@@ -118,7 +118,11 @@ def main() -> None:
             rollups = {f"{describe(p)} {p}": rollup(p) for p in tree(proc.pid)}
         finally:
             proc.send_signal(signal.SIGINT)
-            status = proc.wait(timeout=120)
+            stopping = time.time()
+            # each worker ends its current task before it stops: one run took about 150 s to stop on a loaded machine, past
+            # an earlier 120 s limit that lost the run's figures
+            status = proc.wait(timeout=600)
+            stop_s = time.time() - stopping
         log = log_path.read_text()
     backfill = re.findall(r"backfill: \S+ \(\d+ GPUs\) for its last .*", log)
     result = {
@@ -137,6 +141,7 @@ def main() -> None:
         "backfill_log": backfill,
         "warnings": [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line][:20],
         "exit_status": status,
+        "stop_s": stop_s,
         "target_bytes": TARGET_BYTES,
         "met": total < TARGET_BYTES,
     }
@@ -146,7 +151,7 @@ def main() -> None:
     print("  of which anonymous: " + ", ".join(f"{k}: {r.get('Anonymous', 0) / 1e6:.0f} MB" for k, r in rollups.items())
           + f"; proportional (PSS) sum {sum(r.get('Pss', 0) for r in rollups.values()) / 1e6:.0f} MB")
     print(f"live after {live_at if live_at is None else round(live_at, 1)} s; {cores:.2f} cores over the last minute; store {disk / 1e6:.0f} MB")
-    print(f"target < {TARGET_BYTES / 1e9:g} GB: {'met' if result['met'] else 'NOT met'}; stopped with status {status}")
+    print(f"target < {TARGET_BYTES / 1e9:g} GB: {'met' if result['met'] else 'NOT met'}; stopped with status {status} after {stop_s:.0f} s")
 
 
 if __name__ == "__main__":
