@@ -164,7 +164,8 @@ class PromQLStore(SampleReader):
     def _series_between(self, selector: str, start_ms: int, end_ms: int) -> set[LabelKey]:
         """The series of `selector` the server's index shows with samples in [start_ms, end_ms] (a superset: its granularity
         is coarser), read without reading samples."""
-        data = self._get("/api/v1/series", {"match[]": selector, "start": f"{start_ms / 1000:.3f}", "end": f"{end_ms / 1000:.3f}"})
+        # 1 ms past the end, as `_window` asks
+        data = self._get("/api/v1/series", {"match[]": selector, "start": f"{start_ms / 1000:.3f}", "end": f"{(end_ms + 1) / 1000:.3f}"})
         return {tuple(sorted((k, v) for k, v in labels.items() if k != "__name__")) for labels in data}
 
     def _window(self, selectors: list[str], start_ms: int, end_ms: int) -> SeriesSamples:
@@ -288,7 +289,9 @@ class VictoriaMetricsStore(PromQLStore, SampleWriter):
     def _window(self, selectors: list[str], start_ms: int, end_ms: int) -> SeriesSamples:
         """`range_arrays` of the series any of the selectors selects (one export request, its selectors in the body)."""
         selector = " or ".join(selectors)  # as messages show it
-        params = [*(("match[]", s) for s in selectors), ("start", f"{start_ms / 1000:.3f}"), ("end", f"{end_ms / 1000:.3f}")]
+        # 1 ms past the end: VictoriaMetrics (1.79) left a sample exactly at a UTC midnight `end` out of the rollup bench's
+        # export (the day's last job-info samples); the parse keeps [start, end]
+        params = [*(("match[]", s) for s in selectors), ("start", f"{start_ms / 1000:.3f}"), ("end", f"{(end_ms + 1) / 1000:.3f}")]
         request = urllib.request.Request(f"{self.base_url}/api/v1/export", data=urllib.parse.urlencode(params).encode(), method="POST",
                                          headers={**self._headers, "Content-Type": "application/x-www-form-urlencoded"})
         parts: list[_Export] = []
