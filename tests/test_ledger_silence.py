@@ -65,7 +65,7 @@ def test_hourly_rollups_reopen_the_hours_of_a_silence_when_the_meter_reports_aga
            for gpu in GPUS}
     written = T0 - 1
     for now in range(T0 + 10 * MIN, T0 + 6 * H + 20 * MIN, 10 * MIN):
-        arrived = TIMES[(TIMES > written) & (TIMES <= now)]
+        arrived = TIMES[np.searchsorted(TIMES, written, side="right"):np.searchsorted(TIMES, now, side="right")]
         for gpu, (watts, quiet_from, quiet_until, _, _) in GPUS.items():
             t = arrived[~((quiet_from < arrived) & (quiet_until > arrived))]
             s.append(np.full(len(t), ids[gpu]), t, 5e6 + watts * (t - T0) / 1000.0)
