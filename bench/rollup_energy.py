@@ -236,6 +236,9 @@ class Kept(SampleReader):
     def sample_spans(self, metrics: list[str], start_ms: int, end_ms: int) -> dict[str, tuple[int, int]]:
         return self._read("sample_spans", metrics, start_ms, end_ms)
 
+    def runs(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        return self._read("runs", metric, start_ms, end_ms, match)
+
 
 def reissue(store: SampleReader, reads: list[tuple[str, tuple]]) -> None:
     """Make the reads `Kept.reads` lists of `store` again, in order, each answer dropped when the next is made (as the
@@ -342,7 +345,7 @@ def site_path(vm_url: str, on_vm: SampleReader, gpus: int, day_ms: int, truth: p
     child = json.loads(subprocess.run([sys.executable, __file__, "--site-path-child", vm_url, str(day_ms), str(gpus)],
                                       check=True, capture_output=True, text=True, timeout=1800).stdout)
     return {"transfer_s": transfer_s, "export_mb": sum(sizes) / 1e6, "read_s": read_s, "reads": len(reads),
-            "reads_by_method": {m: sum(1 for name, _ in reads if name == m) for m in ("range_arrays", "edges", "sample_spans")},
+            "reads_by_method": {m: sum(1 for name, _ in reads if name == m) for m in ("range_arrays", "runs", "edges", "sample_spans")},
             "ledger_s": ledger_s, "child": child}
 
 

@@ -59,6 +59,7 @@ from aifmon.stores.store import (
     StoreConfigError,
     StoreError,
     StoreHeldError,
+    spans_within,
 )
 from aifmon.telemetry.schema import is_counter
 
@@ -602,6 +603,9 @@ class DuckDBStore(SampleWriter, RollupStore):
 
     def metric_names(self) -> list[str]:
         return sorted(self._metrics)
+
+    def sample_spans(self, metrics: list[str], start_ms: int, end_ms: int) -> dict[str, tuple[int, int]]:
+        return spans_within(self.time_bounds(), self._metrics, metrics, start_ms, end_ms)
 
     def sample_count(self) -> int:
         with self._cursor() as cur:

@@ -45,6 +45,7 @@ from aifmon.stores.store import (
     Store,
     StoreConfigError,
     StoreError,
+    runs_of,
     series_ids_from_json,
     series_samples,
 )
@@ -216,6 +217,10 @@ class PromQLStore(SampleReader):
 
     def time_bounds(self) -> tuple[int, int] | None:
         raise StoreError(f"{self.kind} does not report the store's time bounds; give the time range explicitly")
+
+    def runs(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
+        """The runs of each series (`SampleReader.runs`), found in its samples: the server cannot split them at gaps."""
+        return runs_of(self.range_arrays(metric, start_ms, end_ms, match))
 
     def sample_spans(self, metrics: list[str], start_ms: int, end_ms: int) -> dict[str, tuple[int, int]]:
         """The hours holding samples of each metric in [start_ms, end_ms], asked in one range query (`count_over_time` over

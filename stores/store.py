@@ -105,6 +105,15 @@ def runs_of(samples: SeriesSamples, gap_ms: int = RUN_GAP_MS) -> SeriesSamples:
     return SeriesSamples(samples.series, sid[first], t[first], t[last].astype(np.float64))
 
 
+def spans_within(bounds: tuple[int, int] | None, held: set[str], metrics: list[str], start_ms: int,
+                 end_ms: int) -> dict[str, tuple[int, int]]:
+    """`SampleReader.sample_spans` from a store's time bounds and the metrics it holds (a superset: every metric gets the
+    store's bounds, clipped to the range)."""
+    if bounds is None or bounds[1] < start_ms or bounds[0] > end_ms:
+        return {}
+    return {m: (max(bounds[0], start_ms), min(bounds[1], end_ms)) for m in metrics if m in held}
+
+
 EDGE_FIRST_WINDOW_MS = 120_000
 """`SampleReader.edges`' first search window on each side, ms: two scrape intervals of a slow (1 min) exporter."""
 EDGE_GROWTH = 8
@@ -236,8 +245,8 @@ class SampleReader(Store):
         """The runs of each series of an info metric (`aif_gpu_job_info`: 1 while a job holds a GPU) in [start_ms,
         end_ms]: maximal chains of its samples above 0 no more than `RUN_GAP_MS` apart, one item each, whose `t_ms` is
         the chain's first sample and `value` its last (ms). What job attribution needs, at a cost that grows with jobs:
-        a store that can aggregate (DuckDB) sends runs, not samples; this default reads the samples."""
-        return runs_of(self.range_arrays(metric, start_ms, end_ms, match))
+        a store that can aggregate (DuckDB) sends runs, not samples; others find them in their samples (`runs_of`)."""
+        raise NotImplementedError
 
     def time_bounds(self) -> tuple[int, int] | None:
         """(oldest, newest) sample time in ms, or None when the store is empty."""
@@ -246,13 +255,9 @@ class SampleReader(Store):
     def sample_spans(self, metrics: list[str], start_ms: int, end_ms: int) -> dict[str, tuple[int, int]]:
         """Per metric of `metrics` that has samples between start_ms and end_ms: (oldest, newest) time in ms, to the hour
         or wider; a metric without any is left out. What a reader of a long range needs to skip its empty hours and the
-        metrics a site does not have. This default answers from `time_bounds` and `metric_names` (a superset); a PromQL
-        server, which does not say its bounds, asks."""
-        bounds = self.time_bounds()
-        if bounds is None or bounds[1] < start_ms or bounds[0] > end_ms:
-            return {}
-        held = set(self.metric_names())
-        return {m: (max(bounds[0], start_ms), min(bounds[1], end_ms)) for m in metrics if m in held}
+        metrics a site does not have. A store that knows its bounds answers from them (`spans_within`); a PromQL server,
+        which does not say them, asks."""
+        raise NotImplementedError
 
     def metric_names(self) -> list[str]:
         """Every metric name the store holds."""
