@@ -11,9 +11,8 @@ written by the hourly rollups (`aifmon.rollups.hourly`) with the rules of `aifmo
   an hour still in the late window may yet receive samples its rows have not seen;
 - computes every other hour, and the partial first and last hours, from the samples, **one clock hour at a time**, so
   memory is bounded by one hour of samples whatever the range, and a computed hour is exactly the row the hourly
-  rollups write for it. Settled hours computed are kept in memory (`_HourCache`), so a month the rows do not hold
-  (Prometheus or VictoriaMetrics read alone, or a store whose rollups have not run) is read from samples once per
-  process; rows written later for such an hour (`store import` re-opens the hours it loads) are read before it;
+  rollups write for it. On a store that keeps no rows (Prometheus, VictoriaMetrics read alone) the settled hours
+  computed are kept in memory (`_HourCache`), so a month is read from samples once per process;
 - groups the rows with `summarise`.
 
 So a range's figures are the sum of its hours', whichever source each hour came from. Coverage has one rule: covered
@@ -134,7 +133,7 @@ class LedgerRead:
 
 
 class _HourCache:
-    """Settled hours computed from samples (the rows held none), per store (weakly, so a closed store's
+    """Settled hours computed from the samples of a store that keeps no rows, per store (weakly, so a closed store's
     go with it) and inventory; bounded by `max_hours` per store, the oldest read dropped first."""
 
     def __init__(self, max_hours: int = 2 * 31 * 24):
@@ -179,7 +178,7 @@ def read_ledger(store: SampleReader, inventory: Inventory | None, start_ms: int,
     held = store.sample_spans(LEDGER_METRICS, windows[0][0] - DAY_MS, windows[-1][1] + DAY_MS) if windows else {}
     windows = _with_samples(windows, held)
     reader = _Held(store, set(held))
-    cache = same_question
+    cache = same_question and not isinstance(store, RowStore)
     cutoff = now_ms - LATE_WINDOW_S * 1000
     known = {a: _CACHE.get(store, inventory, a) for a, b in windows if cache and _settled(a, b, cutoff)}
     to_compute = [w for w in windows if known.get(w[0]) is None]
