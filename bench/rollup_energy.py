@@ -239,6 +239,9 @@ class Kept(SampleReader):
     def runs(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
         return self._read("runs", metric, start_ms, end_ms, match)
 
+    def sample_generation(self) -> int | None:
+        return None  # a replay's answers never change
+
 
 def reissue(store: SampleReader, reads: list[tuple[str, tuple]]) -> None:
     """Make the reads `Kept.reads` lists of `store` again, in order, each answer dropped when the next is made (as the

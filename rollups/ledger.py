@@ -11,8 +11,9 @@ written by the hourly rollups (`aifmon.rollups.hourly`) with the rules of `aifmo
   an hour still in the late window may yet receive samples its rows have not seen;
 - computes every other hour, and the partial first and last hours, from the samples, **one clock hour at a time**, so
   memory is bounded by one hour of samples whatever the range, and a computed hour is exactly the row the hourly
-  rollups write for it. On a store that keeps no rows (Prometheus, VictoriaMetrics read alone) the settled hours
-  computed are kept in memory (`_HourCache`), so a month is read from samples once per process;
+  rollups write for it. Computed hours are kept in memory (`_HourCache`), so a month is read from samples once per
+  process: on a store that counts its writes (DuckDB: `sample_generation`), every hour, until the next write; on a
+  store others write to and that keeps no rows (Prometheus, VictoriaMetrics read alone), the settled hours;
 - groups the rows with `summarise`.
 
 So a range's figures are the sum of its hours', whichever source each hour came from. Coverage has one rule: covered
@@ -133,27 +134,33 @@ class LedgerRead:
 
 
 class _HourCache:
-    """Settled hours computed from the samples of a store that keeps no rows, per store (weakly, so a closed store's
-    go with it) and inventory; bounded by `max_hours` per store, the oldest read dropped first."""
+    """Hours computed from a store's samples, per store (weakly, so a closed store's go with it), its sample generation
+    (`SampleReader.sample_generation`: the hours of an older one are dropped), inventory and window (ms: a whole hour,
+    or the part of one a range starts or ends in); bounded by `max_hours` per store, the oldest read dropped first."""
 
     def __init__(self, max_hours: int = 2 * 31 * 24):
         self.max_hours = max_hours
-        self._by_store: weakref.WeakKeyDictionary[object, dict[tuple[int, int], Ledger]] = weakref.WeakKeyDictionary()
+        self._by_store: weakref.WeakKeyDictionary[object, tuple[int | None, dict[tuple[int, int, int], Ledger]]] = weakref.WeakKeyDictionary()
 
-    def get(self, store: object, inventory: Inventory | None, hour_ms: int) -> Ledger | None:
-        hours = self._by_store.get(store)
-        if hours is None:
-            return None
-        found = hours.pop((id(inventory), hour_ms), None)
+    def get(self, store: object, generation: int | None, inventory: Inventory | None, window: tuple[int, int]) -> Ledger | None:
+        hours = self._hours(store, generation)
+        found = hours.pop((id(inventory), *window), None)
         if found is not None:
-            hours[(id(inventory), hour_ms)] = found  # most recently read last
+            hours[(id(inventory), *window)] = found  # most recently read last
         return found
 
-    def put(self, store: object, inventory: Inventory | None, hour_ms: int, ledger: Ledger) -> None:
-        hours = self._by_store.setdefault(store, {})
-        hours[(id(inventory), hour_ms)] = ledger
+    def put(self, store: object, generation: int | None, inventory: Inventory | None, window: tuple[int, int], ledger: Ledger) -> None:
+        hours = self._hours(store, generation)
+        hours[(id(inventory), *window)] = ledger
         while len(hours) > self.max_hours:
             del hours[next(iter(hours))]
+
+    def _hours(self, store: object, generation: int | None) -> dict[tuple[int, int, int], Ledger]:
+        kept = self._by_store.get(store)
+        if kept is None or kept[0] != generation:
+            kept = generation, {}
+            self._by_store[store] = kept
+        return kept[1]
 
 
 _CACHE = _HourCache()
@@ -165,12 +172,13 @@ def read_ledger(store: SampleReader, inventory: Inventory | None, start_ms: int,
                 progress: Callable[[str], None] = lambda step: None) -> LedgerRead:
     """The ledger over [start_ms, end_ms) (ms; rules: module docstring), as of `now_ms` (default now).
 
-    `from_rows=False` computes every hour from samples. `max_computed_hours` bounds the hours computed from samples (the
-    newest first; for interactive callers): the rest are counted in `hours_missing`. `progress` is called once per
-    window computed from samples."""
+    `from_rows=False` computes every hour from samples, none from rows or from the hours kept in memory.
+    `max_computed_hours` bounds the hours computed from samples (the newest first; for interactive callers): the rest are
+    counted in `hours_missing`. `progress` is called once per window computed from samples."""
     if end_ms <= start_ms:
         raise ValueError("the range's end must be after its start")
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    generation = store.sample_generation()  # before any sample is read: a write during the read makes its hours stale
     same_question = accounting is None and max_gap_s == DEFAULT_MAX_GAP_S
     stored_hours, stored_jobs, stored_sites = _settled_rows(store, start_ms, end_ms, now_ms) if from_rows and same_question \
         else ([], _no_jobs(), _no_sites())
@@ -178,10 +186,17 @@ def read_ledger(store: SampleReader, inventory: Inventory | None, start_ms: int,
     held = store.sample_spans(LEDGER_METRICS, windows[0][0] - DAY_MS, windows[-1][1] + DAY_MS) if windows else {}
     windows = _with_samples(windows, held)
     reader = _Held(store, set(held))
-    cache = same_question and not isinstance(store, RowStore)
     cutoff = now_ms - LATE_WINDOW_S * 1000
-    known = {a: _CACHE.get(store, inventory, a) for a, b in windows if cache and _settled(a, b, cutoff)}
-    to_compute = [w for w in windows if known.get(w[0]) is None]
+
+    def kept(window: tuple[int, int]) -> bool:
+        """Whether `window` is kept in (and read from) `_CACHE`: on a store that counts its writes, every window (until
+        the next write); on one that does not, settled hours, and only where the store keeps no rows to read instead."""
+        if not (same_question and from_rows):
+            return False
+        return generation is not None or (_settled(*window, cutoff) and not isinstance(store, RowStore))
+
+    known = {w: _CACHE.get(store, generation, inventory, w) for w in windows if kept(w)}
+    to_compute = [w for w in windows if known.get(w) is None]
     missing = 0
     if max_computed_hours is not None and len(to_compute) > max_computed_hours:
         missing = len(to_compute) - max_computed_hours
@@ -189,11 +204,11 @@ def read_ledger(store: SampleReader, inventory: Inventory | None, start_ms: int,
         windows = [w for w in windows if w not in left_out]
     ledgers: list[Ledger] = []
     for a, b in windows:
-        ledger = known.get(a)
+        ledger = known.get((a, b))
         if ledger is None:
             ledger = compute_ledger(reader, inventory, a, b, max_gap_s, accounting, accounting_factory)
-            if cache and _settled(a, b, cutoff):
-                _CACHE.put(store, inventory, a, ledger)
+            if kept((a, b)):
+                _CACHE.put(store, generation, inventory, (a, b), ledger)
             progress(f"{iso_utc(a)} to {iso_utc(b)} computed from samples")
         ledgers.append(ledger)
     jobs = _concat([stored_jobs] + [ledger.jobs for ledger in ledgers], HOUR_COLUMNS)

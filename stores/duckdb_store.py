@@ -37,11 +37,11 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import duckdb
 import numpy as np
@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS stale (series_id INTEGER NOT NULL, t_ms BIGINT NOT NU
 """
 _MINUTE_MS = 60_000
 _SETTLE_MS = 120_000  # downsample a minute only once it is this old: late scrapes of it are in
+T = TypeVar("T")
 _MERGE_EXTENTS = """MERGE INTO series_extent e USING ({fresh}) n ON e.series_id = n.series_id
                     WHEN MATCHED THEN UPDATE SET first_t_ms = least(e.first_t_ms, n.f), last_t_ms = greatest(e.last_t_ms, n.l)
                     WHEN NOT MATCHED THEN INSERT VALUES (n.series_id, n.f, n.l)"""
@@ -136,6 +137,8 @@ class DuckDBStore(SampleWriter, RollupStore):
         # the texts it has seen, so the table is asked only about new ones.
         self._metrics: set[str] = {m for (m,) in self._con.execute("SELECT DISTINCT metric FROM series").fetchall()}
         self._generation = 0  # changes whenever series are added: the key of `_labels_cache`
+        self._sample_writes = 0  # `sample_generation`
+        self._scans: dict[str, tuple[int, object]] = {}  # `_per_generation`
         self._labels_cache: dict[str, tuple[int, pd.DataFrame]] = {}
         with self._cursor() as cur:
             self._extents_until = _state(cur, "extents_until_ms")  # None until the first compaction builds the extents
@@ -205,6 +208,8 @@ class DuckDBStore(SampleWriter, RollupStore):
             except duckdb.Error as e:
                 forget()
                 raise StoreError(f"committing to {self.path} failed, nothing of the transaction was stored: {e}") from None
+            finally:
+                self._sample_writes += 1  # the writes inside are seen from here on
 
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
         return self.register(pa.array([metric for metric, _ in keys], pa.string()),
@@ -272,6 +277,8 @@ class DuckDBStore(SampleWriter, RollupStore):
             except duckdb.Error as e:
                 hint = " (no room left: free disk space; the samples already stored are intact)" if _is_full(e) else ""
                 raise StoreError(f"write to {self.path} failed, nothing of this batch was stored{hint}: {e}") from None
+            finally:
+                self._sample_writes += 1
 
     def mark_stale(self, series_ids: np.ndarray, t_ms: int) -> None:
         self._check_writable()
@@ -280,7 +287,10 @@ class DuckDBStore(SampleWriter, RollupStore):
         ids = np.asarray(series_ids, dtype=np.int32)
         markers = pa.table({"series_id": ids, "t_ms": np.full(len(ids), t_ms, np.int64)})  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
         with self._write_lock, self._writer() as cur:
-            cur.execute("INSERT INTO stale SELECT * FROM markers")
+            try:
+                cur.execute("INSERT INTO stale SELECT * FROM markers")
+            finally:
+                self._sample_writes += 1
 
     def replace_rows(self, table: str, window_start_ms: int, rows: pd.DataFrame) -> None:
         self._check_writable()
@@ -394,7 +404,7 @@ class DuckDBStore(SampleWriter, RollupStore):
         ids = series[["series_id"]]  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
         minute_value = "last" if is_counter(metric) else "avg"
         with self._cursor() as cur:
-            raw_from = _one(cur, "SELECT min(t_ms) FROM samples")[0]
+            raw_from = self._raw_from(cur)
             raw_from = end_ms + 1 if raw_from is None else raw_from
             found = cur.execute(
                 f"""SELECT series_id, t_ms, value FROM (
@@ -418,7 +428,7 @@ class DuckDBStore(SampleWriter, RollupStore):
             return SeriesSamples(series, np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))
         ids = series[["series_id"]]  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
         with self._cursor() as cur:
-            raw_from = _one(cur, "SELECT min(t_ms) FROM samples")[0]
+            raw_from = self._raw_from(cur)
             raw_from = end_ms + 1 if raw_from is None else raw_from
             found = cur.execute(
                 """WITH picked AS (
@@ -459,7 +469,7 @@ class DuckDBStore(SampleWriter, RollupStore):
             if search is None:
                 return none
             sid, side, near, far = search
-            raw_from = _one(cur, "SELECT min(t_ms) FROM samples")[0]
+            raw_from = self._raw_from(cur)
             raw_from = np.iinfo(np.int64).max if raw_from is None else int(raw_from)
             found: list[pa.Table] = []
             width = np.full(len(sid), EDGE_FIRST_WINDOW_MS, dtype=np.int64)
@@ -554,43 +564,70 @@ class DuckDBStore(SampleWriter, RollupStore):
         raw_cut = now_ms - int(self.retention.raw_days * 86_400_000)
         minute_cut = now_ms - int(self.retention.minute_days * 86_400_000)
         with self._write_lock, self._cursor() as cur:
-            done = cur.execute("SELECT value FROM store_state WHERE key = 'downsampled_until_ms'").fetchone()
-            since = done[0] if done else (_one(cur, "SELECT min(t_ms) FROM samples")[0] or until) // _MINUTE_MS * _MINUTE_MS
-            cur.execute("BEGIN TRANSACTION")
-            downsampled = _one(
-                cur,
-                f"""INSERT INTO samples_1m
-                    SELECT series_id, t_ms // {_MINUTE_MS} * {_MINUTE_MS}, max(t_ms), arg_max(value, t_ms), avg(value), min(value),
-                           max(value), count(*)
-                    FROM samples WHERE t_ms >= ? AND t_ms < ? AND isfinite(value) GROUP BY ALL""",
-                [since, until],
-            )[0]
-            cur.execute("INSERT OR REPLACE INTO store_state VALUES ('downsampled_until_ms', ?)", [max(since, until)])
-            # the extents of the minutes just aggregated; the first time, of every minute aggregated before (a store from
-            # before the extents existed: one pass over its aggregates)
-            extended = since if self._extents_until is not None else _one(cur, "SELECT coalesce(min(t_ms), ?) FROM samples_1m", [since])[0]
-            cur.execute(_MERGE_EXTENTS.format(fresh=f"SELECT series_id, min(t_ms) f, max(last_t_ms) l FROM samples_1m "
-                                                    f"WHERE t_ms >= {int(extended)} AND t_ms < {int(max(since, until))} GROUP BY series_id"))
-            cur.execute("INSERT OR REPLACE INTO store_state VALUES ('extents_until_ms', ?)", [max(since, until)])
-            cur.execute("COMMIT")
-            self._extents_until = max(since, until)
-            # Raw samples go only once their minutes are aggregated.
-            dropped_raw = _one(cur, "DELETE FROM samples WHERE t_ms < ?", [min(raw_cut, max(since, until))])[0]
-            dropped_minutes = _one(cur, "DELETE FROM samples_1m WHERE t_ms < ?", [minute_cut])[0]
-            if dropped_minutes:  # raw samples that old are gone too (raw_days <= minute_days)
-                cur.execute("DELETE FROM series_extent WHERE last_t_ms < ?", [minute_cut])
-                cur.execute("UPDATE series_extent SET first_t_ms = ? WHERE first_t_ms < ?", [minute_cut, minute_cut])
-            cur.execute("DELETE FROM stale WHERE t_ms < ?", [min(raw_cut, max(since, until))])
+            try:
+                return self._compact(cur, until, raw_cut, minute_cut)
+            finally:
+                self._sample_writes += 1
+
+    def _compact(self, cur: duckdb.DuckDBPyConnection, until: int, raw_cut: int, minute_cut: int) -> dict[str, int]:
+        """`compact`'s steps, under the write lock: minutes up to `until` downsampled, raw samples before `raw_cut` and
+        aggregates before `minute_cut` dropped (ms)."""
+        done = cur.execute("SELECT value FROM store_state WHERE key = 'downsampled_until_ms'").fetchone()
+        since = done[0] if done else (self._raw_from(cur) or until) // _MINUTE_MS * _MINUTE_MS
+        cur.execute("BEGIN TRANSACTION")
+        downsampled = _one(
+            cur,
+            f"""INSERT INTO samples_1m
+                SELECT series_id, t_ms // {_MINUTE_MS} * {_MINUTE_MS}, max(t_ms), arg_max(value, t_ms), avg(value), min(value),
+                       max(value), count(*)
+                FROM samples WHERE t_ms >= ? AND t_ms < ? AND isfinite(value) GROUP BY ALL""",
+            [since, until],
+        )[0]
+        cur.execute("INSERT OR REPLACE INTO store_state VALUES ('downsampled_until_ms', ?)", [max(since, until)])
+        # the extents of the minutes just aggregated; the first time, of every minute aggregated before (a store from
+        # before the extents existed: one pass over its aggregates)
+        extended = since if self._extents_until is not None else _one(cur, "SELECT coalesce(min(t_ms), ?) FROM samples_1m", [since])[0]
+        cur.execute(_MERGE_EXTENTS.format(fresh=f"SELECT series_id, min(t_ms) f, max(last_t_ms) l FROM samples_1m "
+                                                f"WHERE t_ms >= {int(extended)} AND t_ms < {int(max(since, until))} GROUP BY series_id"))
+        cur.execute("INSERT OR REPLACE INTO store_state VALUES ('extents_until_ms', ?)", [max(since, until)])
+        cur.execute("COMMIT")
+        self._extents_until = max(since, until)
+        # Raw samples go only once their minutes are aggregated.
+        dropped_raw = _one(cur, "DELETE FROM samples WHERE t_ms < ?", [min(raw_cut, max(since, until))])[0]
+        dropped_minutes = _one(cur, "DELETE FROM samples_1m WHERE t_ms < ?", [minute_cut])[0]
+        if dropped_minutes:  # raw samples that old are gone too (raw_days <= minute_days)
+            cur.execute("DELETE FROM series_extent WHERE last_t_ms < ?", [minute_cut])
+            cur.execute("UPDATE series_extent SET first_t_ms = ? WHERE first_t_ms < ?", [minute_cut, minute_cut])
+        cur.execute("DELETE FROM stale WHERE t_ms < ?", [min(raw_cut, max(since, until))])
         return {"minutes_written": int(downsampled), "raw_dropped": int(dropped_raw), "minutes_dropped": int(dropped_minutes)}
 
     def time_bounds(self) -> tuple[int, int] | None:
-        with self._cursor() as cur:
-            lo, hi = _one(
-                cur,
-                "SELECT min(lo), max(hi) FROM (SELECT min(t_ms) lo, max(t_ms) hi FROM samples "
-                "UNION ALL SELECT min(t_ms), max(t_ms) FROM samples_1m)",
-            )
-        return None if lo is None else (int(lo), int(hi))
+        def scan() -> tuple[int, int] | None:
+            with self._cursor() as cur:
+                lo, hi = _one(cur, "SELECT min(lo), max(hi) FROM (SELECT min(t_ms) lo, max(t_ms) hi FROM samples "
+                                   "UNION ALL SELECT min(t_ms), max(t_ms) FROM samples_1m)")
+            return None if lo is None else (int(lo), int(hi))
+
+        return self._per_generation("time_bounds", scan)
+
+    def sample_generation(self) -> int:
+        return self._sample_writes
+
+    def _raw_from(self, cur: duckdb.DuckDBPyConnection) -> int | None:
+        """The oldest raw sample's time (ms; None without any): where reads take the per-minute aggregates instead."""
+        found = self._per_generation("raw_from", lambda: _one(cur, "SELECT min(t_ms) FROM samples")[0])
+        return None if found is None else int(found)
+
+    def _per_generation(self, name: str, scan: Callable[[], T]) -> T:
+        """`scan()` once per sample generation: a scan of every sample (the store's bounds) on each read cost about a
+        third of an energy read from samples. The generation is read before the scan, so a write during it is seen by
+        the next call."""
+        generation = self._sample_writes
+        known = self._scans.get(name)
+        if known is None or known[0] != generation:
+            known = (generation, scan())
+            self._scans[name] = known
+        return cast(T, known[1])
 
     def newest_sample_ms(self, not_after_ms: int) -> int | None:
         """Time of the newest sample (raw, or a per-minute aggregate's minute) at or before `not_after_ms`, ms; None if

@@ -240,6 +240,9 @@ class PromQLStore(SampleReader):
                 spans[result["metric"]["metric"]] = (min(ends) - 3_600_000, max(ends))
         return spans
 
+    def sample_generation(self) -> int | None:
+        return None  # scraped or imported by others: their writes are not seen here
+
     def close(self) -> None:
         pass  # one HTTP request per read: nothing is held open
 

@@ -47,6 +47,9 @@ class SplitStore(RollupStore):
     def metric_names(self) -> list[str]:
         return self.samples.metric_names()
 
+    def sample_generation(self) -> int | None:
+        return self.samples.sample_generation()
+
     def time_bounds(self) -> tuple[int, int] | None:
         """The samples store's bounds where it knows them (DuckDB). A PromQL server does not say: from the earlier of
         `since_ms` and the first row the rows store holds (the months a dashboard lists), to now."""

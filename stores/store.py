@@ -263,6 +263,13 @@ class SampleReader(Store):
         """Every metric name the store holds."""
         raise NotImplementedError
 
+    def sample_generation(self) -> int | None:
+        """A number that changes whenever what the store's samples say may have changed (samples or staleness markers
+        written, minutes compacted, retention applied), counted after the change is visible to readers: the key of a
+        cache of figures computed from samples, read before the samples are. None for a store others write to (a PromQL
+        server), whose changes this process cannot see."""
+        raise NotImplementedError
+
 
 class RowWriter(Store):
     """Takes derived rows (rollup results), one window at a time."""

@@ -208,3 +208,30 @@ def test_a_store_without_rows_reads_each_settled_hour_once(tmp_path: Path) -> No
     assert computed[0] == ["2025-03-31T22:00:00Z to 2025-03-31T23:00:00Z computed from samples",
                            "2025-03-31T23:00:00Z to 2025-04-01T00:00:00Z computed from samples"]
     assert computed[1] == []
+
+
+def test_the_embedded_store_reads_each_hour_once_until_it_is_written(tmp_path: Path) -> None:
+    """DuckDB without rows: a second read computes no hour (kept in memory), and after a write (late samples of a fifth
+    GPU, then a compaction) both hours are computed again and the late energy is in: the store counts its writes."""
+    inventory = load_inventory(_inventory_file(tmp_path))
+    hours = ["2025-03-31T22:00:00Z to 2025-03-31T23:00:00Z computed from samples",
+             "2025-03-31T23:00:00Z to 2025-04-01T00:00:00Z computed from samples"]
+    late = 100.0 * 3600  # GPU 4 at 100 W, no job, 22:00-23:00, written after the first reads
+
+    def march(store: DuckDBStore) -> tuple[list[str], dict[str, float]]:
+        steps: list[str] = []
+        rows = read_ledger(store, inventory, *MARCH, NOW, progress=steps.append).by(inventory, "project").rows
+        return steps, {p: j * 3.6e6 for p, j in rows.set_index("project")["energy_kwh"].items() if j}
+
+    with DuckDBStore(tmp_path / "s.duckdb") as store:
+        _write(store)
+        assert march(store) == (hours, pytest.approx(TRUTH["2025-03"], rel=1e-9))
+        assert march(store) == ([], pytest.approx(TRUTH["2025-03"], rel=1e-9))
+        t = np.arange(START, M - H + 1, MIN)
+        labels = {**GPU, "gpu": "4", "uuid": "GPU-4", "model": "H100"}
+        store.append(np.full(len(t), store.series_ids([series_key("aif_gpu_energy_joules_total", labels)])[0]), t, 100.0 * (t - START) / 1000)
+        with_late = {**TRUTH["2025-03"], "(unallocated)": TRUTH["2025-03"]["(unallocated)"] + late}
+        assert march(store) == (hours, pytest.approx(with_late, rel=1e-9))
+        store.compact(NOW)
+        assert march(store) == (hours, pytest.approx(with_late, rel=1e-9))
+        assert march(store) == ([], pytest.approx(with_late, rel=1e-9))
