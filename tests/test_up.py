@@ -6,14 +6,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from aifmon.cli.up import ARROW_POOL, MALLOC_ARENAS, MALLOC_MMAP_THRESHOLD, demo_epochs, history_hours
+from aifmon.cli.up import ARROW_POOL, MALLOC_ARENAS, MALLOC_MMAP_THRESHOLD, StartAfter, demo_epochs, history_hours
 from aifmon.exporters.http import serve_exposition
 from aifmon.rollups.hourly import SETTLE_MS
 from aifmon.stores.duckdb_store import DuckDBStore
@@ -55,9 +57,13 @@ def stop(proc: subprocess.Popen) -> int:
 
 
 def gpu_energy(store_path: Path):
+    """The GPU energy samples, each with `scraped`: stamped at a live scrape (the time of one of the collector's `up`
+    samples), not by the backfill (one snapshot a minute, on the minute, where a scrape may land too); the hourly rows."""
     store = DuckDBStore(store_path, read_only=True)
     try:
-        return store.range("aif_gpu_energy_joules_total", 0, 2**62), store.read_rows("gpu_energy_hourly", 0, 2**62)
+        energy = store.range("aif_gpu_energy_joules_total", 0, 2**62)
+        scrapes = store.range("up", 0, 2**62)["t_ms"]
+        return energy.assign(scraped=energy["t_ms"].isin(scrapes)), store.read_rows("gpu_energy_hourly", 0, 2**62)
     finally:
         store.close()
 
@@ -88,7 +94,7 @@ def test_up_runs_the_stack_and_stops_cleanly(tmp_path):
 
         epoch_ms = int(json.loads((tmp_path / "up.duckdb.demo.json").read_text())["epoch"] * 1000)
         energy, hourly = gpu_energy(store_path)
-        on_the_minute = energy["t_ms"] % MINUTE_MS == 0  # the backfill writes one snapshot a minute; scrapes land anywhere
+        on_the_minute = ~energy["scraped"]  # the backfill's
         backfilled = np.sort(energy.loc[on_the_minute, "t_ms"].unique())
         assert backfilled[0] == epoch_ms and len(backfilled) >= 120, "two hours of history, from the demo's epoch"
         assert (np.diff(backfilled) == MINUTE_MS).all(), "one snapshot every minute, none missing"
@@ -112,7 +118,7 @@ def test_up_runs_the_stack_and_stops_cleanly(tmp_path):
             status = stop(proc)
         assert status == 0, log_path.read_text()
         energy, _ = gpu_energy(store_path)
-        assert len(energy.loc[energy["t_ms"] % MINUTE_MS != 0]) == GPUS * len(scrapes)
+        assert energy["scraped"].sum() == GPUS * len(scrapes)
         for _, gpu in energy.sort_values("t_ms").groupby(["factory", "node", "gpu"]):
             assert (np.diff(gpu["value"].to_numpy()) >= 0).all()
 
@@ -197,3 +203,41 @@ def test_a_large_factory_gets_fewer_hours_of_history_and_keeps_its_epoch(tmp_pat
         assert set(demo_epochs(store, inventory, 1, 24).values()) == {epochs["bsc-aif"]}
     finally:
         store.close()
+
+
+class RecordingWorker:
+    """A worker (the supervisor's protocol) that records whether `ready` was set when it started, and runs until stopped."""
+
+    def __init__(self, ready: threading.Event):
+        self.ready = ready
+        self.ran_when_ready: bool | None = None
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        self.ran_when_ready = self.ready.is_set()
+        self.stopped.wait()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+@pytest.mark.parametrize(("limit_s", "set_ready", "stop_first", "ran_when_ready"), [
+    (600.0, True, False, True),  # ready: the worker starts, after it was set
+    (0.0, False, False, False),  # never ready: the worker starts at the limit
+    (600.0, False, True, None),  # stopped while waiting: the worker never starts
+])
+def test_start_after_runs_its_worker_once_ready_or_at_its_limit_and_not_once_stopped(limit_s, set_ready, stop_first, ran_when_ready):
+    """How `aifmon up` starts its alert evaluator after the hourly rollups' catch-up (`HourlyRollups.caught_up`)."""
+    ready = threading.Event()
+    worker = RecordingWorker(ready)
+    start = StartAfter(ready, worker, limit_s, "the worker", "the event")
+    thread = threading.Thread(target=start.run)
+    thread.start()
+    if set_ready:
+        ready.set()
+    if not stop_first:
+        wait_until(lambda: worker.ran_when_ready is not None, 10, "the worker's start")
+    start.stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert worker.ran_when_ready is ran_when_ready

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -21,6 +22,7 @@ from aifmon.telemetry.errors import UserError
 
 if TYPE_CHECKING:
     from aifmon.stores.duckdb_store import DuckDBStore
+    from aifmon.supervisor import Worker
     from aifmon.telemetry.inventory import Inventory
 
 log = logging.getLogger("aifmon")
@@ -46,6 +48,14 @@ MALLOC_MMAP_THRESHOLD = 128 * 1024
 simulator: glibc's default threshold starts here but rises to the largest block freed so far (up to 32 MB), after which
 the multi-MB arrays of every scrape and the simulator's exposition text (63 MB at 25,000 GPUs, rendered every 5 s)
 are carved from the heaps, and the heaps keep their peak. Fixed, the simulator held 150 MB instead of 248 MB."""
+
+ALERTS_WAIT_S = 600.0
+"""Longest the alert evaluator waits at start for the hourly rollups to catch up on the backfilled history, s. Its
+first cycle reads this month's project energy from the ledger (budget rules): started with the rollups, it computed
+every backfilled hour of the month from samples while the rollups computed the same hours, on the same 2 cores: a first
+cycle of 38-100 s and up to 270 MB more in `up`, and a catch-up 2-3 times slower (50-130 s), which ran into the third
+minute. Waiting, the catch-up took 30-35 s and the evaluator's first cycle computes only the hours still open to late
+data; alerts start that much later, against `for` durations of minutes."""
 
 
 def register(commands: Commands) -> None:
@@ -91,9 +101,12 @@ def up(args: argparse.Namespace) -> int:
             try:
                 _backfill(store, inventory, args.seed, epochs)
                 log.info("live: scraping %d simulated factories every %g s", len(simulated), args.interval)
+                rollups = HourlyRollups(store, inventory)
+                alerts = StartAfter(rollups.caught_up, alert_evaluator(store, inventory, args.alert_rules), ALERTS_WAIT_S,
+                                    "the alert evaluator", "the hourly rollups to catch up on the backfilled history")
                 exited = run_workers([Collector(store, targets_of(inventory), interval_s=args.interval, window=window),
-                                      HourlyRollups(store, inventory), Compactor(store), alert_evaluator(store, inventory, args.alert_rules),
-                                      ReportScheduler(store, inventory, Path(args.reports_dir)), LedgerService(store, store.path)], sims)
+                                      rollups, Compactor(store), alerts, ReportScheduler(store, inventory, Path(args.reports_dir)),
+                                      LedgerService(store, store.path)], sims)
                 if exited is not None:
                     served = ", ".join(f"{f.id} on {f.targets[0]}" for f in simulated)
                     print(f"aifmon: the simulator ({served}) exited with status {exited.returncode}", file=sys.stderr, flush=True)
@@ -102,6 +115,38 @@ def up(args: argparse.Namespace) -> int:
                 print("aifmon: stopping...", file=sys.stderr, flush=True)
     print("aifmon: stopped; store closed cleanly", file=sys.stderr, flush=True)
     return status
+
+
+class StartAfter:
+    """A worker that runs `worker` once `ready` is set, or once `limit_s` s have passed; `name` and `what` (what it waits
+    for) are for the log."""
+
+    def __init__(self, ready: threading.Event, worker: Worker, limit_s: float, name: str, what: str):
+        self.ready = ready
+        self.worker = worker
+        self.limit_s = limit_s
+        self.name = name
+        self.what = what
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        if not self.ready.is_set():
+            began = time.monotonic()
+            log.info("%s waits for %s (at most %g s)", self.name, self.what, self.limit_s)
+            while not self.ready.wait(0.5):
+                if self._stop.is_set():
+                    return
+                if time.monotonic() - began >= self.limit_s:
+                    log.warning("%s starts without waiting longer for %s (%g s)", self.name, self.what, self.limit_s)
+                    break
+            else:
+                log.info("%s starts after waiting %.0f s for %s", self.name, time.monotonic() - began, self.what)
+        if not self._stop.is_set():
+            self.worker.run()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.worker.stop()  # before its run() too: it then returns at once
 
 
 _MALLOC_SETTINGS = (("MALLOC_ARENA_MAX", -8, MALLOC_ARENAS), ("MALLOC_MMAP_THRESHOLD_", -3, MALLOC_MMAP_THRESHOLD))
