@@ -306,7 +306,7 @@ class _Held(SampleReader):
         return metric in self.held or metric not in LEDGER_METRICS
 
 
-_NO_SAMPLES = SeriesSamples(pd.DataFrame({"series_id": np.zeros(0, np.int32)}), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))
+_NO_SAMPLES = SeriesSamples.empty()
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:

@@ -425,7 +425,7 @@ class DuckDBStore(SampleWriter, RollupStore):
         comes back where `range_arrays` would send a sample per scrape."""
         series = self._series_of(metric).loc[self._matching(metric, match)]
         if series.empty:
-            return SeriesSamples(series, np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))
+            return SeriesSamples.empty(series)
         ids = series[["series_id"]]  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
         with self._cursor() as cur:
             raw_from = self._raw_from(cur)
@@ -461,7 +461,7 @@ class DuckDBStore(SampleWriter, RollupStore):
         silent across an end, reads growing `EDGE_GROWTH`-fold until its sample (at most 8 times its silence). A store
         never compacted has no extents: its series are searched as far as the store's oldest and newest samples."""
         series = self._series_of(metric).loc[self._matching(metric, match)]
-        none = SeriesSamples(series, np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))
+        none = SeriesSamples.empty(series)
         if series.empty:
             return none
         ids = series["series_id"].to_numpy(dtype=np.int32)

@@ -176,7 +176,7 @@ class PromQLStore(SampleReader):
             data = self._get("/api/v1/query", {"query": f"{selector}[{end_ms - start_ms + 1}ms]", "time": f"{end_ms / 1000:.3f}"})
             frames += [_result_frame(result, len(frames) + i) for i, result in enumerate(data["result"])]
         if not frames:
-            return series_samples(pd.DataFrame({"series_id": np.zeros(0, np.int32), "t_ms": np.zeros(0, np.int64), "value": np.zeros(0)}))
+            return SeriesSamples.empty()
         return series_samples(pd.concat(frames, ignore_index=True))
 
     def _raw(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> pd.DataFrame:

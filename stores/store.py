@@ -71,6 +71,15 @@ class SeriesSamples:
     t_ms: np.ndarray  # int64, ms since the Unix epoch
     value: np.ndarray  # float64, the metric's base unit
 
+    @staticmethod
+    def empty(series: pd.DataFrame | None = None) -> SeriesSamples:
+        """No samples (of `series`, default: no series)."""
+        import numpy as np
+        import pandas as pd
+
+        series = pd.DataFrame({"series_id": np.zeros(0, np.int32)}) if series is None else series
+        return SeriesSamples(series, np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))
+
 
 def series_samples(frame: pd.DataFrame) -> SeriesSamples:
     """Split a `range` frame (labels on every sample) into per-series labels and flat sample arrays of the finite
