@@ -433,7 +433,7 @@ class DuckDBStore(SampleWriter, RollupStore):
             found = cur.execute(
                 """WITH picked AS (
                        SELECT s.series_id, s.t_ms FROM samples s SEMI JOIN ids ON ids.series_id = s.series_id
-                       WHERE s.t_ms >= $1 AND s.t_ms <= $2 AND s.value > 0
+                       WHERE s.t_ms >= $1 AND s.t_ms <= $2 AND isfinite(s.value) AND s.value > 0
                        UNION ALL
                        SELECT m.series_id, m.last_t_ms FROM samples_1m m SEMI JOIN ids ON ids.series_id = m.series_id
                        WHERE m.last_t_ms >= $1 AND m.last_t_ms <= $2 AND m.last_t_ms < $3 AND m.avg > 0),
