@@ -84,16 +84,21 @@ def cpu_s(pid: int) -> float:
 def describe(pid: int) -> str:
     """The part of `make up` a process is: up, simulator, chromium (each of its processes), or its program's name."""
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
+        return "?"
+    argv = cmdline.split(b"\0")
+    if not cmdline:  # exited, not yet reaped
         return "?"
     if b"sim" in argv and b"exporter" in argv:
         return "simulator"
     if b"up" in argv:
         return "up"
-    # Chromium rewrites its children's argv into one string; its launcher is a shell script (`sh /usr/bin/chromium ...`)
+    # Chromium's launcher is a shell script (`sh /usr/bin/chromium ...`); its children (`--type=renderer`, ...) rewrite their
+    # argv into one string, or run as /proc/self/exe while they start
     programs = [Path(a.decode(errors="replace").split(" ")[0]).name for a in argv[:2]]
-    return "chromium" if {"chromium", "chrome", "chromium-browser", "google-chrome"} & set(programs) else programs[0]
+    chromium = {"chromium", "chrome", "chromium-browser", "google-chrome"} & set(programs) or b"--type=" in cmdline
+    return "chromium" if chromium else programs[0]
 
 
 def by_part(per_process: dict[str, int]) -> dict[str, int]:

@@ -227,10 +227,10 @@ class RecordingWorker:
     (600.0, False, True, None),  # stopped while waiting: the worker never starts
 ])
 def test_start_after_runs_its_worker_once_ready_or_at_its_limit_and_not_once_stopped(limit_s, set_ready, stop_first, ran_when_ready):
-    """How `aifmon up` starts its alert evaluator after the hourly rollups' catch-up (`HourlyRollups.caught_up`)."""
+    """How `aifmon up` starts its alert evaluator after the hourly rollups' catch-up, its report scheduler after the first alert cycle."""
     ready = threading.Event()
     worker = RecordingWorker(ready)
-    start = StartAfter(ready, worker, limit_s, "the worker", "the event")
+    start = StartAfter(ready.is_set, worker, limit_s, "the worker", "the event")
     thread = threading.Thread(target=start.run)
     thread.start()
     if set_ready:

@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,8 +55,13 @@ ALERTS_WAIT_S = 600.0
 first cycle reads this month's project energy from the ledger (budget rules): started with the rollups, it computed
 every backfilled hour of the month from samples while the rollups computed the same hours, on the same 2 cores: a first
 cycle of 38-100 s and up to 270 MB more in `up`, and a catch-up 2-3 times slower (50-130 s), which ran into the third
-minute. Waiting, the catch-up took 30-35 s and the evaluator's first cycle computes only the hours still open to late
+minute. Waiting, the catch-up took 30-58 s and the evaluator's first cycle computes only the hours still open to late
 data; alerts start that much later, against `for` durations of minutes."""
+
+REPORTS_WAIT_S = 900.0
+"""Longest the report scheduler waits at start for the alert evaluator's first cycle, s: the first month-to-date report
+computes the hours still open to late data from samples, as that cycle does (the 25,000-GPU factory's: 8-12 s and
+200-270 MB each); at the same time, they added up."""
 
 
 def register(commands: Commands) -> None:
@@ -101,12 +107,13 @@ def up(args: argparse.Namespace) -> int:
             try:
                 _backfill(store, inventory, args.seed, epochs)
                 log.info("live: scraping %d simulated factories every %g s", len(simulated), args.interval)
-                rollups = HourlyRollups(store, inventory)
-                alerts = StartAfter(rollups.caught_up, alert_evaluator(store, inventory, args.alert_rules), ALERTS_WAIT_S,
+                rollups, evaluator = HourlyRollups(store, inventory), alert_evaluator(store, inventory, args.alert_rules)
+                alerts = StartAfter(rollups.caught_up.is_set, evaluator, ALERTS_WAIT_S,
                                     "the alert evaluator", "the hourly rollups to catch up on the backfilled history")
+                reports = StartAfter(lambda: evaluator.cycles > 0, ReportScheduler(store, inventory, Path(args.reports_dir)),
+                                     REPORTS_WAIT_S, "the report scheduler", "the alert evaluator's first cycle")
                 exited = run_workers([Collector(store, targets_of(inventory), interval_s=args.interval, window=window),
-                                      rollups, Compactor(store), alerts, ReportScheduler(store, inventory, Path(args.reports_dir)),
-                                      LedgerService(store, store.path)], sims)
+                                      rollups, Compactor(store), alerts, reports, LedgerService(store, store.path)], sims)
                 if exited is not None:
                     served = ", ".join(f"{f.id} on {f.targets[0]}" for f in simulated)
                     print(f"aifmon: the simulator ({served}) exited with status {exited.returncode}", file=sys.stderr, flush=True)
@@ -118,10 +125,12 @@ def up(args: argparse.Namespace) -> int:
 
 
 class StartAfter:
-    """A worker that runs `worker` once `ready` is set, or once `limit_s` s have passed; `name` and `what` (what it waits
-    for) are for the log."""
+    """A worker that runs `worker` once `ready()` is true (asked every `POLL_S`), or once `limit_s` s have passed; `name`
+    and `what` (what it waits for) are for the log."""
 
-    def __init__(self, ready: threading.Event, worker: Worker, limit_s: float, name: str, what: str):
+    POLL_S = 0.5
+
+    def __init__(self, ready: Callable[[], bool], worker: Worker, limit_s: float, name: str, what: str):
         self.ready = ready
         self.worker = worker
         self.limit_s = limit_s
@@ -130,11 +139,11 @@ class StartAfter:
         self._stop = threading.Event()
 
     def run(self) -> None:
-        if not self.ready.is_set():
+        if not self.ready():
             began = time.monotonic()
             log.info("%s waits for %s (at most %g s)", self.name, self.what, self.limit_s)
-            while not self.ready.wait(0.5):
-                if self._stop.is_set():
+            while not self.ready():
+                if self._stop.wait(self.POLL_S):
                     return
                 if time.monotonic() - began >= self.limit_s:
                     log.warning("%s starts without waiting longer for %s (%g s)", self.name, self.what, self.limit_s)
