@@ -129,7 +129,8 @@ class HourlyRollups:
         """Roll up every finished, settled hour not yet done, and re-open recent hours whose inputs changed;
         returns how many hours were (re)written."""
         bounds = self.store.time_bounds()
-        if bounds is None:
+        if bounds is None:  # no samples: nothing to catch up on
+            self.caught_up.set()
             return 0
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         first = bounds[0] // HOUR_MS * HOUR_MS

@@ -44,3 +44,12 @@ def test_catch_up_computes_each_hour_once_and_the_recheck_only_hours_computed_be
     assert rollups.catch_up(now_ms=now) == 0  # nothing new, nothing changed
     assert computed == [T0 + h * H for h in (2, 3, 4)], "the next recheck computes the late window's hours again"
     store.close()
+
+
+def test_a_store_without_samples_is_caught_up_at_once(tmp_path):
+    """`aifmon up --backfill-hours 0` on a new store: its alert evaluator does not wait for the first samples."""
+    store = DuckDBStore(tmp_path / "empty.duckdb")
+    rollups = HourlyRollups(store, None)
+    assert rollups.catch_up(now_ms=T0) == 0
+    assert rollups.caught_up.is_set()
+    store.close()
