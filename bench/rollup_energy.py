@@ -204,16 +204,18 @@ class Kept(SampleReader):
     not, so the ledger over a replay computes exactly what it computed over the store, without the store's reads. Each
     replay is a new store object, so `read_ledger`'s per-store cache of computed hours starts empty, as in a new process."""
 
-    def __init__(self, store: SampleReader | None, kept: dict[tuple, tuple[str, tuple, Any]] | None = None):
+    def __init__(self, store: SampleReader | None, kept: dict[tuple, tuple[str, tuple, Any]] | None = None,
+                 reads_are_requests: bool = False):
         self.store = store
         self.kept: dict[tuple, tuple[str, tuple, Any]] = {} if kept is None else kept
+        self.reads_are_requests = store.reads_are_requests if store is not None else reads_are_requests  # the ledger's reads as over `store`
 
     @classmethod
     def record(cls, store: SampleReader) -> Kept:
         return cls(store)
 
     def replay(self) -> Kept:
-        return Kept(None, self.kept)
+        return Kept(None, self.kept, self.reads_are_requests)
 
     def reads(self) -> list[tuple[str, tuple]]:
         """Every read kept, in the order the ledger made them: (method name, its arguments)."""

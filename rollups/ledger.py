@@ -53,6 +53,7 @@ from aifmon.rollups.energy import (
     summarise,
 )
 from aifmon.rollups.hourly import LATE_WINDOW_S, NODE_TABLE, SITE_COLUMNS, SITE_TABLE, TABLE
+from aifmon.rollups.sample_blocks import BlockReader
 from aifmon.rollups.slurm_accounting import JobAllocation
 from aifmon.stores.store import RowStore, SampleReader, SeriesSamples
 from aifmon.telemetry.errors import UserError
@@ -185,7 +186,6 @@ def read_ledger(store: SampleReader, inventory: Inventory | None, start_ms: int,
     windows = _windows_between(start_ms, end_ms, stored_hours)
     held = store.sample_spans(LEDGER_METRICS, windows[0][0] - DAY_MS, windows[-1][1] + DAY_MS) if windows else {}
     windows = _with_samples(windows, held)
-    reader = _Held(store, set(held))
     cutoff = now_ms - LATE_WINDOW_S * 1000
 
     def kept(window: tuple[int, int]) -> bool:
@@ -202,6 +202,9 @@ def read_ledger(store: SampleReader, inventory: Inventory | None, start_ms: int,
         missing = len(to_compute) - max_computed_hours
         left_out = set(to_compute[:missing])  # the oldest
         windows = [w for w in windows if w not in left_out]
+    reader: SampleReader = _Held(store, set(held))
+    if store.reads_are_requests:  # in blocks of hours (`sample_blocks`); the embedded store reads an hour as fast
+        reader = BlockReader(reader, [w for w in windows if known.get(w) is None])
     ledgers: list[Ledger] = []
     for a, b in windows:
         ledger = known.get((a, b))

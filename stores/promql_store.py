@@ -38,7 +38,6 @@ import pyarrow.json as pa_json
 from aifmon.stores.store import (
     EDGE_FIRST_WINDOW_MS,
     EDGE_GROWTH,
-    RUN_GAP_MS,
     SampleReader,
     SampleWriter,
     SeriesKey,
@@ -46,7 +45,6 @@ from aifmon.stores.store import (
     Store,
     StoreConfigError,
     StoreError,
-    concat_samples,
     runs_of,
     series_ids_from_json,
     series_samples,
@@ -58,7 +56,6 @@ _WINDOW_S = 3600  # one query per hour of data: bounds the server's and our memo
 _FUTURE_MS = 86_400_000  # how far past now `edges` looks for a sample after a range (a clock that runs ahead)
 _SELECTORS_PER_REQUEST = 500  # series selectors per export request of `edges` (each one an index lookup on the server)
 LabelKey = tuple[tuple[str, str], ...]  # a series' labels, sorted, without __name__
-_PART = "aifmon_part"  # the label that tells apart the parts of the one query `VictoriaMetricsStore.runs` makes
 _IMPORT_BATCH = 200_000  # lines per import request
 USERNAME_ENV, PASSWORD_ENV, PASSWORD_FILE_ENV = "AIFMON_STORE_USERNAME", "AIFMON_STORE_PASSWORD", "AIFMON_STORE_PASSWORD_FILE"
 _CREDENTIALS_HINT = f"set {USERNAME_ENV} and {PASSWORD_FILE_ENV} (or {PASSWORD_ENV}) to the server's credentials"
@@ -86,6 +83,7 @@ class PromQLStore(SampleReader):
     """Reads samples over the Prometheus HTTP API (`base_url`: `http(s)://host:port[/path prefix]`)."""
 
     kind = "Prometheus"
+    reads_are_requests = True
 
     def __init__(self, base_url: str, url: str, timeout_s: float = 60.0):
         """`timeout_s`: per request, s."""
@@ -296,35 +294,6 @@ class VictoriaMetricsStore(PromQLStore, SampleWriter):
         VictoriaMetrics holds it, so the figures computed from them are those from the embedded store. The vmselect
         path of a cluster serves the same endpoint."""
         return self._window([_selector(metric, match)], start_ms, end_ms)
-
-    def runs(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
-        """The runs of each series (`SampleReader.runs`), mostly computed by VictoriaMetrics: one instant query asks, per
-        series over [start_ms, end_ms], the time of its first and last sample, its smallest value and its longest
-        interval between samples (`tfirst_over_time`, `tlast_over_time`, `min_over_time`, `rollup_scrape_interval`; each
-        skips NaN, as `range_arrays` does). A series whose values are all above 0 and never `RUN_GAP_MS` apart is one run,
-        first to last: a job holding its GPU, nearly every series. Only the others' samples are read (`_window`) and
-        their runs found here (`runs_of`). An answer per series, not per sample: a day of job info at 1,000 GPUs is
-        about 5 M samples."""
-        selector, window = _selector(metric, match), f"[{end_ms - start_ms + 1}ms]"  # left-open: (start - 1 ms, end]
-        asked = {"first": "tfirst_over_time", "last": "tlast_over_time", "min": "min_over_time", "gap": "rollup_scrape_interval"}
-        query = "union(" + ", ".join(f'label_set({f}({selector}{window}), "{_PART}", "{part}")' for part, f in asked.items()) + ")"
-        found: dict[LabelKey, dict[str, float]] = {}
-        for result in self._get("/api/v1/query", {"query": query, "time": f"{end_ms / 1000:.3f}"})["result"]:
-            labels = dict(result["metric"])
-            part = labels.pop(_PART)
-            if part == "gap" and labels.pop("rollup", None) != "max":  # it also gives "min" and "avg"
-                continue
-            key = tuple(sorted((k, v) for k, v in labels.items() if k != "__name__"))
-            found.setdefault(key, {})[part] = float(result["value"][1])
-        whole = sorted(key for key, got in found.items() if got.get("min", 0.0) > 0 and got.get("gap", 0.0) * 1000 <= RUN_GAP_MS)
-        split = sorted(found.keys() - set(whole))
-        read = [runs_of(self._window([_selector(metric, dict(key)) for key in split[i:i + _SELECTORS_PER_REQUEST]], start_ms, end_ms))
-                for i in range(0, len(split), _SELECTORS_PER_REQUEST)]
-        series = pd.DataFrame([dict(key) for key in whole], index=range(len(whole)))
-        series.insert(0, "series_id", np.arange(len(whole), dtype=np.int32))
-        return concat_samples([SeriesSamples(series, np.arange(len(whole), dtype=np.int32),
-                                             np.array([round(found[key]["first"] * 1000) for key in whole], dtype=np.int64),
-                                             np.array([round(found[key]["last"] * 1000) for key in whole], dtype=np.float64)), *read])
 
     def _window(self, selectors: list[str], start_ms: int, end_ms: int) -> SeriesSamples:
         """`range_arrays` of the series any of the selectors selects (one export request, its selectors in the body)."""

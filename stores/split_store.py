@@ -23,6 +23,7 @@ class SplitStore(RollupStore):
 
     def __init__(self, samples: SampleReader, rows: RowWriter, since_ms: int):
         self.samples, self.rows, self.since_ms = samples, rows, since_ms
+        self.reads_are_requests = samples.reads_are_requests
         self.url = f"{samples.url} (rows: {rows.url})"
 
     def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0,

@@ -214,6 +214,7 @@ class SampleReader(Store):
     """Gives samples back: the rollups, alerts, dashboard and `aifmon store export` read through it."""
 
     ability = "give samples back"
+    reads_are_requests: bool = False  # each read a request to a server (PromQL): fewer, larger reads cost less
 
     def latest(self, metric: str, at_ms: int | None = None, lookback_s: float = 300.0,
                match: dict[str, str] | None = None) -> pd.DataFrame:
