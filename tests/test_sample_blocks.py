@@ -3,6 +3,8 @@ same samples and the same edges for every window, however the blocks fall, acros
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
@@ -22,7 +24,7 @@ def _samples(read: SeriesSamples) -> list[tuple[str, int, float]]:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> SampleReader:
+def store(tmp_path_factory) -> Iterator[SampleReader]:
     """Eight hours of three GPUs every 15 s: GPU 0 throughout, GPU 1 silent from 01:10 to 05:50 (longer than a block of
     two hours), GPU 2 from 03:00 only; and a sample of GPU 0 exactly on each hour."""
     s = DuckDBStore(tmp_path_factory.mktemp("blocks") / "b.duckdb")
