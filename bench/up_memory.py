@@ -198,7 +198,8 @@ def main() -> None:
           + ", ".join(f"{k} {v['median'] / 1e6:.0f}/{v['max'] / 1e6:.0f}" for k, v in lm["rss_by_part"].items())
           + f" MB median/max); PSS sum median {lm['pss_total']['median'] / 1e6:.0f} MB, max {lm['pss_total']['max'] / 1e6:.0f} MB")
     print(f"live after {live_at if live_at is None else round(live_at, 1)} s; {cores:.2f} cores over the last minute; store {disk / 1e6:.0f} MB")
-    print(f"target < {TARGET_BYTES / 1e9:g} GB at the end and over the last minute: {'met' if result['met'] else 'NOT met'}; stopped with status {status} after {stop_s:.0f} s")
+    print(f"target < {TARGET_BYTES / 1e9:g} GB at the end and over the last minute: {'met' if result['met'] else 'NOT met'}; "
+          f"stopped with status {status} after {stop_s:.0f} s")
 
 
 if __name__ == "__main__":

@@ -54,9 +54,9 @@ ALERTS_WAIT_S = 600.0
 """Longest the alert evaluator waits at start for the hourly rollups to catch up on the backfilled history, s. Its
 first cycle reads this month's project energy from the ledger (budget rules): started with the rollups, it computed
 every backfilled hour of the month from samples while the rollups computed the same hours, on the same 2 cores: a first
-cycle of 38-100 s and up to 270 MB more in `up`, and a catch-up 2-3 times slower (50-130 s), which ran into the third
-minute. Waiting, the catch-up took 30-58 s and the evaluator's first cycle computes only the hours still open to late
-data; alerts start that much later, against `for` durations of minutes."""
+cycle of 38-100 s and up to 270 MB more in `up`, and a catch-up of 55-130 s, which ran into the third minute. Waiting,
+the catch-up took 30-62 s and the evaluator's first cycle 8-12 s (the hours still open to late data, from samples);
+alerts start that much later, against `for` durations of minutes."""
 
 REPORTS_WAIT_S = 900.0
 """Longest the report scheduler waits at start for the alert evaluator's first cycle, s: the first month-to-date report
