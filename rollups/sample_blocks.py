@@ -73,7 +73,12 @@ class BlockReader(SampleReader):
 
     def range_arrays(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
         block = self._block(metric, start_ms, end_ms, match)
-        return block.samples(start_ms, end_ms) if block else self.store.range_arrays(metric, start_ms, end_ms, match)
+        if block is not None:
+            return block.samples(start_ms, end_ms)
+        read = self.store.range_arrays(metric, start_ms, end_ms, match)
+        if (start_ms, end_ms) in self._index:
+            self._per_window[_key(metric, match)] = len(read.t_ms)  # sizes the blocks after it
+        return read
 
     def edges(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
         block = self._block(metric, start_ms, end_ms, match)
@@ -84,19 +89,22 @@ class BlockReader(SampleReader):
 
     def _block(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None) -> _Block | None:
         """The block that holds the window [start_ms, end_ms] of `metric`, read when the window is past the one held;
-        None for a read that is not one of the windows (read from the store as asked)."""
-        if (start_ms, end_ms) not in self._index:
+        None where the store is read as asked: a read that is not one of the windows, a metric's first window (its
+        size sizes the blocks), and a block that would hold one window (the store's own reads, with more held)."""
+        key = _key(metric, match)
+        if (start_ms, end_ms) not in self._index or key not in self._per_window:
             return None
-        key = (metric, tuple(sorted((match or {}).items())))
         held = self._blocks.get(key)
         if held is not None and held.start_ms <= start_ms and end_ms <= held.end_ms:
             return held
         self._blocks.pop(key, None)  # one block per metric at a time
         first = self._index[(start_ms, end_ms)]
-        count = max(1, int(self.block_samples / max(self._per_window[key], 1.0))) if key in self._per_window else 1
+        count = int(self.block_samples / max(self._per_window[key], 1.0))
         last = first
         while last + 1 < len(self.windows) and last + 1 - first < count and self.windows[last + 1][0] == self.windows[last][1]:
             last += 1  # only consecutive windows: a gap between two (hours from rows) is not read
+        if last == first:
+            return None
         block = self._read(metric, self.windows[first][0], self.windows[last][1], match)
         self._per_window[key] = len(block.inner.t_ms) / (last - first + 1)
         self._blocks[key] = block
@@ -117,6 +125,10 @@ class BlockReader(SampleReader):
         meters = meters.reset_index(drop=True)
         meters.insert(0, "series_id", np.arange(len(meters), dtype=np.int32))
         return _Block(start_ms, end_ms, inner, meters, keys[unique], values[unique])
+
+
+def _key(metric: str, match: dict[str, str] | None) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return metric, tuple(sorted((match or {}).items()))
 
 
 def _codes(labels: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
