@@ -68,7 +68,7 @@ GPU_KEYS = ["factory", "system", "node", "gpu"]
 DEFAULT_MAX_GAP_S = 60.0  # coverage counts scrape intervals up to this long, s; the hourly rollups use it
 SETTLE_MS = 120_000  # the hourly rollups compute an hour this long after it ends, so the last scrapes of the hour are in
 JOB_INFO_ATTRIBUTION = "aif_gpu_job_info samples (per GPU)"
-_T_BITS = 42  # (stream << 42) | time offset in ms: one sortable int64 key; 2**42 ms is 139 years
+T_BITS = 42  # (stream << 42) | time offset in ms: one sortable int64 key; 2**42 ms is 139 years
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class EnergyRollup:
     notes: dict = field(default_factory=dict)  # attribution source, resets, wraps, duplicates, estimated energy
 
 
-class _Codes:
+class LabelCodes:
     """Dense integer codes for label tuples (GPUs, nodes, jobs), shared across metrics."""
 
     def __init__(self) -> None:
@@ -156,9 +156,9 @@ def _sum_by(codes: np.ndarray, weights: np.ndarray, minlength: int) -> np.ndarra
     return np.bincount(codes, weights=weights, minlength=minlength).astype(np.float64, copy=False)
 
 
-def _key(stream: np.ndarray, t_ms: np.ndarray, base_ms: int) -> np.ndarray:
+def stream_time_key(stream: np.ndarray, t_ms: np.ndarray, base_ms: int) -> np.ndarray:
     """(stream << 42) | (t_ms - base_ms): one sortable int64 per (stream, time)."""
-    key = np.left_shift(stream, _T_BITS, dtype=np.int64)
+    key = np.left_shift(stream, T_BITS, dtype=np.int64)
     key += t_ms
     key -= base_ms
     return key
@@ -173,7 +173,7 @@ def compute_ledger(store: SampleReader, inventory: Inventory | None, start_ms: i
     """
     if end_ms <= start_ms:
         raise ValueError("the range's end must be after its start")
-    gpus, nodes, jobs = _Codes(), _Codes(), _Codes()
+    gpus, nodes, jobs = LabelCodes(), LabelCodes(), LabelCodes()
 
     e, segment = dcgm.gpu_energy(store, ENERGY_METRIC, start_ms, end_ms)
     late = [_late_closing(e, start_ms)]
@@ -294,7 +294,7 @@ def _late_closing(samples: SeriesSamples, start_ms: int) -> int | None:
     if not len(t):
         return None
     # a meter by its labels: a read with edges lists a series once per read (`concat_samples`)
-    meters = _Codes()
+    meters = LabelCodes()
     row = meters.of(samples, [c for c in samples.series.columns if c != "series_id"])
     n = len(meters.index)
     before = t < start_ms
@@ -329,7 +329,7 @@ def _concat(a: Intervals, b: Intervals) -> Intervals:
     return Intervals(**arrays, resets=a.resets + b.resets, wraps=a.wraps + b.wraps, duplicates=a.duplicates + b.duplicates)
 
 
-def _power_for_gpus_without_counter(store: SampleReader, inventory: Inventory | None, gpus: _Codes, energy: SeriesSamples,
+def _power_for_gpus_without_counter(store: SampleReader, inventory: Inventory | None, gpus: LabelCodes, energy: SeriesSamples,
                                     start_ms: int, end_ms: int) -> Intervals | None:
     """Integrated power of the GPUs that have no energy counter, read only for factories where the
     inventory counts more GPUs than the counters (`energy`, the samples read) show."""
@@ -350,7 +350,7 @@ def _power_for_gpus_without_counter(store: SampleReader, inventory: Inventory | 
     return power_integral(code[new], t_ms[new], watts[new], start_ms, end_ms)
 
 
-def _attribute_job_info(j: SeriesSamples, gpus: _Codes, jobs: _Codes, iv: Intervals, start_ms: int,
+def _attribute_job_info(j: SeriesSamples, gpus: LabelCodes, jobs: LabelCodes, iv: Intervals, start_ms: int,
                         end_ms: int) -> tuple[np.ndarray, pd.Series]:
     """(job code of each piece of an interval, -1 for none; job-info runs per hour and factory): each interval goes to
     the job holding the GPU at its closing sample, the job of a run of `j` (`dcgm.job_info`: `t_ms` the run's first
@@ -364,7 +364,7 @@ def _attribute_job_info(j: SeriesSamples, gpus: _Codes, jobs: _Codes, iv: Interv
     return job_of[np.cumsum(whole) - 1], runs
 
 
-def _match_job_runs(j: SeriesSamples, gpus: _Codes, jobs: _Codes, stream: np.ndarray, t_end_ms: np.ndarray, start_ms: int,
+def _match_job_runs(j: SeriesSamples, gpus: LabelCodes, jobs: LabelCodes, stream: np.ndarray, t_end_ms: np.ndarray, start_ms: int,
                     end_ms: int) -> tuple[np.ndarray, pd.Series]:
     """`_attribute_job_info` over whole intervals (their GPU codes and closing sample times, ms, in that order): an interval
     join, two binary searches per run, so its cost grows with jobs, not with samples."""
@@ -382,9 +382,9 @@ def _match_job_runs(j: SeriesSamples, gpus: _Codes, jobs: _Codes, stream: np.nda
         return none, runs
     gpu, job = gpu_of_series[row], job_of_series[row]
     base = min(int(first.min()), int(t_end_ms.min()))
-    ends = _key(stream, t_end_ms, base)  # sorted: (GPU, end time) order
-    lo = np.searchsorted(ends, _key(gpu, first, base), side="left")
-    length = np.searchsorted(ends, _key(gpu, last, base), side="right") - lo
+    ends = stream_time_key(stream, t_end_ms, base)  # sorted: (GPU, end time) order
+    lo = np.searchsorted(ends, stream_time_key(gpu, first, base), side="left")
+    length = np.searchsorted(ends, stream_time_key(gpu, last, base), side="right") - lo
     at = np.repeat(lo - (np.cumsum(length) - length), length) + np.arange(int(length.sum()))
     job_of = np.full(n, np.iinfo(np.int64).max)
     np.minimum.at(job_of, at, np.repeat(job, length))  # overlapping runs: the lowest code, the first registered job
@@ -392,7 +392,7 @@ def _match_job_runs(j: SeriesSamples, gpus: _Codes, jobs: _Codes, stream: np.nda
     return job_of, runs
 
 
-def _attribute_accounting(accounting: list[JobAllocation], factory: str | None, inventory: Inventory | None, nodes: _Codes, jobs: _Codes,
+def _attribute_accounting(accounting: list[JobAllocation], factory: str | None, inventory: Inventory | None, nodes: LabelCodes, jobs: LabelCodes,
                           node_of_gpu: np.ndarray, gpu_node: np.ndarray, iv: Intervals) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
     """((interval index, job code or -1), share of the interval's energy) from sacct allocations.
 
@@ -431,12 +431,12 @@ def _attribute_accounting(accounting: list[JobAllocation], factory: str | None, 
     share = np.array(a_share)
     _check_no_overbooking(node, start, end, share, nodes)
     base = int(min(iv.t_end_ms.min(), start.min()))
-    keys = _key(gpu_node, iv.t_end_ms, base)
+    keys = stream_time_key(gpu_node, iv.t_end_ms, base)
     order = np.argsort(keys, kind="stable")
     keys = keys[order]
     # a job runs over (start, end]: the interval that ends at its start belongs to what ran before
-    first = np.searchsorted(keys, _key(node, np.maximum(start, base), base), side="right")
-    last = np.searchsorted(keys, _key(node, np.clip(end, base, iv.t_end_ms.max()), base), side="right")
+    first = np.searchsorted(keys, stream_time_key(node, np.maximum(start, base), base), side="right")
+    last = np.searchsorted(keys, stream_time_key(node, np.clip(end, base, iv.t_end_ms.max()), base), side="right")
     counts = np.maximum(last - first, 0)
     idx = np.concatenate([order[a:b] for a, b in zip(first, last) if b > a] or [np.zeros(0, np.int64)])
     job, part = np.repeat(np.array(a_job), counts), np.repeat(share, counts)
@@ -446,7 +446,7 @@ def _attribute_accounting(accounting: list[JobAllocation], factory: str | None, 
             np.concatenate([part, 1.0 - taken[rest]]))
 
 
-def _check_no_overbooking(node: np.ndarray, start: np.ndarray, end: np.ndarray, share: np.ndarray, nodes: _Codes) -> None:
+def _check_no_overbooking(node: np.ndarray, start: np.ndarray, end: np.ndarray, share: np.ndarray, nodes: LabelCodes) -> None:
     """Refuse records that put more GPUs on a node at once than it has: their energy would be counted twice."""
     t = np.concatenate([start, end])
     d = np.concatenate([share, -share])
@@ -482,7 +482,7 @@ class _Hours:
         return np.clip(hour, 0, self.count - 1, out=hour)
 
 
-def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, start_ms: int, end_ms: int,
+def _node_energy(store: SampleReader, nodes: LabelCodes, hours: _Hours, start_ms: int, end_ms: int,
                  max_gap_s: float, late: list[int | None]) -> tuple[pd.Series, pd.Series, pd.Series, dict[int, str], tuple[int, int, int]]:
     """Per (node, hour) cell (node code x hours.count + hour): energy from the node's power reading (J; cells
     without one are absent), RAPL CPU + DRAM energy (J), and energy integrated across gaps longer than
@@ -518,7 +518,7 @@ def _node_energy(store: SampleReader, nodes: _Codes, hours: _Hours, start_ms: in
         c = range_with_edges(store, CPU_ENERGY_METRIC, start_ms, end_ms)
         late.append(_late_closing(c, start_ms))
         if len(c.t_ms):
-            domains = _Codes()
+            domains = LabelCodes()
             domain = domains.of(c, ["factory", "node", "socket", "domain"])
             inc = counter_increments(domain, c.t_ms, c.value, start_ms, end_ms)
             node_of_domain = np.fromiter((nodes.index.setdefault((f, n), len(nodes.index)) for f, n, _, _ in domains.index),
@@ -537,7 +537,7 @@ def _with_facility(store: SampleReader, sites: pd.DataFrame, hours: _Hours, star
     sites = sites.assign(facility_energy_j=np.nan)
     if not len(facility.t_ms):
         return sites
-    feeds = _Codes()
+    feeds = LabelCodes()
     code = feeds.of(facility, ["factory", "feed"])
     integ = power_integral(code, facility.t_ms, facility.value, start_ms, end_ms)
     feed_factory = feeds.frame(["factory", "feed"])["factory"].to_numpy()

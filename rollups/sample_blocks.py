@@ -6,8 +6,8 @@ The ledger computes a range one clock hour at a time (`aifmon.rollups.ledger`), 
 whole blocks, and the two small windows `edges` reads cost nearly as much as the hour: a day read hour by hour cost
 about ten times its export in one request. `BlockReader` reads the samples of several consecutive windows at once and
 each block's own edges, and answers each window's reads from them: the same samples and the same edges, in fewer,
-larger requests. A block holds about `BLOCK_SAMPLES` samples per metric (sized from the block before it), so memory
-stays bounded whatever the range.
+larger requests. A block holds about `BLOCK_SAMPLES` samples per metric (sized from the window or block read before
+it), so memory stays bounded whatever the range.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from aifmon.rollups.counters import series_row
+from aifmon.rollups.energy import T_BITS, LabelCodes, stream_time_key
 from aifmon.stores.store import SampleReader, SeriesSamples, concat_samples
 
 BLOCK_SAMPLES = 1_000_000  # samples of one metric per block: at the peak of a block's read, about 110 bytes each
-_T_BITS = 42  # a sample's time in ms fits 42 bits until the year 2109: (meter << 42) | t sorts by meter, then time
 
 
 @dataclass(frozen=True)
@@ -48,13 +47,12 @@ class _Block:
         if not len(self.keys):
             return SeriesSamples.empty(self.meters)
         meter = np.arange(len(self.meters), dtype=np.int64)
-        base = meter << _T_BITS
-        before = np.searchsorted(self.keys, base + start_ms, side="right") - 1
-        before = before[(before >= 0) & (self.keys[np.maximum(before, 0)] >> _T_BITS == meter)]
-        after = np.searchsorted(self.keys, base + end_ms, side="left")
-        after = after[(after < len(self.keys)) & (self.keys[np.minimum(after, len(self.keys) - 1)] >> _T_BITS == meter)]
+        before = np.searchsorted(self.keys, stream_time_key(meter, np.full(len(meter), start_ms), 0), side="right") - 1
+        before = before[(before >= 0) & (self.keys[np.maximum(before, 0)] >> T_BITS == meter)]
+        after = np.searchsorted(self.keys, stream_time_key(meter, np.full(len(meter), end_ms), 0), side="left")
+        after = after[(after < len(self.keys)) & (self.keys[np.minimum(after, len(self.keys) - 1)] >> T_BITS == meter)]
         at = np.concatenate([before, after])
-        return SeriesSamples(self.meters, (self.keys[at] >> _T_BITS).astype(np.int32), self.keys[at] & ((1 << _T_BITS) - 1),
+        return SeriesSamples(self.meters, (self.keys[at] >> T_BITS).astype(np.int32), self.keys[at] & ((1 << T_BITS) - 1),
                              self.values[at])
 
 
@@ -77,7 +75,7 @@ class BlockReader(SampleReader):
             return block.samples(start_ms, end_ms)
         read = self.store.range_arrays(metric, start_ms, end_ms, match)
         if (start_ms, end_ms) in self._index:
-            self._per_window[_key(metric, match)] = len(read.t_ms)  # sizes the blocks after it
+            self._per_window[_block_key(metric, match)] = len(read.t_ms)  # sizes the blocks after it
         return read
 
     def edges(self, metric: str, start_ms: int, end_ms: int, match: dict[str, str] | None = None) -> SeriesSamples:
@@ -91,7 +89,7 @@ class BlockReader(SampleReader):
         """The block that holds the window [start_ms, end_ms] of `metric`, read when the window is past the one held;
         None where the store is read as asked: a read that is not one of the windows, a metric's first window (its
         size sizes the blocks), and a block that would hold one window (the store's own reads, with more held)."""
-        key = _key(metric, match)
+        key = _block_key(metric, match)
         if (start_ms, end_ms) not in self._index or key not in self._per_window:
             return None
         held = self._blocks.get(key)
@@ -115,26 +113,17 @@ class BlockReader(SampleReader):
         (the two reads' ids are not comparable)."""
         inner = self.store.range_arrays(metric, start_ms, end_ms, match)
         both = concat_samples([inner, self.store.edges(metric, start_ms, end_ms, match)])
-        codes, meters = _codes(both.series.drop(columns="series_id"))
-        meter = codes[series_row(both)]
-        keys = (meter << _T_BITS) | both.t_ms.astype(np.int64)
+        labels, codes = [c for c in both.series.columns if c != "series_id"], LabelCodes()
+        keys = stream_time_key(codes.of(both, labels), both.t_ms, 0)
         order = np.argsort(keys, kind="stable")
         keys, values = keys[order], both.value[order]
         unique = np.ones(len(keys), dtype=bool)
         unique[1:] = keys[1:] != keys[:-1]  # a sample at a bound is in both reads
-        meters = meters.reset_index(drop=True)
+        meters = codes.frame(labels)
         meters.insert(0, "series_id", np.arange(len(meters), dtype=np.int32))
         return _Block(start_ms, end_ms, inner, meters, keys[unique], values[unique])
 
 
-def _key(metric: str, match: dict[str, str] | None) -> tuple[str, tuple[tuple[str, str], ...]]:
+def _block_key(metric: str, match: dict[str, str] | None) -> tuple[str, tuple[tuple[str, str], ...]]:
     return metric, tuple(sorted((match or {}).items()))
 
-
-def _codes(labels: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
-    """(each row's meter: the index of its label set among the distinct ones, those distinct label sets)."""
-    if labels.empty:  # no series, or series without labels: at most one meter
-        return np.zeros(len(labels), np.int64), labels.iloc[:1]
-    codes = labels.groupby(list(labels.columns), dropna=False, sort=False).ngroup().to_numpy(dtype=np.int64)
-    first = np.unique(codes, return_index=True)[1]
-    return codes, labels.iloc[first]

@@ -37,11 +37,11 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -85,7 +85,6 @@ CREATE TABLE IF NOT EXISTS stale (series_id INTEGER NOT NULL, t_ms BIGINT NOT NU
 """
 _MINUTE_MS = 60_000
 _SETTLE_MS = 120_000  # downsample a minute only once it is this old: late scrapes of it are in
-T = TypeVar("T")
 _MERGE_EXTENTS = """MERGE INTO series_extent e USING ({fresh}) n ON e.series_id = n.series_id
                     WHEN MATCHED THEN UPDATE SET first_t_ms = least(e.first_t_ms, n.f), last_t_ms = greatest(e.last_t_ms, n.l)
                     WHEN NOT MATCHED THEN INSERT VALUES (n.series_id, n.f, n.l)"""
@@ -138,7 +137,7 @@ class DuckDBStore(SampleWriter, RollupStore):
         self._metrics: set[str] = {m for (m,) in self._con.execute("SELECT DISTINCT metric FROM series").fetchall()}
         self._generation = 0  # changes whenever series are added: the key of `_labels_cache`
         self._sample_writes = 0  # `sample_generation`
-        self._scans: dict[str, tuple[int, object]] = {}  # `_per_generation`
+        self._extent_at: tuple[int, tuple[int | None, int | None, int | None]] | None = None  # `_extent`, by generation
         self._labels_cache: dict[str, tuple[int, pd.DataFrame]] = {}
         with self._cursor() as cur:
             self._extents_until = _state(cur, "extents_until_ms")  # None until the first compaction builds the extents
@@ -404,8 +403,7 @@ class DuckDBStore(SampleWriter, RollupStore):
         ids = series[["series_id"]]  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
         minute_value = "last" if is_counter(metric) else "avg"
         with self._cursor() as cur:
-            raw_from = self._raw_from(cur)
-            raw_from = end_ms + 1 if raw_from is None else raw_from
+            raw_from = self._raw_from()
             found = cur.execute(
                 f"""SELECT series_id, t_ms, value FROM (
                         SELECT s.series_id, s.t_ms, s.value FROM samples s SEMI JOIN ids ON ids.series_id = s.series_id
@@ -428,8 +426,7 @@ class DuckDBStore(SampleWriter, RollupStore):
             return SeriesSamples.empty(series)
         ids = series[["series_id"]]  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
         with self._cursor() as cur:
-            raw_from = self._raw_from(cur)
-            raw_from = end_ms + 1 if raw_from is None else raw_from
+            raw_from = self._raw_from()
             found = cur.execute(
                 """WITH picked AS (
                        SELECT s.series_id, s.t_ms FROM samples s SEMI JOIN ids ON ids.series_id = s.series_id
@@ -471,8 +468,7 @@ class DuckDBStore(SampleWriter, RollupStore):
             if search is None:
                 return none
             sid, side, near, far = search
-            raw_from = self._raw_from(cur)
-            raw_from = np.iinfo(np.int64).max if raw_from is None else int(raw_from)
+            raw_from = self._raw_from()
             found: list[pa.Table] = []
             width = np.full(len(sid), EDGE_FIRST_WINDOW_MS, dtype=np.int64)
             while len(sid):
@@ -575,7 +571,7 @@ class DuckDBStore(SampleWriter, RollupStore):
         """`compact`'s steps, under the write lock: minutes up to `until` downsampled, raw samples before `raw_cut` and
         aggregates before `minute_cut` dropped (ms)."""
         done = cur.execute("SELECT value FROM store_state WHERE key = 'downsampled_until_ms'").fetchone()
-        since = done[0] if done else (self._raw_from(cur) or until) // _MINUTE_MS * _MINUTE_MS
+        since = done[0] if done else (self._extent()[0] or until) // _MINUTE_MS * _MINUTE_MS
         cur.execute("BEGIN TRANSACTION")
         downsampled = _one(
             cur,
@@ -604,32 +600,30 @@ class DuckDBStore(SampleWriter, RollupStore):
         return {"minutes_written": int(downsampled), "raw_dropped": int(dropped_raw), "minutes_dropped": int(dropped_minutes)}
 
     def time_bounds(self) -> tuple[int, int] | None:
-        def scan() -> tuple[int, int] | None:
-            with self._cursor() as cur:
-                lo, hi = _one(cur, "SELECT min(lo), max(hi) FROM (SELECT min(t_ms) lo, max(t_ms) hi FROM samples "
-                                   "UNION ALL SELECT min(t_ms), max(t_ms) FROM samples_1m)")
-            return None if lo is None else (int(lo), int(hi))
-
-        return self._per_generation("time_bounds", scan)
+        _, lo, hi = self._extent()
+        return None if lo is None or hi is None else (lo, hi)
 
     def sample_generation(self) -> int:
         return self._sample_writes
 
-    def _raw_from(self, cur: duckdb.DuckDBPyConnection) -> int | None:
-        """The oldest raw sample's time (ms; None without any): where reads take the per-minute aggregates instead."""
-        found = self._per_generation("raw_from", lambda: _one(cur, "SELECT min(t_ms) FROM samples")[0])
-        return None if found is None else int(found)
+    def _raw_from(self) -> int:
+        """Where raw samples begin, ms: reads take the per-minute aggregates before it (everywhere, without raw samples)."""
+        raw = self._extent()[0]
+        return np.iinfo(np.int64).max if raw is None else raw
 
-    def _per_generation(self, name: str, scan: Callable[[], T]) -> T:
-        """`scan()` once per sample generation: a scan of every sample (the store's bounds) on each read cost about a
-        third of an energy read from samples. The generation is read before the scan, so a write during it is seen by
-        the next call."""
+    def _extent(self) -> tuple[int | None, int | None, int | None]:
+        """(the oldest raw sample's time, the oldest and the newest of all samples, raw or per-minute; ms, None without
+        any), scanned once per sample generation: scanned on every read, they cost about a third of an energy read from
+        samples. The generation is read before the scan, so a write during it is seen by the next call."""
         generation = self._sample_writes
-        known = self._scans.get(name)
-        if known is None or known[0] != generation:
-            known = (generation, scan())
-            self._scans[name] = known
-        return cast(T, known[1])
+        if self._extent_at is None or self._extent_at[0] != generation:
+            with self._cursor() as cur:
+                raw_lo, raw_hi, minute_lo, minute_hi = _one(cur, "SELECT min(t_ms), max(t_ms), (SELECT min(t_ms) FROM samples_1m), "
+                                                                 "(SELECT max(t_ms) FROM samples_1m) FROM samples")
+            lows = [int(t) for t in (raw_lo, minute_lo) if t is not None]
+            highs = [int(t) for t in (raw_hi, minute_hi) if t is not None]
+            self._extent_at = generation, (None if raw_lo is None else int(raw_lo), min(lows, default=None), max(highs, default=None))
+        return self._extent_at[1]
 
     def newest_sample_ms(self, not_after_ms: int) -> int | None:
         """Time of the newest sample (raw, or a per-minute aggregate's minute) at or before `not_after_ms`, ms; None if
