@@ -24,7 +24,7 @@ from aifmon.ingest.series_keys import series_keys
 from aifmon.stores.store import SampleWriter
 from aifmon.telemetry.exposition import ExpositionError
 
-_SLICE = 50_000
+_SLICE = 10_000
 MAX_SERIES_BYTES = 64 * 2**10
 """Longest series text (name and labels) accepted, bytes: a 10 MB line would cost seconds of label parsing when it
 is registered. Prometheus has no such limit; no exporter of this schema comes near it."""

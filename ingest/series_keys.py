@@ -274,4 +274,5 @@ def _keys(data, offsets, t_names, t_name_ends, t_values, t_value_ends, out):  # 
 
 def warm_up() -> None:
     """Compile `_keys` now, or load it from Numba's cache: a collector's first scrape would otherwise be late by it."""
-    series_keys(pa.array(['m{a="1"}']), {"b": "2"})
+    text = b'm{a="1"}'  # built from buffers: pa.array() would load pandas (47 MB) into the collector's process
+    series_keys(pa.StringArray.from_buffers(1, pa.py_buffer(np.array([0, len(text)], np.int32)), pa.py_buffer(text)), {"b": "2"})

@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from aifmon.stores.store import (
     EDGE_FIRST_WINDOW_MS,
@@ -89,6 +88,13 @@ _MERGE_EXTENTS = """MERGE INTO series_extent e USING ({fresh}) n ON e.series_id 
                     WHEN MATCHED THEN UPDATE SET first_t_ms = least(e.first_t_ms, n.f), last_t_ms = greatest(e.last_t_ms, n.l)
                     WHEN NOT MATCHED THEN INSERT VALUES (n.series_id, n.f, n.l)"""
 _BEFORE, _AFTER = 0, 1  # the two sides `edges` searches
+# What the collector's process runs (writes, compaction) keeps pandas (47 MB) out of it. DuckDB's Python client
+# imports pandas to scan an Arrow table (through pyarrow.dataset) and to bind any query parameter, so writes hand it
+# NumPy columns, read in place by the variable's name, and inline their numbers as int() literals. DuckDB reads a
+# NumPy NaN as NULL; no NumPy float is NULL, so NULL turns back into the NaN it was (Prometheus stores NaN as a value;
+# staleness is the `stale` table).
+_VALUE = "coalesce(value, 'NaN'::DOUBLE)"
+_TEXT_BYTES = 16 * 2**20  # the largest NumPy array of series texts `register` hands DuckDB at once
 
 
 @dataclass(frozen=True)
@@ -211,62 +217,66 @@ class DuckDBStore(SampleWriter, RollupStore):
                 self._sample_writes += 1  # the writes inside are seen from here on
 
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
-        return self.register(pa.array([metric for metric, _ in keys], pa.string()),
-                             pa.array([json.dumps(dict(labels), sort_keys=True) for _, labels in keys], pa.string()))
+        return self._register([metric for metric, _ in keys], [json.dumps(dict(labels), sort_keys=True) for _, labels in keys])
 
     def register(self, metrics: pa.StringArray, labels: pa.StringArray) -> np.ndarray:
         """Ids (int32) of the series (metric name, labels as canonical JSON: `json.dumps(labels, sort_keys=True)`), one per
-        item, registering new ones: the columnar `series_ids`, with no Python object per series.
+        item, registering new ones: the columnar `series_ids`.
 
         One hash join against the series table finds the known ones; the others are numbered after the largest id in
         order of first appearance (a series twice in the batch gets one id) and inserted. The series table is scanned
-        once per call: a first scrape of 400,000 series registers them in 8 calls, not in 400,000 lookups."""
-        batch = pa.table({"pos": np.arange(len(metrics)), "metric": metrics, "labels": labels})
+        once per call: a first scrape of 400,000 series registers them in 40 calls, not in 400,000 lookups."""
+        return self._register(metrics.to_pylist(), labels.to_pylist())  # to_numpy() would load pandas
+
+    def _register(self, metrics: list[str], labels: list[str]) -> np.ndarray:
+        """`register` of Python strings, handed to DuckDB as NumPy arrays of fixed-width strings (dtype `str`), which it
+        reads in place (see `_VALUE`; arrays of Python objects it reads through pandas). Such an array takes 4 bytes a
+        character of its longest item for every item: a batch is split so that no array is over `_TEXT_BYTES`."""
+        longest = max(map(len, labels), default=0) + max(map(len, metrics), default=0)
+        rows = max(1, _TEXT_BYTES // (4 * max(1, longest)))
+        return np.concatenate([self._register_piece(np.array(metrics[i:i + rows], dtype=str), np.array(labels[i:i + rows], dtype=str))
+                               for i in range(0, len(metrics), rows)] or [np.zeros(0, np.int32)])
+
+    def _register_piece(self, metrics: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """`_register` of one piece."""
+        batch = {"pos": np.arange(len(metrics)), "metric": metrics, "labels": labels}  # SQL below reads it by name
         with self._write_lock, self._writer() as cur:
-            found = cur.execute("SELECT s.id FROM batch b LEFT JOIN series s USING (metric, labels) ORDER BY b.pos").to_arrow_table().column(0)
-            ids = np.array(found.fill_null(0).to_numpy(), dtype=np.int32)  # a writable copy: new ids go in below
-            if not found.null_count:
+            found = cur.execute("SELECT coalesce(s.id, 0) id FROM batch b LEFT JOIN series s USING (metric, labels) ORDER BY b.pos").fetchnumpy()
+            ids = np.array(found["id"], dtype=np.int32)  # ids start at 1: 0 is a new series
+            missing = ids == 0
+            if not missing.any():
                 return ids
             self._check_writable()
-            missing = found.is_null()
-            fresh = batch.filter(missing)  # noqa: F841 - SQL reads it by name
-            largest = _one(cur, "SELECT coalesce(max(id), 0) FROM series")[0]
-            added = cur.execute("""SELECT ? + row_number() OVER (ORDER BY first) AS id, metric, labels
-                                   FROM (SELECT metric, labels, min(pos) AS first FROM fresh GROUP BY metric, labels)""",
-                                [largest]).to_arrow_table()
-            cur.execute("INSERT INTO series SELECT id, metric, labels FROM added")
-            ids[np.flatnonzero(missing.to_numpy(zero_copy_only=False))] = cur.execute(
-                "SELECT a.id FROM fresh f JOIN added a USING (metric, labels) ORDER BY f.pos").to_arrow_table().column(0).to_numpy()
-            self._metrics.update(pc.unique(added.column("metric")).to_pylist())
+            fresh = {name: column[missing] for name, column in batch.items()}  # SQL reads it by name
+            cur.execute("""INSERT INTO series SELECT (SELECT coalesce(max(id), 0) FROM series) + row_number() OVER (ORDER BY first), metric, labels
+                           FROM (SELECT metric, labels, min(pos) AS first FROM fresh GROUP BY metric, labels)""")
+            ids[missing] = cur.execute("SELECT s.id FROM fresh f JOIN series s USING (metric, labels) ORDER BY f.pos").fetchnumpy()["id"]
+            self._metrics.update(fresh["metric"].tolist())
             self._generation += 1
         return ids
 
     def append(self, series_ids: np.ndarray, t_ms: np.ndarray, values: np.ndarray) -> None:
         self._check_writable()
         ids = np.asarray(series_ids, dtype=np.int32)
-        # An Arrow table over the NumPy columns (no copy), not the columns themselves: DuckDB reads NaN in a NumPy
-        # column as NULL, where an Arrow column keeps it a value (as Prometheus stores NaN; staleness is the `stale` table).
-        batch = pa.table({  # SQL below reads it by name (DuckDB replacement scan)
-            "series_id": ids,
-            "t_ms": np.ascontiguousarray(np.broadcast_to(np.asarray(t_ms, dtype=np.int64), ids.shape)),
-            "value": np.asarray(values, dtype=np.float64),
-        })
+        stamps = np.ascontiguousarray(np.broadcast_to(np.asarray(t_ms, dtype=np.int64), ids.shape))
+        batch = {"series_id": ids, "t_ms": stamps, "value": np.asarray(values, dtype=np.float64)}  # noqa: F841 - SQL below reads it by name (see `_VALUE`)
         # Samples in minutes the extents already cover (an import of history; live scrapes are newer) widen them here:
         # compaction will not see them again. One comparison per batch otherwise.
-        old = self._extents_until is not None and len(ids) and int(batch.column("t_ms").to_numpy().min()) < self._extents_until
+        extents_until = self._extents_until
+        old = extents_until is not None and len(ids) and int(stamps.min()) < extents_until
         with self._write_lock:
             try:
                 with self._writer() as cur:
                     if not old:
-                        cur.execute("INSERT INTO samples SELECT * FROM batch")
+                        cur.execute(f"INSERT INTO samples SELECT series_id, t_ms, {_VALUE} FROM batch")
                     else:
                         own = self._transaction is None  # the samples and their extents are stored together, or neither
                         if own:
                             cur.execute("BEGIN TRANSACTION")
                         try:
-                            cur.execute("INSERT INTO samples SELECT * FROM batch")
+                            cur.execute(f"INSERT INTO samples SELECT series_id, t_ms, {_VALUE} FROM batch")
                             cur.execute(_MERGE_EXTENTS.format(fresh="SELECT series_id, min(t_ms) f, max(t_ms) l FROM batch "
-                                                                    "WHERE t_ms < ? AND isfinite(value) GROUP BY series_id"), [self._extents_until])
+                                                                    f"WHERE t_ms < {int(extents_until or 0)} AND isfinite(value) GROUP BY series_id"))
                         except duckdb.Error:
                             if own:
                                 cur.execute("ROLLBACK")
@@ -284,7 +294,7 @@ class DuckDBStore(SampleWriter, RollupStore):
         if not len(series_ids):
             return
         ids = np.asarray(series_ids, dtype=np.int32)
-        markers = pa.table({"series_id": ids, "t_ms": np.full(len(ids), t_ms, np.int64)})  # noqa: F841 - SQL below reads it by name (DuckDB replacement scan)
+        markers = {"series_id": ids, "t_ms": np.full(len(ids), t_ms, np.int64)}  # noqa: F841 - SQL below reads it by name (see `_VALUE`)
         with self._write_lock, self._writer() as cur:
             try:
                 cur.execute("INSERT INTO stale SELECT * FROM markers")
@@ -578,25 +588,25 @@ class DuckDBStore(SampleWriter, RollupStore):
             f"""INSERT INTO samples_1m
                 SELECT series_id, t_ms // {_MINUTE_MS} * {_MINUTE_MS}, max(t_ms), arg_max(value, t_ms), avg(value), min(value),
                        max(value), count(*)
-                FROM samples WHERE t_ms >= ? AND t_ms < ? AND isfinite(value) GROUP BY ALL""",
-            [since, until],
+                FROM samples WHERE t_ms >= {int(since)} AND t_ms < {int(until)} AND isfinite(value) GROUP BY ALL""",
         )[0]
-        cur.execute("INSERT OR REPLACE INTO store_state VALUES ('downsampled_until_ms', ?)", [max(since, until)])
+        cur.execute(f"INSERT OR REPLACE INTO store_state VALUES ('downsampled_until_ms', {int(max(since, until))})")
         # the extents of the minutes just aggregated; the first time, of every minute aggregated before (a store from
         # before the extents existed: one pass over its aggregates)
-        extended = since if self._extents_until is not None else _one(cur, "SELECT coalesce(min(t_ms), ?) FROM samples_1m", [since])[0]
+        extended = since if self._extents_until is not None else _one(cur, f"SELECT coalesce(min(t_ms), {int(since)}) FROM samples_1m")[0]
         cur.execute(_MERGE_EXTENTS.format(fresh=f"SELECT series_id, min(t_ms) f, max(last_t_ms) l FROM samples_1m "
                                                 f"WHERE t_ms >= {int(extended)} AND t_ms < {int(max(since, until))} GROUP BY series_id"))
-        cur.execute("INSERT OR REPLACE INTO store_state VALUES ('extents_until_ms', ?)", [max(since, until)])
+        cur.execute(f"INSERT OR REPLACE INTO store_state VALUES ('extents_until_ms', {int(max(since, until))})")
         cur.execute("COMMIT")
         self._extents_until = max(since, until)
         # Raw samples go only once their minutes are aggregated.
-        dropped_raw = _one(cur, "DELETE FROM samples WHERE t_ms < ?", [min(raw_cut, max(since, until))])[0]
-        dropped_minutes = _one(cur, "DELETE FROM samples_1m WHERE t_ms < ?", [minute_cut])[0]
+        raw_cut, minute_cut = int(min(raw_cut, max(since, until))), int(minute_cut)
+        dropped_raw = _one(cur, f"DELETE FROM samples WHERE t_ms < {raw_cut}")[0]
+        dropped_minutes = _one(cur, f"DELETE FROM samples_1m WHERE t_ms < {minute_cut}")[0]
         if dropped_minutes:  # raw samples that old are gone too (raw_days <= minute_days)
-            cur.execute("DELETE FROM series_extent WHERE last_t_ms < ?", [minute_cut])
-            cur.execute("UPDATE series_extent SET first_t_ms = ? WHERE first_t_ms < ?", [minute_cut, minute_cut])
-        cur.execute("DELETE FROM stale WHERE t_ms < ?", [min(raw_cut, max(since, until))])
+            cur.execute(f"DELETE FROM series_extent WHERE last_t_ms < {minute_cut}")
+            cur.execute(f"UPDATE series_extent SET first_t_ms = {minute_cut} WHERE first_t_ms < {minute_cut}")
+        cur.execute(f"DELETE FROM stale WHERE t_ms < {raw_cut}")
         return {"minutes_written": int(downsampled), "raw_dropped": int(dropped_raw), "minutes_dropped": int(dropped_minutes)}
 
     def time_bounds(self) -> tuple[int, int] | None:
@@ -700,7 +710,7 @@ def _edge_reads(cur: duckdb.DuckDBPyConnection, sid: np.ndarray, side: np.ndarra
 
 def _state(cur: duckdb.DuckDBPyConnection, key: str) -> int | None:
     """A `store_state` value; None where it was never set."""
-    row = cur.execute("SELECT value FROM store_state WHERE key = ?", [key]).fetchone()
+    row = cur.execute(f"SELECT value FROM store_state WHERE key = '{key}'").fetchone()  # a constant of ours (see `_VALUE`)
     return None if row is None else int(row[0])
 
 

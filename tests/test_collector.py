@@ -1,5 +1,7 @@
 """The embedded collector against real HTTP targets: simulators, a dead port, a target that answers HTML."""
 
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -75,6 +77,32 @@ def test_collects_every_series_and_marks_bad_targets_down(tmp_path, sim_server, 
     jobs = store.latest("aif_gpu_job_info", lookback_s=60)
     assert "job" in jobs.columns and jobs["job"].str.isdigit().all(), "the Slurm job label is not overwritten by target labels"
     store.close()
+
+
+COLLECT_THEN_COMPACT = """
+import sys
+from aifmon.cli import main
+from aifmon.stores.duckdb_store import DuckDBStore
+inventory, path = sys.argv[1:]
+statuses = [main(["--quiet", "collect", "--once", "--inventory", inventory, "--store", f"duckdb:///{path}"]) for _ in range(2)]
+store = DuckDBStore(path)
+compacted = store.compact(now_ms=2**50)  # every minute aggregated, every raw sample past its retention
+store.close()
+print(statuses, compacted["raw_dropped"] > 0, "pandas" in sys.modules)
+"""
+
+
+def test_the_collector_process_loads_no_pandas(tmp_path, sim_server):
+    """`aifmon collect` registers series, appends samples and compacts without pandas (47 MB resident): DuckDB's Python
+    client would import it to scan an Arrow table or bind a query parameter."""
+    address = f"127.0.0.1:{free_port()}"
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(inventory_text({"alpha": address}))
+    sim_server(parse_inventory(inventory.read_text(), str(inventory)), "alpha", address=address)
+    run = subprocess.run([sys.executable, "-c", COLLECT_THEN_COMPACT, str(inventory), str(tmp_path / "c.duckdb")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "[0, 0] True False", run.stdout
 
 
 def test_scrape_interval_must_be_positive(tmp_path):

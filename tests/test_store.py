@@ -71,6 +71,22 @@ def test_range_arrays_holds_the_samples_of_range_with_labels_once_per_series(tmp
     store.close()
 
 
+def test_series_of_any_text_length_get_ids_in_order_and_samples_keep_nan_and_infinities(tmp_path):
+    """Registration hands DuckDB fixed-width text arrays, split so that one 60,000-character label among 3,000 short
+    ones does not make every item 60,000 characters wide: the split must keep the ids in order of first appearance."""
+    store = open_store(f"duckdb:///{tmp_path}/s.duckdb")
+    keys = [series_key("m", {"i": str(k)}) for k in range(3000)]
+    keys.insert(1500, series_key("m", {"long": "é" * 60_000}))
+    ids = store.series_ids(keys + keys[:2])
+    assert ids.tolist() == list(range(1, 3002)) + [1, 2]
+    assert store.series_ids(keys[::-1]).tolist() == ids[3000::-1].tolist()
+    store.append(ids[1499:1502], np.full(3, 1_000), np.array([np.nan, np.inf, -np.inf]))
+    got = store.range("m", 0, 2_000)
+    assert got["series_id"].tolist() == [1500, 1501, 1502] and got["long"].tolist()[1] == "é" * 60_000
+    assert np.isnan(got["value"][0]) and got["value"].tolist()[1:] == [np.inf, -np.inf]
+    store.close()
+
+
 def test_derived_rows_are_replaced_not_duplicated(tmp_path):
     import pandas as pd
 
