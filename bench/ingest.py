@@ -43,19 +43,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aifmon.exporters.sim import SimExporter
-from aifmon.exporters.simulation import FactorySimulation
 from aifmon.ingest.parser import parse_exposition, warm_up
 from aifmon.ingest.series_index import SeriesIndex
 from aifmon.ingest.series_keys import warm_up as warm_up_keys
 from aifmon.stores.duckdb_store import DuckDBStore
-from aifmon.stores.store import series_key
-from aifmon.telemetry.inventory import parse_inventory
-from tests.conftest import free_port, wait_for_http
+
+# The child that ingests imports this module: what only the parent needs (the simulator, the inventory parser, the test
+# helpers and pytest under them) is imported where it is used, so the child's memory is the ingest path's.
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ingest.json"
 
 def factory_inventory(gpus: int, per_node: int = 4):
+    from aifmon.telemetry.inventory import parse_inventory
+
     nodes = gpus // per_node
     return parse_inventory(f"""
 name: bench
@@ -165,6 +165,8 @@ def post_file(url: str, path: Path) -> None:
 def bench_vm(body: bytes, scrapes: int, work: Path) -> tuple[float, float, float, float]:
     """(samples/s, seconds, peak RSS MB, curl's CPU seconds) of VictoriaMetrics importing `scrapes` stamped copies of
     the exposition, durable (force_flush), after a first import that registers the series."""
+    from tests.conftest import free_port, wait_for_http
+
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([installed("victoria-metrics", "victoria-metrics"), f"-storageDataPath={work / 'data'}",
@@ -196,6 +198,8 @@ def bench_vm(body: bytes, scrapes: int, work: Path) -> tuple[float, float, float
 def bench_reads(work: Path, gpus_page: int = 25_000, gpus_latest: int = 100_000) -> tuple[float, float, float, int, int]:
     """(factory page range read s, the same read unsorted with labels once per series s, latest-value read s, rows of
     the range and latest reads): synthetic power series in DuckDB."""
+    from aifmon.stores.store import series_key
+
     store = DuckDBStore(work / "reads.duckdb")
     keys = [series_key("aif_gpu_power_watts", {"factory": "big" if g < gpus_page else "other", "node": f"n{g // 4:05d}",
                                                "gpu": str(g % 4)}) for g in range(gpus_latest)]
@@ -260,6 +264,9 @@ def main() -> None:
     if args.child_ingest:
         child_ingest(args.child_ingest, args.scrapes)
         return
+    from aifmon.exporters.sim import SimExporter
+    from aifmon.exporters.simulation import FactorySimulation
+
     inv = factory_inventory(args.gpus, args.gpus_per_node)
     f = inv.factory("big")
     body = SimExporter(FactorySimulation(f, inv.projects_of("big"), epoch=time.time() - 4 * 3600, step_s=15.0)).body()
