@@ -4,14 +4,16 @@ Same data, same run: a simulated factory's exposition (default 25,000 GPUs) is i
 new timestamps, by
   - aifmon, in a child process of its own (its peak RSS is the whole ingest process's: interpreter, libraries,
     the first scrape's series registration and the steady scrapes): compiled parse (Numba) → series ids (byte
-    comparison with the last scrape, Arrow hash lookup for the rest; new series registered columnar, in DuckDB) →
+    comparison with the last scrape, a binary search of the hashes seen for the rest; new series registered in DuckDB
+    by a hash join) →
     one DuckDB transaction per scrape, durable when `append` returns (DuckDB syncs its write-ahead log on commit);
   - VictoriaMetrics (Debian package, started here on a free loopback port), fed the same text with timestamps by
     curl (`--data-binary @file`, files written before the clock starts) to /api/v1/import/prometheus, then
     /internal/force_flush, after which the samples are on disk and queryable (VictoriaMetrics acknowledges an
     import when the rows are in its in-memory buffers). curl's CPU time is reported beside the wall time: a
     client that is not the bottleneck spends a small share of it.
-Both are timed after a first scrape that registers the series. Rounds alternate (VictoriaMetrics, then aifmon);
+Both are timed after a first scrape that registers the series. Also prints what aifmon's libraries take before any
+data (LIBRARY_STEPS, in a fresh interpreter). Rounds alternate (VictoriaMetrics, then aifmon);
 medians over the rounds are reported, and each round's ratio.
 Also times the reads the live panels need: 1 h of per-GPU power for the factory page (25,000 GPUs ×
 1 h at 15 s), and the latest value per series for 100,000 GPUs.
@@ -102,6 +104,25 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+LIBRARY_STEPS = (
+    ("Python", "pass"),
+    ("NumPy", "import numpy"),
+    ("Arrow and DuckDB", "import pyarrow, duckdb"),
+    ("Numba with the parser loaded from its cache", "from aifmon.ingest.parser import warm_up; warm_up()\n"
+                                                    "from aifmon.ingest.series_keys import warm_up as keys; keys()"),
+    ("the store and the series index", "import aifmon.stores.duckdb_store, aifmon.ingest.series_index"),
+)
+"""What the ingest process loads before any data, in the order it loads it: (part, the code that loads it)."""
+
+
+def library_memory_mb() -> dict[str, float]:
+    """Resident memory each of LIBRARY_STEPS adds, MB, loaded one after the other in a fresh interpreter."""
+    rss = "print(int(next(line for line in open('/proc/self/status') if line.startswith('VmRSS')).split()[1]) / 1024)"
+    script = "\n".join(f"{code}\n{rss}" for _, code in LIBRARY_STEPS)
+    after = [float(x) for x in subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()]
+    return {name: mb - (after[k - 1] if k else 0.0) for k, ((name, _), mb) in enumerate(zip(LIBRARY_STEPS, after))}
 
 
 def bench_aifmon(body_path: Path, scrapes: int, work: Path) -> tuple[float, float, float, float, float, float, float, float]:
@@ -299,6 +320,8 @@ def main() -> None:
     print(f"ratio aifmon / VictoriaMetrics: {ours_rate / vm_rate:.2f}x (rounds: "
           + ", ".join(f"{o[1] / v[0]:.2f}x" for o, v in zip(ours, vms)) + ")")
     print(f"curl's CPU time while VictoriaMetrics imported: {curl_cpu_s:.2f} s of {vm_s:.2f} s wall ({curl_cpu_s / vm_s:.0%})")
+    libraries = library_memory_mb()
+    print("aifmon's libraries, loaded in a fresh interpreter: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in libraries.items()))
     print(f"aifmon RSS: {rss_before:.0f} MB with libraries loaded and the parser compiled, {rss_after_first:.0f} MB after the first "
           f"two scrapes (series registered; the first took {first_s:.2f} s), peak {ours_rss:.0f} MB; "
           f"({rss_after_first - rss_before:.0f} MB for {samples:,} series: {(rss_after_first - rss_before) * 2**20 / samples:.0f} bytes per series)")
@@ -316,6 +339,7 @@ def main() -> None:
         "gpus": args.gpus, "samples_per_scrape": samples, "scrapes": args.scrapes, "rounds": args.rounds, "cpus": os.cpu_count(),
         "aifmon_duckdb_samples_per_s": ours_rate, "victoriametrics_import_samples_per_s": vm_rate,
         "aifmon_peak_rss_mb": ours_rss, "aifmon_first_scrape_s": first_s, "aifmon_rss_before_mb": rss_before, "aifmon_rss_after_first_scrape_mb": rss_after_first,
+        "aifmon_library_rss_mb": libraries,
         "victoriametrics_peak_rss_mb": vm_rss, "curl_cpu_s": curl_cpu_s, "victoriametrics_s": vm_s, "factory_page_read_s": range_s, "factory_page_read_arrays_s": arrays_s, "latest_read_s": latest_s,
     }, indent=2) + "\n")
     print(f"wrote {RESULTS}")

@@ -221,12 +221,13 @@ class DuckDBStore(SampleWriter, RollupStore):
 
     def register(self, metrics: pa.StringArray, labels: pa.StringArray) -> np.ndarray:
         """Ids (int32) of the series (metric name, labels as canonical JSON: `json.dumps(labels, sort_keys=True)`), one per
-        item, registering new ones: the columnar `series_ids`.
+        item, registering new ones: `series_ids` of the texts the collector's parser made.
 
         One hash join against the series table finds the known ones; the others are numbered after the largest id in
         order of first appearance (a series twice in the batch gets one id) and inserted. The series table is scanned
-        once per call: a first scrape of 400,000 series registers them in 40 calls, not in 400,000 lookups."""
-        return self._register(metrics.to_pylist(), labels.to_pylist())  # to_numpy() would load pandas
+        once per call: a first scrape of 400,000 series registers them in 40 calls, not in 400,000 lookups. The texts
+        become Python strings for the call (to_numpy() would load pandas), none kept."""
+        return self._register(metrics.to_pylist(), labels.to_pylist())
 
     def _register(self, metrics: list[str], labels: list[str]) -> np.ndarray:
         """`register` of Python strings, handed to DuckDB as NumPy arrays of fixed-width strings (dtype `str`), which it

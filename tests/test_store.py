@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -72,12 +73,17 @@ def test_range_arrays_holds_the_samples_of_range_with_labels_once_per_series(tmp
 
 
 def test_series_of_any_text_length_get_ids_in_order_and_samples_keep_nan_and_infinities(tmp_path):
-    """Registration hands DuckDB fixed-width text arrays, split so that one 60,000-character label among 3,000 short
-    ones does not make every item 60,000 characters wide: the split must keep the ids in order of first appearance."""
+    """Registration hands DuckDB fixed-width text arrays (4 bytes a character of the longest item, for every item), split
+    so that one 60,000-character label (360,000 once JSON-escaped) among 3,000 short ones does not make 3,002 items that
+    wide (4.3 GB): the split must keep the ids in order of first appearance."""
     store = open_store(f"duckdb:///{tmp_path}/s.duckdb")
     keys = [series_key("m", {"i": str(k)}) for k in range(3000)]
     keys.insert(1500, series_key("m", {"long": "é" * 60_000}))
+    tracemalloc.start()  # NumPy's arrays are traced
     ids = store.series_ids(keys + keys[:2])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 100 * 2**20, f"registration held {peak / 2**20:.0f} MB"
     assert ids.tolist() == list(range(1, 3002)) + [1, 2]
     assert store.series_ids(keys[::-1]).tolist() == ids[3000::-1].tolist()
     store.append(ids[1499:1502], np.full(3, 1_000), np.array([np.nan, np.inf, -np.inf]))
