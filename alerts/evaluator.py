@@ -9,6 +9,10 @@ Semantics (the same as the exported Prometheus rules, see `aifmon.alerts.prometh
   value hovering at a threshold does not flap.
 - A series counts only if it has a sample within `stale_after`; a scope with no data is not met (it
   resolves), and `TelemetryMissing` says why.
+- `TelemetryMissing` starts no alert until the evaluator has watched for `stale_after`: before that, "no
+  sample within stale_after" is not yet known, and a series may only be waiting for its first scrape (which
+  registers every series, seconds at 100,000 GPUs). A missing alert restored from the state goes on as usual.
+  Prometheus has no such wait in its rules; its first scrape comes within one scrape interval.
 - Forecast: least-squares line through the scope's power at each evaluation of the last `window`,
   extrapolated `horizon` ahead (Prometheus' predict_linear); met when that reaches the cap while the
   power is not yet over it.
@@ -128,6 +132,7 @@ class AlertEvaluator:
         self._stop = threading.Event()
         self.cycles = 0
         self.last_cycle_s = math.nan
+        self._first_cycle_ms: int | None = None
 
     # -- rules -------------------------------------------------------------------------------------
     def _apply(self, config: AlertConfig) -> None:
@@ -165,6 +170,9 @@ class AlertEvaluator:
         """One evaluation cycle at `now_ms` (default now): measure, step every alert, save, notify. Returns pending and firing alerts."""
         t0 = time.perf_counter()
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        if self._first_cycle_ms is None:
+            self._first_cycle_ms = now_ms
+        judges_missing = now_ms - self._first_cycle_ms >= self.config.stale_after_s * 1000
         changed = False
         seen: set[str] = set()
         for rule, candidates in self._measure(now_ms):
@@ -174,8 +182,11 @@ class AlertEvaluator:
                 a = self.alerts.get(key)
                 if not rule.passes(c.value, a is not None and a.state == "firing"):
                     continue
+                starts = a is None or a.state == "resolved"
+                if starts and rule.kind == "missing" and not judges_missing:
+                    continue
                 seen.add(key)
-                if a is None or a.state == "resolved":
+                if starts:
                     a = self.alerts[key] = Alert(c.labels, c.annotations, "pending", now_ms, sent=a.sent if a else {})
                     changed = True
                 a.value, a.annotations, a.rule = c.value, c.annotations, described

@@ -159,7 +159,7 @@ def test_forecast_history_is_seeded_from_the_store_after_a_restart(world, tmp_pa
 def test_missing_telemetry_fires_for_a_dark_share_of_the_scope(world, tmp_path):
     store, inventory, rules = world
     ev = AlertEvaluator(store, inventory, rules, tmp_path / "state.json", notifiers=[])
-    for i in range(4):
+    for i in range(6):
         t = T0 + i * 10_000
         # alpha: all 4 nodes, 12 of 16 GPUs (4 of 20 series missing = 20 %); beta: all 4 nodes and 16 GPUs
         nodes = [({"factory": f, "system": f"{f}-gpu", "node": f"{f[:4]}n{n:04d}", "source": "bmc"}, 1000.0)
@@ -169,14 +169,20 @@ def test_missing_telemetry_fires_for_a_dark_share_of_the_scope(world, tmp_path):
         put(store, "aif_node_power_watts", nodes, t)
         put(store, "aif_gpu_power_watts", gpus, t)
         ev.evaluate(t)
+        # nothing starts before the evaluator has watched for stale_after (30 s); then 20 s pending
+        assert bool(firing(ev, "TelemetryMissing")) == (i >= 5), f"missing at {i * 10} s"
     missing = {(a["scope"], a["factory"]) for a in firing(ev, "TelemetryMissing")} | {
         (a["scope"], a["factory"]) for a in firing(ev, "TelemetryMissing", "system")}
     assert missing == {("factory", "alpha"), ("system", "alpha")}
     a = next(a for a in ev.alerts.values() if a.labels == {"alertname": "TelemetryMissing", "scope": "factory", "factory": "alpha", "severity": "critical"})
     assert a.annotations["value"] == "16 of 20 series reporting" and a.annotations["percentage"] == "20%"
+    # a restart goes on from the saved state: alpha's alert stays firing at once, nothing is paged anew
+    ev = AlertEvaluator(store, inventory, rules, tmp_path / "state.json", notifiers=[])
+    ev.evaluate(T0 + 5 * 10_000)
+    assert {a["factory"] for a in firing(ev, "TelemetryMissing")} == {"alpha"}
     # an exporter that goes dark: everything stale after 30 s, so beta's power alerts cannot look like 0 W and stay silent
-    ev.evaluate(T0 + 3 * 10_000 + 40_000)
-    ev.evaluate(T0 + 3 * 10_000 + 70_000)
+    ev.evaluate(T0 + 5 * 10_000 + 40_000)
+    ev.evaluate(T0 + 5 * 10_000 + 70_000)
     assert {a["factory"] for a in firing(ev, "TelemetryMissing")} == {"alpha", "beta"}
 
 
@@ -353,9 +359,10 @@ receivers:
 def test_state_file_is_valid_json_with_nan_free_values(world, tmp_path):
     store, inventory, rules = world
     ev = AlertEvaluator(store, inventory, rules, tmp_path / "state.json", notifiers=[])
-    ev.evaluate(T0)  # nothing reports: TelemetryMissing pending everywhere
+    ev.evaluate(T0)
+    ev.evaluate(T0 + 30_000)  # nothing reports after stale_after: TelemetryMissing pending everywhere
     data = json.loads(Path(tmp_path / "state.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
-    assert data["version"] == 1 and all(math.isfinite(a["value"]) for a in data["alerts"])
+    assert data["version"] == 1 and data["alerts"] and all(math.isfinite(a["value"]) for a in data["alerts"])
 
 
 def test_energy_budget_over_victoriametrics_counts_the_month_from_counters(world, tmp_path):
