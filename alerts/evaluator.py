@@ -182,11 +182,10 @@ class AlertEvaluator:
                 a = self.alerts.get(key)
                 if not rule.passes(c.value, a is not None and a.state == "firing"):
                     continue
-                starts = a is None or a.state == "resolved"
-                if starts and rule.kind == "missing" and not judges_missing:
+                if (a is None or a.state == "resolved") and rule.kind == "missing" and not judges_missing:
                     continue
                 seen.add(key)
-                if starts:
+                if a is None or a.state == "resolved":
                     a = self.alerts[key] = Alert(c.labels, c.annotations, "pending", now_ms, sent=a.sent if a else {})
                     changed = True
                 a.value, a.annotations, a.rule = c.value, c.annotations, described
