@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: up test system-packages clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py ingest/_scan.c  # the parser's C scan is built by the install
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "aifmon needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip

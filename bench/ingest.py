@@ -3,7 +3,7 @@
 Same data, same run: a simulated factory's exposition (default 25,000 GPUs) is ingested K times with
 new timestamps, by
   - aifmon, in a child process of its own (its peak RSS is the whole ingest process's: interpreter, libraries,
-    the first scrape's series registration and the steady scrapes): compiled parse (Numba) → series ids (byte
+    the first scrape's series registration and the steady scrapes): parse (the C scan, `ingest/_scan.c`) → series ids (byte
     comparison with the last scrape, a binary search of the hashes seen for the rest; new series registered in DuckDB
     by a hash join) →
     one DuckDB transaction per scrape, durable when `append` returns (DuckDB syncs its write-ahead log on commit);
@@ -39,15 +39,16 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aifmon.ingest.parser import parse_exposition, warm_up
+from aifmon.ingest.collector import CHUNK_BYTES, resolve
+from aifmon.ingest.parser import parse_exposition
 from aifmon.ingest.series_index import SeriesIndex
-from aifmon.ingest.series_keys import warm_up as warm_up_keys
 from aifmon.stores.duckdb_store import DuckDBStore
 
 # The child that ingests imports this module: what only the parent needs (the simulator, the inventory parser, the test
@@ -110,9 +111,9 @@ LIBRARY_STEPS = (
     ("Python", "pass"),
     ("NumPy", "import numpy"),
     ("Arrow and DuckDB", "import pyarrow, duckdb"),
-    ("Numba with the parser loaded from its cache", "from aifmon.ingest.parser import warm_up; warm_up()\n"
-                                                    "from aifmon.ingest.series_keys import warm_up as keys; keys()"),
-    ("the store and the series index", "import aifmon.stores.duckdb_store, aifmon.ingest.series_index"),
+    ("the parser, its C scan and the series index", "import aifmon.ingest.parser, aifmon.ingest.series_index"),
+    ("the store", "import aifmon.stores.duckdb_store"),
+    ("the collector, with the inventory's validation (pydantic)", "import aifmon.ingest.collector"),
 )
 """What the ingest process loads before any data, in the order it loads it: (part, the code that loads it)."""
 
@@ -125,40 +126,39 @@ def library_memory_mb() -> dict[str, float]:
     return {name: mb - (after[k - 1] if k else 0.0) for k, ((name, _), mb) in enumerate(zip(LIBRARY_STEPS, after))}
 
 
-def bench_aifmon(body_path: Path, scrapes: int, work: Path) -> tuple[float, float, float, float, float, float, float, float]:
-    """(samples/s, seconds, and the seconds of those spent parsing, finding series ids and committing; RSS MB before
-    the first scrape and after it; seconds of the first scrape, which registers every series) of the embedded path, timed after the scrapes that register the series and compile
-    the parser. Each scrape reads the body from the file, untimed: like a fetch, a new body each time, while the series
-    index keeps the last one."""
+def body_chunks(body_path: Path) -> Iterator[bytes]:
+    """The body read from its file as the collector reads a target's answer: in chunks of `CHUNK_BYTES`."""
+    with body_path.open("rb") as fh:
+        yield from iter(lambda: fh.read(CHUNK_BYTES), b"")
+
+
+def bench_aifmon(body_path: Path, scrapes: int, work: Path) -> tuple[float, float, float, float, float, float, float]:
+    """(samples/s, seconds, and the seconds of those spent reading, parsing and finding series ids, and committing; RSS
+    MB before the first scrape and after it; seconds of the first scrape, which registers every series) of the embedded
+    path, timed after the scrapes that register the series. Each scrape reads the body from the file (page cache), in
+    chunks parsed as they come (`collector.resolve`, as a scrape of a target): like a fetch, a new body each time."""
     store = DuckDBStore(work / "bench.duckdb")
     index = SeriesIndex(store, {"instance": "bench"})
-    warm_up()
-    warm_up_keys()
     before = rss_mb()
-    body = body_path.read_bytes()
     started = time.perf_counter()
-    store.append(index.ids(s := parse_exposition(body)), np.full(len(s), 1_790_000_000_000 - 15_000), s.values)
+    ids, values, _ = resolve(body_chunks(body_path), "ms", index)
+    store.append(ids, np.full(len(ids), 1_790_000_000_000 - 15_000), values)
     first_s = time.perf_counter() - started
-    del body, s
-    index.ids(parse_exposition(body_path.read_bytes()))  # steady state is what we time
+    resolve(body_chunks(body_path), "ms", index)  # steady state is what we time
     after_first = rss_mb()
     n = 0
-    phases = np.zeros(3)
+    phases = np.zeros(2)
     for k in range(scrapes):
-        body = body_path.read_bytes()
         t0 = time.perf_counter()
-        s = parse_exposition(body)
+        ids, values, _ = resolve(body_chunks(body_path), "ms", index)
         t1 = time.perf_counter()
-        ids = index.ids(s)
-        t2 = time.perf_counter()
-        store.append(ids, np.full(len(ids), 1_790_000_000_000 + k * 15_000), s.values)
-        phases += (t1 - t0, t2 - t1, time.perf_counter() - t2)
+        store.append(ids, np.full(len(ids), 1_790_000_000_000 + k * 15_000), values)
+        phases += (t1 - t0, time.perf_counter() - t1)
         n += len(ids)
-        del body, s  # as in the collector, a scrape's body is gone once it is stored, not held while the next is parsed
     store.close()
     elapsed = float(phases.sum())
-    parse_s, ids_s, commit_s = phases.tolist()
-    return n / elapsed, elapsed, parse_s, ids_s, commit_s, before, after_first, first_s
+    parse_s, commit_s = phases.tolist()
+    return n / elapsed, elapsed, parse_s, commit_s, before, after_first, first_s
 
 
 def small_body_parse_us(body: bytes, calls: int = 2000) -> tuple[int, float]:
@@ -260,10 +260,10 @@ def one_core(body: bytes, samples: int, args: argparse.Namespace) -> None:
             out = subprocess.run(["taskset", "-c", "0", sys.executable, __file__, "--child-ingest", str(body_path), "--scrapes", str(args.scrapes)],
                                  capture_output=True, text=True, check=True).stdout.split()
             rounds.append([float(x) for x in out])
-    rss, rate, seconds, parse_s, ids_s, commit_s, before, after_first, first_s = np.median(np.array(rounds), axis=0).tolist()
+    rss, rate, seconds, parse_s, commit_s, before, after_first, first_s = np.median(np.array(rounds), axis=0).tolist()
     per_scrape = seconds / args.scrapes
-    print(f"one core: {samples:,} samples per scrape in {per_scrape:.2f} s (parse {parse_s / args.scrapes:.2f} s, series ids "
-          f"{ids_s / args.scrapes:.2f} s, DuckDB commit {commit_s / args.scrapes:.2f} s), {rate:,.0f} samples/s: "
+    print(f"one core: {samples:,} samples per scrape in {per_scrape:.2f} s (read, parse and series ids {parse_s / args.scrapes:.2f} s, "
+          f"DuckDB commit {commit_s / args.scrapes:.2f} s), {rate:,.0f} samples/s: "
           f"{per_scrape / 15:.0%} of a 15 s interval; the first scrape, which registers every series, {first_s:.2f} s; RSS {before:.0f} MB before the first scrape, {after_first:.0f} MB after "
           f"two, peak {rss:.0f} MB (medians of {args.rounds} rounds)")
     (RESULTS.parent / "ingest_one_core.json").write_text(json.dumps({
@@ -311,7 +311,7 @@ def main() -> None:
             print(f"round {k + 1}: aifmon {ours[-1][1]:,.0f} samples/s, peak RSS {ours[-1][0]:.0f} MB; "
                   f"VictoriaMetrics {vms[-1][0]:,.0f} samples/s, peak RSS {vms[-1][2]:.0f} MB", flush=True)
         reads = None if args.no_reads else bench_reads(work)
-    ours_rss, ours_rate, ours_s, parse_s, ids_s, commit_s, rss_before, rss_after_first, first_s = np.median(np.array(ours), axis=0).tolist()
+    ours_rss, ours_rate, ours_s, parse_s, commit_s, rss_before, rss_after_first, first_s = np.median(np.array(ours), axis=0).tolist()
     vm_rate, vm_s, vm_rss, curl_cpu_s = np.median(np.array(vms), axis=0).tolist()
     lines, small_us = small_body_parse_us(body)
     print(f"{'path (medians)':<44}{'samples/s':>12}{'time s':>9}{'peak RSS MB':>13}")
@@ -322,11 +322,11 @@ def main() -> None:
     print(f"curl's CPU time while VictoriaMetrics imported: {curl_cpu_s:.2f} s of {vm_s:.2f} s wall ({curl_cpu_s / vm_s:.0%})")
     libraries = library_memory_mb()
     print("aifmon's libraries, loaded in a fresh interpreter: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in libraries.items()))
-    print(f"aifmon RSS: {rss_before:.0f} MB with libraries loaded and the parser compiled, {rss_after_first:.0f} MB after the first "
+    print(f"aifmon RSS: {rss_before:.0f} MB with libraries loaded, {rss_after_first:.0f} MB after the first "
           f"two scrapes (series registered; the first took {first_s:.2f} s), peak {ours_rss:.0f} MB; "
           f"({rss_after_first - rss_before:.0f} MB for {samples:,} series: {(rss_after_first - rss_before) * 2**20 / samples:.0f} bytes per series)")
     per_scrape = 1000 / args.scrapes
-    print(f"aifmon per scrape (medians): parse {parse_s * per_scrape:.0f} ms, series ids {ids_s * per_scrape:.0f} ms, "
+    print(f"aifmon per scrape (medians): read, parse and series ids {parse_s * per_scrape:.0f} ms, "
           f"DuckDB commit {commit_s * per_scrape:.0f} ms; one node's {lines}-line body parses in {small_us:.0f} µs")
     if reads is None:
         return

@@ -1,5 +1,5 @@
-"""Start-up benchmark: the wall time of commands in a fresh process, and of a fresh process's first parse with the
-compiled parser taken from Numba's disk cache or compiled again; the median of several runs of each.
+"""Start-up benchmark: the wall time of commands in a fresh process, and of a fresh process's first parse (the
+collector's start: the parser's import and its C scan); the median of several runs of each.
 
     .venv/bin/python bench/startup.py [--runs 9] [--source DIR]
 
@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 TARGET_S = 0.150
 """What a command that touches no data may take, s."""
 
-FIRST_PARSE = "from aifmon.ingest.parser import warm_up; warm_up()"
-"""A fresh process's first parse: the collector's start (`Collector` calls it before its first scrape)."""
+FIRST_PARSE = "from aifmon.ingest.series_index import SeriesIndex; from aifmon.ingest.parser import parse_exposition; parse_exposition(b'm{a=\"1\"} 0.5\\n').series"
+"""A fresh process's first parse: what the collector imports, and one exposition parsed."""
 
 
 def wall_s(command: list[str], env: dict[str, str]) -> float:
@@ -44,13 +43,11 @@ def wall_s(command: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
-def median_s(runs: int, command: list[str], env: dict[str, str], before_each: Callable[[], None] = lambda: None) -> dict[str, float]:
+def median_s(runs: int, command: list[str], env: dict[str, str]) -> dict[str, float]:
     """Median and fastest of `runs` runs of `command`, after one untimed run (which fills the OS's file cache)."""
-    before_each()
     wall_s(command, env)
     times = []
     for _ in range(runs):
-        before_each()
         times.append(wall_s(command, env))
     return {"median_s": statistics.median(times), "min_s": min(times)}
 
@@ -95,15 +92,7 @@ def main() -> None:
         }
         for name, command in commands.items():
             figures[name] = median_s(args.runs, command, env)
-        cache = Path(tmp) / "numba-cache"
-        cached = {**env, "NUMBA_CACHE_DIR": str(cache)}
-        figures["first parse, parser from Numba's cache"] = median_s(args.runs, [sys.executable, "-c", FIRST_PARSE], cached)
-
-        def empty_cache() -> None:
-            for f in cache.rglob("*.nb*"):
-                f.unlink()
-
-        figures["first parse, parser compiled"] = median_s(max(3, args.runs // 3), [sys.executable, "-c", FIRST_PARSE], cached, empty_cache)
+        figures["first parse in a fresh process"] = median_s(args.runs, [sys.executable, "-c", FIRST_PARSE], env)
 
     print(f"{'':44} {'median ms':>10} {'min ms':>8}")
     for name, f in figures.items():

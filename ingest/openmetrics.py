@@ -15,7 +15,7 @@ from typing import NamedTuple, NoReturn, TextIO
 
 import numpy as np
 
-from aifmon.ingest.parser import parse_exposition
+from aifmon.ingest.parser import line_runs, parse_exposition
 from aifmon.ingest.series_index import SeriesIndex
 from aifmon.ingest.series_keys import BadSeries
 from aifmon.ingest.window import IMPORT_WINDOW, NO_TIMESTAMP, SampleWindow
@@ -137,15 +137,8 @@ def _find_series(chunk: bytes, text: str) -> int:
 def _chunks(path: Path) -> Iterator[bytes]:
     """The file in pieces of about `_CHUNK_BYTES`, each ending at a line end."""
     with path.open("rb") as fh:
-        rest = b""
-        while block := fh.read(_CHUNK_BYTES):
-            block = rest + block
-            cut = block.rfind(b"\n") + 1
-            rest = block[cut:]
-            if cut:
-                yield block[:cut]
-        if rest:
-            yield rest
+        for data, end in line_runs(iter(lambda: fh.read(_CHUNK_BYTES), b"")):
+            yield data[:end]
 
 
 def _shift_line(message: str, offset: int) -> str:

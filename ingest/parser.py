@@ -1,10 +1,10 @@
-"""Parsing whole expositions (Prometheus text and OpenMetrics) into columns, compiled.
+"""Parsing whole expositions (Prometheus text and OpenMetrics) into columns, in C.
 
 Each sample's series text (`name{labels}`) is kept as its key, so the collector resolves labels only
 for series it has not seen before (`aifmon.ingest.series_index`).
 
-The byte scanning is compiled by Numba and cached on disk (see `_compiled`): each line is found with
-libc's memchr and read backwards from its end, so only the short value and timestamp fields are looked
+The byte scanning is C (`_scan.c`, built at install, so nothing is compiled at run time): each line is found
+with libc's memchr and read backwards from its end, so only the short value and timestamp fields are looked
 at byte by byte, and their numbers are converted on the spot where that is exact (Clinger's fast path: at most 2**53 for the
 digits and a power of ten of at most 22, so one IEEE multiplication or division gives the correctly
 rounded double). Other numbers (17 significant digits, NaN, +Inf, long exponents) go to Arrow's C++
@@ -15,81 +15,23 @@ array through a string-view array over the body, without per-line Python.
 from __future__ import annotations
 
 import itertools
-import logging
 import os
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 from typing import NamedTuple
 
-import numba
 import numpy as np
 import pyarrow as pa
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
 from aifmon.ingest.window import NO_TIMESTAMP, NOT_A_TIME
 from aifmon.telemetry.exposition import ExpositionError
 
-_NL, _HASH, _SPACE, _CLOSE = 10, 35, 32, 125
-_POW10 = np.array([10.0 ** k for k in range(23)])  # exactly representable in float64
-_EXACT_DIGITS = 2 ** 53
-log = logging.getLogger(__name__)
-
-# C's memchr (SIMD in every libc) finds line ends, several times faster than a compiled byte loop. It is declared to LLVM by name, to be linked when the code is loaded: a
-# ctypes function would put its address into the machine code, and Numba cannot cache such code on disk.
-_BYTES = ir.IntType(8).as_pointer()
-_SIZE = ir.IntType(64)
-
-
-@intrinsic
-def _memchr(typingctx, address, byte, length):
-    """The address of the first `byte` in the `length` bytes at `address`, or 0."""
-    def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_BYTES, [_BYTES, ir.IntType(32), _SIZE]), "memchr")
-        return builder.ptrtoint(builder.call(fn, [builder.inttoptr(args[0], _BYTES), args[1], args[2]]), _SIZE)
-
-    return types.uint64(types.uint64, types.int32, types.uint64), codegen
-
-
-@intrinsic
-def _byte(typingctx, address):
-    """The byte at `address`."""
-    def codegen(context, builder, signature, args):
-        return builder.load(builder.inttoptr(args[0], _BYTES))
-
-    return types.uint8(types.uint64), codegen
-
-
-@intrinsic
-def _load64(typingctx, address):
-    """The 8 bytes at `address` (any alignment) as a little-endian uint64."""
-    def codegen(context, builder, signature, args):
-        return builder.load(builder.inttoptr(args[0], ir.IntType(64).as_pointer()), align=1)
-
-    return types.uint64(types.uint64), codegen
-
-
-def _compiled(fn):
-    """`fn` compiled by Numba, releasing the GIL, and cached on disk so that a new process loads the machine code
-    (tens of ms) instead of compiling it again (about 1 s).
-
-    Numba keeps the cache in `$NUMBA_CACHE_DIR` where that is set, else beside this file (`__pycache__`) where
-    that is writable, else in the user's cache directory (`$XDG_CACHE_HOME/numba`, by default `~/.cache/numba`:
-    a read-only install). A service with none of them writable compiles in each process instead.
-    """
-    try:
-        return numba.njit(nogil=True, cache=True)(fn)
-    except RuntimeError:  # Numba's "cannot cache function ...: no locator available"
-        _warn_uncached()
-        return numba.njit(nogil=True)(fn)
-
-
-@cache  # once per process, not once per compiled function
-def _warn_uncached() -> None:
-    log.warning("no writable directory for Numba's cache (beside %s, nor the user's cache directory): each start compiles "
-                "the parser again (about 1 s); set NUMBA_CACHE_DIR to a writable directory", __file__)
+try:
+    from aifmon.ingest import _scan
+except ImportError as e:  # the install skips an extension it cannot build (setup.py: a node agent needs none)
+    raise ImportError("aifmon's exposition parser (ingest/_scan.c) was not built with this install: install a C compiler and "
+                      "the Python headers (Debian: gcc python3-dev), then reinstall aifmon[site]") from e
 
 
 @dataclass(frozen=True)
@@ -128,15 +70,50 @@ def parse_exposition(body: bytes, timestamp_unit: str = "ms") -> Samples:
     The series text is the line up to its value, e.g. `aif_gpu_power_watts{node="n1",gpu="0"}`: it
     ends after the line's last `}`, or without labels at its first space. Its labels are parsed
     later, once per new series (`parse_series`). A large body is scanned in pieces cut at line ends,
-    one per core (the compiled scan releases the GIL). Raises ExpositionError naming the first bad line.
+    one per core (the C scan releases the GIL). Raises ExpositionError naming the first bad line.
     """
+    _check_unit(timestamp_unit)
+    return _parse(body, len(body), 0, timestamp_unit)
+
+
+def parse_stream(chunks: Iterable[bytes], timestamp_unit: str = "ms") -> Iterator[Samples]:
+    """`parse_exposition` of an exposition that arrives in chunks (a scrape's reads), a run of whole lines at a time:
+    each Samples holds the complete lines of one chunk and the line the chunk before it ended inside, so what is held
+    is a chunk, not the whole body. Line numbers in errors count from the exposition's start."""
+    _check_unit(timestamp_unit)
+    lines = 0
+    for data, end in line_runs(chunks):
+        yield _parse(data, end, lines, timestamp_unit)
+        lines += data.count(b"\n", 0, end)
+
+
+def line_runs(chunks: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:
+    """The chunks of a text regrouped at line ends: (data, end), where data[:end] is the next run of whole lines (the
+    last one may lack its newline) and data[end:] is carried into the next run. A chunk is copied only to join the
+    line that straddles it: the run is a range of `data`, not a slice."""
+    data = b""
+    for chunk in chunks:
+        data = data + chunk if data else chunk
+        end = data.rfind(b"\n") + 1
+        if end:
+            yield data, end
+            data = data[end:]
+    if data:
+        yield data, len(data)
+
+
+def _check_unit(timestamp_unit: str) -> None:
     if timestamp_unit not in ("ms", "s"):
         raise ValueError("timestamp_unit is 'ms' (Prometheus text) or 's' (OpenMetrics)")
-    if len(body) >= 2**31:
+
+
+def _parse(body: bytes, hi: int, lines_before: int, timestamp_unit: str) -> Samples:
+    """The lines of body[:hi], which `lines_before` lines precede (see `parse_exposition`)."""
+    if hi >= 2**31:
         raise ExpositionError("an exposition of 2 GiB or more cannot be parsed in one piece (Arrow string offsets are 32-bit)")
     buf = np.frombuffer(body, np.uint8)
-    pieces = _pieces(body)
-    scans = [_scan(buf, *pieces[0])] if len(pieces) == 1 else list(_POOL.map(lambda piece: _scan(buf, *piece), pieces))
+    pieces = _pieces(body, hi, lines_before)
+    scans = [_scan_piece(body, *pieces[0])] if len(pieces) == 1 else list(_POOL.map(lambda piece: _scan_piece(body, *piece), pieces))
     for lines in scans:
         if lines.bad >= 0:
             _raise_at(body, lines.start[lines.bad], lines.end[lines.bad], lines.line_no[lines.bad])
@@ -170,37 +147,32 @@ def _times_ms(ms: np.ndarray) -> np.ndarray:
     return times
 
 
-def warm_up() -> None:
-    """Compile the parser's scan (series hashes included) and string views now, or load them from Numba's cache (about
-    0.1 s): Numba does either on first use, and a collector's first scrape would be that late (about 1 s uncached)."""
-    parse_exposition(b'm{a="1"} 0.5 1790000000000\n').series_of(np.zeros(1, np.int64))
-
-
 _PARALLEL_FROM_BYTES = 8 * 1024 * 1024
 _CORES = os.cpu_count() or 1
 _POOL = ThreadPoolExecutor(max_workers=_CORES, thread_name_prefix="parse")
 
 
-def _pieces(body: bytes) -> list[tuple[int, int, int]]:
-    """[start, end) byte ranges that cut `body` at line ends into one piece per core (one if it is small),
-    each with the number of lines before it."""
-    n = min(_CORES, len(body) // _PARALLEL_FROM_BYTES)
+def _pieces(body: bytes, hi: int, lines_before: int) -> list[tuple[int, int, int]]:
+    """[start, end) byte ranges that cut body[:hi] at line ends into one piece per core (one if it is small),
+    each with the number of lines before it (`lines_before` precede body)."""
+    n = min(_CORES, hi // _PARALLEL_FROM_BYTES)
     if n <= 1:
-        return [(0, len(body), 0)]
+        return [(0, hi, lines_before)]
     cuts = [0]
     for k in range(1, n):
-        cut = body.find(b"\n", len(body) * k // n) + 1
+        cut = body.find(b"\n", hi * k // n, hi) + 1
         if cut > cuts[-1]:
             cuts.append(cut)
-    cuts.append(len(body))
-    return [(a, b, body.count(b"\n", 0, a)) for a, b in itertools.pairwise(cuts) if b > a]
+    cuts.append(hi)
+    return [(a, b, lines_before + body.count(b"\n", 0, a)) for a, b in itertools.pairwise(cuts) if b > a]
 
 
 class _Lines(NamedTuple):
-    """What `_scan` found, per data line (the first `n` entries are filled): byte offsets of the line's
+    """What `_scan_piece` found, per data line (the first `n` entries are filled): byte offsets of the line's
     start, series end, value end and end; its line number in the body; and the numbers the fast
     path converted (NaN where it could not; `ts` is NaN also where there is no timestamp); the series text's
-    hash (`_hash_series`). `bad` is the index of the first malformed line (the scan stops there), or -1."""
+    128-bit hash (two murmur-style 64-bit lanes, `_scan.c`). `bad` is the index of the first malformed line (the scan
+    stops there), or -1."""
 
     n: int
     bad: int
@@ -214,147 +186,13 @@ class _Lines(NamedTuple):
     hashes: np.ndarray
 
 
-def _scan(buf: np.ndarray, lo: int, hi: int, lines_before: int) -> _Lines:
-    return _Lines(*_scan_lines(buf, lo, hi, lines_before, _POW10))
-
-
-@_compiled
-def _scan_lines(buf, lo, hi, lines_before, pow10):  # pragma: no cover - compiled; tested through parse_exposition
-    """The lines of buf[lo:hi], which `lines_before` lines precede (see `_Lines`). Each line is found by its newline (memchr), then read backwards:
-    value and timestamp are the short fields after the last `}`, so the series text itself is not scanned."""
-    cap = 1
-    for i in range(lo, hi):
-        cap += buf[i] == _NL
-    start = np.empty(cap, np.int64)
-    series_end = np.empty(cap, np.int64)
-    value_end = np.empty(cap, np.int64)
-    end = np.empty(cap, np.int64)
-    line_no = np.empty(cap, np.int64)
-    value = np.empty(cap, np.float64)
-    ts = np.empty(cap, np.float64)
-    hashes = np.empty((cap, 2), np.uint64)
-    base = buf.ctypes.data
-    n = 0
-    pos = lo
-    line = lines_before
-    while pos < hi:
-        line += 1
-        a = pos
-        found = _memchr(base + np.uint64(a), _NL, np.uint64(hi - a))
-        b = hi if found == 0 else np.int64(found - base)
-        pos = b + 1
-        if b == a or buf[a] == _HASH:
-            continue
-        last_space = first_space = close = -1
-        p = b - 1
-        while p >= a:
-            c = buf[p]
-            if c == _CLOSE:
-                close = p
-                break
-            if c == _SPACE:
-                first_space = p
-                if last_space < 0:
-                    last_space = p
-            p -= 1
-        s = close + 1 if close >= 0 else first_space  # without labels, the whole line was read: its first space
-        v = last_space if last_space > s else b
-        start[n], series_end[n], value_end[n], end[n], line_no[n] = a, s, v, b, line
-        if s >= b or s <= a or v <= s + 1 or buf[s] != _SPACE:
-            return n + 1, n, start, series_end, value_end, end, line_no, value, ts, hashes
-        hashes[n, 0], hashes[n, 1] = _hash_series(base, a, s)
-        value[n] = _decimal(buf, s + 1, v, pow10)
-        ts[n] = _decimal(buf, v + 1, b, pow10) if v < b else np.nan
-        n += 1
-    return n, -1, start, series_end, value_end, end, line_no, value, ts, hashes
-
-
-_M1, _M2, _M3, _M4 = (np.uint64(0x87C37B91114253D5), np.uint64(0x4CF5AD432745937F), np.uint64(0x9E3779B97F4A7C15),
-                      np.uint64(0xC2B2AE3D27D4EB4F))
-
-
-@_compiled
-def _fmix(h):  # pragma: no cover - compiled
-    """MurmurHash3's 64-bit finaliser: every input bit flips each output bit with probability about 1/2."""
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h
-
-
-@_compiled
-def _hash_series(base, a, b):  # pragma: no cover - compiled; tested through SeriesIndex
-    """Two independent 64-bit hashes of the bytes [a, b) at address `base`, eight at a time (murmur-style lanes with
-    different constants): 128 bits, so two different series texts of one target share both with probability 2**-128.
-    The bytes are the line's, which memchr has just read: they are in cache."""
-    h1 = np.uint64(b - a) ^ _M3
-    h2 = np.uint64(b - a) ^ _M4
-    p = a
-    while p + 8 <= b:
-        w = _load64(base + np.uint64(p))
-        k1 = w * _M1
-        h1 = ((h1 ^ ((k1 << np.uint64(31)) | (k1 >> np.uint64(33)))) * _M2) + _M3
-        k2 = w * _M2
-        h2 = ((h2 ^ ((k2 << np.uint64(33)) | (k2 >> np.uint64(31)))) * _M1) + _M4
-        p += 8
-    w = np.uint64(0)
-    for k in range(b - p):  # the last 0-7 bytes
-        w |= np.uint64(_byte(base + np.uint64(p + k))) << np.uint64(8 * k)
-    h1 = _fmix(h1 ^ (w * _M1))
-    h2 = _fmix(h2 ^ (w * _M2) ^ h1)
-    return h1, h2
-
-
-@_compiled
-def _decimal(buf, a, b, pow10):  # pragma: no cover - compiled
-    """The decimal number in buf[a:b] when it converts exactly (see module docstring), else NaN."""
-    i = a
-    negative = False
-    if i < b and (buf[i] == 45 or buf[i] == 43):  # '-', '+'
-        negative = buf[i] == 45
-        i += 1
-    digits = 0
-    mantissa = 0
-    exponent = 0
-    while i < b and 48 <= buf[i] <= 57:
-        mantissa = mantissa * 10 + (buf[i] - 48)
-        digits += 1
-        i += 1
-        if mantissa > _EXACT_DIGITS:
-            return np.nan
-    if i < b and buf[i] == 46:  # '.'
-        i += 1
-        while i < b and 48 <= buf[i] <= 57:
-            mantissa = mantissa * 10 + (buf[i] - 48)
-            digits += 1
-            exponent -= 1
-            i += 1
-            if mantissa > _EXACT_DIGITS:
-                return np.nan
-    if digits == 0:
-        return np.nan
-    if i < b and (buf[i] == 101 or buf[i] == 69):  # 'e', 'E'
-        i += 1
-        sign = 1
-        if i < b and (buf[i] == 45 or buf[i] == 43):
-            sign = -1 if buf[i] == 45 else 1
-            i += 1
-        e = 0
-        e_digits = 0
-        while i < b and 48 <= buf[i] <= 57 and e < 1000:
-            e = e * 10 + (buf[i] - 48)
-            e_digits += 1
-            i += 1
-        if e_digits == 0:
-            return np.nan
-        exponent += sign * e
-    if i != b or exponent < -22 or exponent > 22:
-        return np.nan
-    x = float(mantissa)
-    x = x * pow10[exponent] if exponent >= 0 else x / pow10[-exponent]
-    return -x if negative else x
+def _scan_piece(body: bytes, lo: int, hi: int, lines_before: int) -> _Lines:
+    """The lines of body[lo:hi], which `lines_before` lines precede (`_scan.scan_lines`: each line found by its newline,
+    then read backwards: value and timestamp are the short fields after the last `}`, so the series text itself is
+    only hashed, not scanned)."""
+    cap = body.count(b"\n", lo, hi) + 1
+    columns = [np.empty(cap, np.int64) for _ in range(5)] + [np.empty(cap), np.empty(cap), np.empty((cap, 2), np.uint64)]
+    return _Lines(*_scan.scan_lines(body, lo, hi, lines_before, *columns), *columns)
 
 
 def _strings(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.StringArray:
@@ -364,28 +202,10 @@ def _strings(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.String
     length, then the bytes themselves when there are at most 12, else a 4-byte prefix, buffer 0 and
     the offset); Arrow's C++ cast then copies them into a plain string array.
     """
-    views = _views(buf, starts, ends)
+    views = np.zeros((len(starts), 16), np.uint8)
+    _scan.string_views(buf, np.ascontiguousarray(starts, np.int64), np.ascontiguousarray(ends, np.int64), views)
     array = pa.Array.from_buffers(pa.string_view(), len(starts), [None, pa.py_buffer(views), pa.py_buffer(buf)])
     return array.cast(pa.string())
-
-
-@_compiled
-def _views(buf, starts, ends):  # pragma: no cover - compiled
-    views = np.zeros((len(starts), 16), np.uint8)
-    for i in range(len(starts)):
-        a, length = starts[i], ends[i] - starts[i]
-        views[i, 0] = length & 0xFF
-        views[i, 1] = (length >> 8) & 0xFF
-        views[i, 2] = (length >> 16) & 0xFF
-        views[i, 3] = (length >> 24) & 0xFF
-        for k in range(min(length, 12 if length <= 12 else 4)):
-            views[i, 4 + k] = buf[a + k]
-        if length > 12:  # bytes 8-11: buffer 0; 12-15: the offset into it
-            views[i, 12] = a & 0xFF
-            views[i, 13] = (a >> 8) & 0xFF
-            views[i, 14] = (a >> 16) & 0xFF
-            views[i, 15] = (a >> 24) & 0xFF
-    return views
 
 
 def _numbers(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

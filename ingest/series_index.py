@@ -39,31 +39,55 @@ class SeriesIndex:
         empty = np.zeros(0, np.uint64)
         self._h1, self._h2, self._ids = empty, empty, np.zeros(0, np.int64)  # sorted by _h1
         self._last_hashes, self._last_ids = np.zeros((0, 2), np.uint64), np.zeros(0, np.int64)
+        self._this: list[tuple[np.ndarray, np.ndarray]] = []  # the pieces of the scrape being resolved: (hashes, ids)
+        self._changed = False  # whether a piece of it differs from the same rows of the last scrape
 
     def __len__(self) -> int:
         """Series hashes held (a series that came twice in a first batch counts twice)."""
         return len(self._ids)
 
     def ids(self, samples: Samples) -> np.ndarray:
-        """Store ids, one per sample; raises ExpositionError if a new series text is too long, BadSeries
-        (`aifmon.ingest.series_keys`) if it does not parse or repeats a label name."""
+        """Store ids, one per sample, of a whole scrape (`piece_ids` then `finish`)."""
+        self.piece_ids(samples, 0)
+        return self.finish()
+
+    def piece_ids(self, samples: Samples, row: int) -> np.ndarray:
+        """Store ids, one per sample, of a piece of a scrape (`parse_stream`) whose first sample is the scrape's `row`;
+        raises ExpositionError if a new series text is too long, BadSeries (`aifmon.ingest.series_keys`) if it does not
+        parse or repeats a label name. Row 0 starts a scrape (one not finished is dropped). Each piece is compared
+        with the same rows of the last finished scrape: that is only a guess that saves the search, as each hash is
+        checked against the hash its id came with."""
+        if row == 0:
+            self._this, self._changed = [], False
         hashes = samples.hashes
-        if len(hashes) == len(self._last_hashes):
-            last = self._last_hashes
-            same = (hashes[:, 0] == last[:, 0]) & (hashes[:, 1] == last[:, 1])
-            if same.all():
-                self._last_hashes = hashes
-                return self._last_ids
-            ids = self._last_ids.copy()
+        last_hashes, last_ids = self._last_hashes[row:row + len(hashes)], self._last_ids[row:row + len(hashes)]
+        if len(hashes) == len(last_hashes):
+            same = (hashes[:, 0] == last_hashes[:, 0]) & (hashes[:, 1] == last_hashes[:, 1])
+            if same.all():  # the steady state: held as views of the last scrape, no copy
+                self._this.append((last_hashes, last_ids))
+                return last_ids
+            ids = last_ids.copy()
             changed = np.flatnonzero(~same)
             ids[changed] = self._lookup(samples, changed)
         else:
             ids = self._lookup(samples, np.arange(len(samples)))
-        self._last_hashes, self._last_ids = hashes, ids
-        if len(self._ids) > 2 * len(samples) + 1024:
-            # Series come and go (a job's info): keep what this batch used, so the index does not grow forever.
-            self._h1, self._h2, self._ids = _sorted(hashes, ids)
+        self._this.append((hashes.copy(), ids))  # a copy: a piece's hashes are a view of its scan's larger arrays
+        self._changed = True
         return ids
+
+    def finish(self) -> np.ndarray:
+        """End the scrape whose pieces were resolved: the ids of all its samples, which become the last scrape's. When
+        its series are the last scrape's, row for row, that is the very array `finish` returned then (callers skip
+        comparing). The sorted hashes keep only its series when they hold over twice as many (series come and go, a
+        job's info: the index does not grow forever)."""
+        rows = sum(len(ids) for _, ids in self._this)
+        if self._changed or rows != len(self._last_ids):
+            self._last_hashes = np.concatenate([h for h, _ in self._this] or [np.zeros((0, 2), np.uint64)])
+            self._last_ids = np.concatenate([i for _, i in self._this] or [np.zeros(0, np.int64)])
+        self._this, self._changed = [], False
+        if len(self._ids) > 2 * len(self._last_ids) + 1024:
+            self._h1, self._h2, self._ids = _sorted(self._last_hashes, self._last_ids)
+        return self._last_ids
 
     def _register(self, texts: pa.StringArray) -> np.ndarray:
         metrics, labels = series_keys(texts, self.labels)

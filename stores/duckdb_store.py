@@ -97,6 +97,37 @@ _VALUE = "coalesce(value, 'NaN'::DOUBLE)"
 _TEXT_BYTES = 16 * 2**20  # the largest NumPy array of series texts `register` hands DuckDB at once
 
 
+def _arrow_strings(texts: list[str]) -> pa.StringArray:
+    """Python strings as an Arrow string array, built from its buffers (pa.array() would load pandas)."""
+    encoded = [t.encode() for t in texts]
+    offsets = np.zeros(len(texts) + 1, np.int32)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return pa.StringArray.from_buffers(len(texts), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded)))
+
+
+def _offsets(texts: pa.StringArray) -> np.ndarray:
+    return np.frombuffer(texts.buffers()[1], np.int32)[texts.offset:texts.offset + len(texts) + 1]
+
+
+def _longest(texts: pa.StringArray) -> int:
+    """Bytes of the longest of `texts`."""
+    return int(np.diff(_offsets(texts)).max(initial=0))
+
+
+def _fixed_width(texts: pa.StringArray) -> np.ndarray:
+    """ASCII `texts` as a NumPy array of fixed-width strings (UTF-32, as wide as the longest): each byte widened in
+    place of its character. Raises ValueError on a byte that is not ASCII."""
+    offsets = _offsets(texts)
+    data = np.frombuffer(texts.buffers()[2] or b"", np.uint8)[offsets[0]:offsets[-1]]
+    if data.size and data.max() >= 128:
+        raise ValueError("series texts are ASCII (metric names, canonical JSON labels); got other bytes")
+    lengths = np.diff(offsets)
+    width = max(1, int(lengths.max(initial=0)))
+    chars = np.zeros((len(texts), width), np.uint32)
+    chars[np.arange(width) < lengths[:, None]] = data  # row by row, each text's bytes then zeros (NumPy's padding)
+    return chars.view(f"<U{width}").ravel()
+
+
 @dataclass(frozen=True)
 class Retention:
     """How long raw samples and per-minute aggregates are kept, in days."""
@@ -217,25 +248,23 @@ class DuckDBStore(SampleWriter, RollupStore):
                 self._sample_writes += 1  # the writes inside are seen from here on
 
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
-        return self._register([metric for metric, _ in keys], [json.dumps(dict(labels), sort_keys=True) for _, labels in keys])
+        return self.register(_arrow_strings([metric for metric, _ in keys]),
+                             _arrow_strings([json.dumps(dict(labels), sort_keys=True) for _, labels in keys]))
 
     def register(self, metrics: pa.StringArray, labels: pa.StringArray) -> np.ndarray:
         """Ids (int32) of the series (metric name, labels as canonical JSON: `json.dumps(labels, sort_keys=True)`), one per
-        item, registering new ones: `series_ids` of the texts the collector's parser made.
+        item, registering new ones: `series_ids` of the texts the collector's parser made. Both are ASCII (a metric
+        name's grammar, JSON's escapes); other text raises ValueError.
 
         One hash join against the series table finds the known ones; the others are numbered after the largest id in
         order of first appearance (a series twice in the batch gets one id) and inserted. The series table is scanned
-        once per call: a first scrape of 400,000 series registers them in 40 calls, not in 400,000 lookups. The texts
-        become Python strings for the call (to_numpy() would load pandas), none kept."""
-        return self._register(metrics.to_pylist(), labels.to_pylist())
-
-    def _register(self, metrics: list[str], labels: list[str]) -> np.ndarray:
-        """`register` of Python strings, handed to DuckDB as NumPy arrays of fixed-width strings (dtype `str`), which it
-        reads in place (see `_VALUE`; arrays of Python objects it reads through pandas). Such an array takes 4 bytes a
-        character of its longest item for every item: a batch is split so that no array is over `_TEXT_BYTES`."""
-        longest = max(map(len, labels), default=0) + max(map(len, metrics), default=0)
+        once per call: a first scrape of 400,000 series registers them in 40 calls, not in 400,000 lookups. DuckDB is
+        handed the texts as NumPy arrays of fixed-width strings (dtype `str`, read in place, see `_VALUE`), made from
+        Arrow's buffers without a Python string per text. Such an array takes 4 bytes a character of its longest item
+        for every item: a batch is split so that no array is over `_TEXT_BYTES`."""
+        longest = _longest(metrics) + _longest(labels)
         rows = max(1, _TEXT_BYTES // (4 * max(1, longest)))
-        return np.concatenate([self._register_piece(np.array(metrics[i:i + rows], dtype=str), np.array(labels[i:i + rows], dtype=str))
+        return np.concatenate([self._register_piece(_fixed_width(metrics[i:i + rows]), _fixed_width(labels[i:i + rows]))
                                for i in range(0, len(metrics), rows)] or [np.zeros(0, np.int32)])
 
     def _register_piece(self, metrics: np.ndarray, labels: np.ndarray) -> np.ndarray:

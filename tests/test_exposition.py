@@ -3,6 +3,8 @@
 import math
 import time
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -70,12 +72,33 @@ def test_a_large_body_parsed_in_pieces_equals_one_parse(monkeypatch):
     whole = exposition.parse_exposition(body)  # small: one piece
     monkeypatch.setattr(exposition, "_PARALLEL_FROM_BYTES", 1000)
     monkeypatch.setattr(exposition, "_CORES", 4)
-    assert len(exposition._pieces(body)) == 4
+    assert len(exposition._pieces(body, len(body), 0)) == 4
     pieces = exposition.parse_exposition(body)
     assert pieces.series.equals(whole.series) and (pieces.values == whole.values).all()
     bad = body.replace(b'm{n="15000"} 15000.5', b'm{n="15000"} oops')
     with pytest.raises(ExpositionError, match="line 15001:"):
         exposition.parse_exposition(bad)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 4096, 10**9])
+def test_a_body_that_arrives_in_chunks_parses_as_one(chunk_bytes):
+    """A scrape's reads end anywhere in a line: the stream's runs of whole lines give the samples of one parse, in
+    order, and a bad line is named by its line in the whole body; a last line without its newline counts too."""
+    from aifmon.ingest.parser import parse_stream
+
+    lines = [f'm{{n="{i}"}} {i}.5 {1_790_000_000_000 + i}' for i in range(3_000)] + ["# EOF", "last 2"]
+    body = "\n".join(lines).encode()
+    whole = parse_exposition(body)
+    chunks = (body[k:k + chunk_bytes] for k in range(0, len(body), chunk_bytes))
+    runs = list(parse_stream(chunks))
+    assert len(runs) == 2 if chunk_bytes > len(body) else len(runs) > 2  # in one piece: the lines, then the last without its newline
+    streamed = pa.concat_arrays([r.series for r in runs])
+    assert streamed.equals(whole.series) and len(whole) == 3_001
+    assert np.array_equal(np.concatenate([r.values for r in runs]), whole.values)
+    assert np.array_equal(np.concatenate([r.t_ms for r in runs]), whole.t_ms)
+    bad = body.replace(b'm{n="2500"} 2500.5', b'm{n="2500"} oops')
+    with pytest.raises(ExpositionError, match="line 2501:"):
+        list(parse_stream(bad[k:k + chunk_bytes] for k in range(0, len(bad), chunk_bytes)))
 
 
 def test_numbers_convert_exactly_like_python_float():

@@ -1,7 +1,7 @@
 """The `aifmon` command: parses arguments and wires the parts together, one module per command group.
 
 Each group module declares its commands in `register` and runs them in its run functions, which import what
-they use: `aifmon --help` and the commands that touch no data start without pandas, DuckDB, Numba or Dash.
+they use: `aifmon --help` and the commands that touch no data start without pandas, DuckDB or Dash.
 Errors: a `UserError` (bad input) prints its message and exits 2, a `StoreError` (a store that failed) exits 1,
 Ctrl-C exits 130, a command run on the node agent's install that needs `aifmon[site]` exits 1 saying so; anything else is a fault in aifmon and ends in a traceback.
 """
@@ -16,7 +16,7 @@ from aifmon.cli import alerts, dashboard, deploy, efficiency, exporter, ingest, 
 from aifmon.stores.store import StoreError
 from aifmon.telemetry.errors import UserError
 
-SITE_MODULES = frozenset({"dash", "plotly", "pandas", "duckdb", "pydantic", "pyarrow", "numba", "influxdb_client",
+SITE_MODULES = frozenset({"dash", "plotly", "pandas", "duckdb", "pydantic", "pyarrow", "influxdb_client",
                           "prometheus_client", "tqdm", "waitress", "psycopg"})
 """What `aifmon[site]` brings and a compute node's install (the node agent alone) lacks."""
 
