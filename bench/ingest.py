@@ -110,7 +110,7 @@ def rss_mb() -> float:
 LIBRARY_STEPS = (
     ("Python", "pass"),
     ("NumPy", "import numpy"),
-    ("Arrow and DuckDB", "import pyarrow, duckdb"),
+    ("DuckDB", "import duckdb"),
     ("the parser, its C scan and the series index", "import aifmon.ingest.parser, aifmon.ingest.series_index"),
     ("the store", "import aifmon.stores.duckdb_store"),
     ("the collector, with the inventory's validation (pydantic)", "import aifmon.ingest.collector"),

@@ -1,5 +1,5 @@
-/* The exposition parser's byte loops in C: the line scan (with each series text's 128-bit hash and the exact decimal
- * fast path), Arrow string views, and series texts → canonical JSON labels. `aifmon.ingest.parser` and
+/* The exposition parser's byte loops in C: the line scan (each series text's 128-bit hash, and its numbers: an exact
+ * decimal fast path, else strtod), gathering byte ranges into one column, and series texts → canonical JSON labels. `aifmon.ingest.parser` and
  * `aifmon.ingest.series_keys` are their Python side and document what they compute; this file only does it.
  *
  * Plain C over buffers: the caller allocates every output as a NumPy array and hands it in (buffer protocol), so
@@ -7,7 +7,9 @@
  * will be asked for, so a wrong size raises ValueError instead of writing past it. The loops run without the GIL.
  */
 #define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE  /* strtod_l */
 #include <Python.h>
+#include <locale.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -22,6 +24,7 @@ static const uint64_t M1 = 0x87C37B91114253D5ULL, M2 = 0x4CF5AD432745937FULL, M3
                       M4 = 0xC2B2AE3D27D4EB4FULL;
 static const int64_t EXACT_DIGITS = (int64_t)1 << 53;
 static double POW10[23];
+static locale_t c_numbers;  /* strtod in the C locale, whatever the process's: '.' is the decimal point */
 
 /* A buffer that holds at least `count` items of `size` bytes, else a ValueError naming it. */
 static int holds(const Py_buffer *b, Py_ssize_t count, Py_ssize_t size, const char *name) {
@@ -102,6 +105,55 @@ static double decimal(const uint8_t *buf, int64_t a, int64_t b) {
     return negative ? -x : x;
 }
 
+static int lower_is(const uint8_t *buf, int64_t a, int64_t b, const char *word) {
+    int64_t n = (int64_t)strlen(word);
+    if (b - a != n) return 0;
+    for (int64_t k = 0; k < n; k++)
+        if ((buf[a + k] | 0x20) != word[k]) return 0;
+    return 1;
+}
+
+/* The number in buf[a:b] as *out; 0 if it is not one. The fast path first (`decimal`); else it must be a decimal
+ * ([+-] digits [. digits] [e [+-] digits], a digit on either side of the point) or [+-] NaN, Inf or Infinity in any
+ * case (Go's ParseFloat, which Prometheus uses, without its hexadecimal and underscore forms), and glibc's strtod,
+ * which rounds correctly, converts it. */
+static int number(const uint8_t *buf, int64_t a, int64_t b, double *out) {
+    double x = decimal(buf, a, b);
+    if (!isnan(x)) {
+        *out = x;
+        return 1;
+    }
+    int64_t i = a, digits = 0;
+    int negative = i < b && buf[i] == '-';
+    if (i < b && (buf[i] == '-' || buf[i] == '+')) i++;
+    if (lower_is(buf, i, b, "nan")) {
+        *out = NAN;
+        return 1;
+    }
+    if (lower_is(buf, i, b, "inf") || lower_is(buf, i, b, "infinity")) {
+        *out = negative ? -INFINITY : INFINITY;
+        return 1;
+    }
+    for (; i < b && is_digit(buf[i]); i++) digits++;
+    if (i < b && buf[i] == '.')
+        for (i++; i < b && is_digit(buf[i]); i++) digits++;
+    if (digits == 0) return 0;
+    if (i < b && (buf[i] == 'e' || buf[i] == 'E')) {
+        i++;
+        if (i < b && (buf[i] == '-' || buf[i] == '+')) i++;
+        if (i == b || !is_digit(buf[i])) return 0;
+        while (i < b && is_digit(buf[i])) i++;
+    }
+    if (i != b) return 0;
+    char small[64], *text = b - a < 64 ? small : malloc((size_t)(b - a + 1));
+    if (!text) return 0;
+    memcpy(text, buf + a, (size_t)(b - a));
+    text[b - a] = 0;
+    *out = strtod_l(text, NULL, c_numbers);  /* out of range: +-Inf, or a correctly rounded subnormal or zero */
+    if (text != small) free(text);
+    return 1;
+}
+
 /* scan_lines(buf, lo, hi, lines_before, start, series_end, value_end, end, line_no, value, ts, hashes) -> (n, bad)
  * The lines of buf[lo:hi] (see parser._Lines); every output holds one item per line of the piece (its newlines + 1),
  * int64, float64 (value, ts) or 2 x uint64 (hashes). */
@@ -153,9 +205,12 @@ static PyObject *scan_lines(PyObject *self, PyObject *args) {
             bad = n++;
             break;
         }
+        ts[n] = NAN;
+        if (!number(buf, s + 1, v, &value[n]) || (v < b && !number(buf, v + 1, b, &ts[n]))) {
+            bad = n++;
+            break;
+        }
         hash_series(buf, a, s, hashes + 2 * n);
-        value[n] = decimal(buf, s + 1, v);
-        ts[n] = v < b ? decimal(buf, v + 1, b) : NAN;
         n++;
     }
     Py_END_ALLOW_THREADS
@@ -169,33 +224,46 @@ done:
     return result;
 }
 
-/* string_views(buf, starts, ends, views): Arrow string views of byte ranges [starts, ends) of buffer 0: the length
- * (4 bytes), then the bytes themselves when at most 12, else a 4-byte prefix, buffer 0 and the offset. `views` is
- * zeroed, 16 bytes an item. */
-static PyObject *string_views(PyObject *self, PyObject *args) {
-    Py_buffer in, starts, ends, views;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*", &in, &starts, &ends, &views)) return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t n = starts.len / 8;
-    if (!holds(&ends, n, 8, "ends") || !holds(&views, n, 16, "views")) goto done;
+/* count_lines(buf, lo, hi) -> the newlines in buf[lo:hi], found by memchr (bytes.count is several times slower). */
+static PyObject *count_lines(PyObject *self, PyObject *args) {
+    Py_buffer in;
+    Py_ssize_t lo, hi, n = 0;
+    if (!PyArg_ParseTuple(args, "y*nn", &in, &lo, &hi)) return NULL;
+    if (lo < 0 || hi < lo || hi > in.len) {
+        PyBuffer_Release(&in);
+        PyErr_SetString(PyExc_ValueError, "count_lines: [lo, hi) is not within the buffer");
+        return NULL;
+    }
     const uint8_t *buf = in.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (const uint8_t *p = buf + lo; (p = memchr(p, NL, (size_t)(buf + hi - p))) != NULL; p++) n++;
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&in);
+    return PyLong_FromSsize_t(n);
+}
+
+/* gather(buf, starts, ends, out): the byte ranges [starts, ends) of buf, one after the other into `out` (at least their
+ * total length). */
+static PyObject *gather(PyObject *self, PyObject *args) {
+    Py_buffer in, starts, ends, out;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*", &in, &starts, &ends, &out)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = starts.len / 8, total = 0;
+    if (!holds(&ends, n, 8, "ends")) goto done;
     const int64_t *a = starts.buf, *b = ends.buf;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (a[i] < 0 || b[i] < a[i] || b[i] > in.len || a[i] > INT32_MAX) {
-            PyErr_Format(PyExc_ValueError, "string_views: range %zd is not within the buffer", i);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (a[i] < 0 || b[i] < a[i] || b[i] > in.len) {
+            PyErr_Format(PyExc_ValueError, "gather: range %zd is not within the buffer", i);
             goto done;
         }
-    uint8_t *out = views.buf;
+        total += b[i] - a[i];
+    }
+    if (!holds(&out, total, 1, "out")) goto done;
+    uint8_t *to = out.buf;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++, out += 16) {
-        uint32_t length = (uint32_t)(b[i] - a[i]), offset = (uint32_t)a[i];
-        memcpy(out, &length, 4);
-        if (length <= 12) {
-            memcpy(out + 4, buf + a[i], length);
-        } else {
-            memcpy(out + 4, buf + a[i], 4);
-            memcpy(out + 12, &offset, 4);  /* bytes 8-11: buffer 0 */
-        }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        memcpy(to, (const uint8_t *)in.buf + a[i], (size_t)(b[i] - a[i]));
+        to += b[i] - a[i];
     }
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
@@ -203,7 +271,7 @@ done:
     PyBuffer_Release(&in);
     PyBuffer_Release(&starts);
     PyBuffer_Release(&ends);
-    PyBuffer_Release(&views);
+    PyBuffer_Release(&out);
     return result;
 }
 
@@ -464,7 +532,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"scan_lines", scan_lines, METH_VARARGS, "The lines of an exposition piece into columns: (n, bad)."},
-    {"string_views", string_views, METH_VARARGS, "Arrow string views of byte ranges."},
+    {"count_lines", count_lines, METH_VARARGS, "The newlines in a range of a buffer."},
+    {"gather", gather, METH_VARARGS, "Byte ranges of a buffer, one after the other into another."},
     {"series_keys", series_keys, METH_VARARGS, "Series texts to metric name ranges and canonical JSON labels: (bad, problem)."},
     {NULL, NULL, 0, NULL},
 };
@@ -475,5 +544,6 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__scan(void) {
     double p = 1.0;
     for (int k = 0; k < 23; k++, p *= 10.0) POW10[k] = p;  /* exact: 10**22 < 2**53 * 2**22 */
+    if (!c_numbers && !(c_numbers = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0))) return PyErr_NoMemory();
     return PyModule_Create(&module);
 }

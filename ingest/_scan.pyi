@@ -7,10 +7,14 @@ Buffer = bytes | np.ndarray  # contiguous; collections.abc.Buffer (Python 3.12) 
 
 def scan_lines(buf: Buffer, lo: int, hi: int, lines_before: int, start: Buffer, series_end: Buffer, value_end: Buffer, end: Buffer,
                line_no: Buffer, value: Buffer, ts: Buffer, hashes: Buffer) -> tuple[int, int]:
-    """(lines found, index of the first bad line or -1); outputs int64, float64 (value, ts), 2 x uint64 (hashes)."""
+    """(lines found, index of the first bad line (malformed, or a value or timestamp that is no number) or -1); outputs
+    int64, float64 (value, ts), 2 x uint64 (hashes)."""
 
-def string_views(buf: Buffer, starts: Buffer, ends: Buffer, views: Buffer) -> None:
-    """Arrow string views (16 bytes each, `views` zeroed) of the int64 ranges [starts, ends) of `buf`."""
+def count_lines(buf: Buffer, lo: int, hi: int) -> int:
+    """The newlines in buf[lo:hi]."""
+
+def gather(buf: Buffer, starts: Buffer, ends: Buffer, out: Buffer) -> None:
+    """The int64 byte ranges [starts, ends) of `buf`, one after the other into `out` (at least their total length)."""
 
 def series_keys(data: Buffer, offsets: Buffer, t_names: Buffer, t_name_ends: Buffer, t_values: Buffer, t_value_ends: Buffer,
                 out: Buffer, metric_start: Buffer, metric_end: Buffer, out_offsets: Buffer) -> tuple[int, int]:

@@ -5,11 +5,11 @@ for series it has not seen before (`aifmon.ingest.series_index`).
 
 The byte scanning is C (`_scan.c`, built at install, so nothing is compiled at run time): each line is found
 with libc's memchr and read backwards from its end, so only the short value and timestamp fields are looked
-at byte by byte, and their numbers are converted on the spot where that is exact (Clinger's fast path: at most 2**53 for the
-digits and a power of ten of at most 22, so one IEEE multiplication or division gives the correctly
-rounded double). Other numbers (17 significant digits, NaN, +Inf, long exponents) go to Arrow's C++
-parser. Series texts stay byte ranges of the body until asked for, then become an Arrow string
-array through a string-view array over the body, without per-line Python.
+at byte by byte, and their numbers are converted on the spot: where that is exact by one IEEE operation (Clinger's
+fast path: at most 2**53 for the digits and a power of ten of at most 22), else by strtod, which rounds correctly
+(17 significant digits, long exponents; NaN and +-Inf by name). Series texts stay byte ranges of the body until asked
+for, then are gathered into one column (`Texts`), without per-line Python. No Arrow: the collector's process does
+without its 27 MB.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-import pyarrow as pa
 
 from aifmon.ingest.window import NO_TIMESTAMP, NOT_A_TIME
+from aifmon.stores.texts import Texts
 from aifmon.telemetry.exposition import ExpositionError
 
 try:
@@ -54,14 +54,14 @@ class Samples:
         return len(self.values)
 
     @property
-    def series(self) -> pa.StringArray:
+    def series(self) -> Texts:
         """Every sample's series text, e.g. `aif_gpu_power_watts{node="n1",gpu="0"}`: built on each use, not kept (a
         collector keeps the last scrape's Samples, and the texts would double its memory)."""
-        return _strings(np.frombuffer(self.body, np.uint8), self.series_start, self.series_end)
+        return gather(self.body, self.series_start, self.series_end)
 
-    def series_of(self, rows: np.ndarray) -> pa.StringArray:
+    def series_of(self, rows: np.ndarray) -> Texts:
         """The series texts of the samples at `rows` (indices)."""
-        return _strings(np.frombuffer(self.body, np.uint8), self.series_start[rows], self.series_end[rows])
+        return gather(self.body, self.series_start[rows], self.series_end[rows])
 
 
 def parse_exposition(body: bytes, timestamp_unit: str = "ms") -> Samples:
@@ -84,7 +84,7 @@ def parse_stream(chunks: Iterable[bytes], timestamp_unit: str = "ms") -> Iterato
     lines = 0
     for data, end in line_runs(chunks):
         yield _parse(data, end, lines, timestamp_unit)
-        lines += data.count(b"\n", 0, end)
+        lines += _scan.count_lines(data, 0, end)
 
 
 def line_runs(chunks: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:
@@ -109,28 +109,15 @@ def _check_unit(timestamp_unit: str) -> None:
 
 def _parse(body: bytes, hi: int, lines_before: int, timestamp_unit: str) -> Samples:
     """The lines of body[:hi], which `lines_before` lines precede (see `parse_exposition`)."""
-    if hi >= 2**31:
-        raise ExpositionError("an exposition of 2 GiB or more cannot be parsed in one piece (Arrow string offsets are 32-bit)")
-    buf = np.frombuffer(body, np.uint8)
     pieces = _pieces(body, hi, lines_before)
     scans = [_scan_piece(body, *pieces[0])] if len(pieces) == 1 else list(_POOL.map(lambda piece: _scan_piece(body, *piece), pieces))
     for lines in scans:
         if lines.bad >= 0:
             _raise_at(body, lines.start[lines.bad], lines.end[lines.bad], lines.line_no[lines.bad])
-    start, series_end, value_end, end, line_no, value, ts, hashes = (
+    start, series_end, value_end, end, value, ts, hashes = (
         np.concatenate([getattr(s, f)[:s.n] for s in scans]) if len(scans) > 1 else getattr(scans[0], f)[:scans[0].n]
-        for f in _Lines._fields[2:])
+        for f in ("start", "series_end", "value_end", "end", "value", "ts", "hashes"))
     has_ts = value_end < end
-    try:
-        slow = np.flatnonzero(np.isnan(value))  # not exact on the fast path, or NaN itself: Arrow decides
-        if len(slow):
-            value[slow] = _numbers(buf, series_end[slow] + 1, value_end[slow])
-        slow = np.flatnonzero(has_ts & np.isnan(ts))
-        if len(slow):
-            ts[slow] = _numbers(buf, value_end[slow] + 1, end[slow])
-    except (pa.ArrowInvalid, ValueError):
-        i = _first_unparsable(buf, series_end + 1, end)
-        _raise_at(body, start[i], end[i], line_no[i])
     t_ms = np.full(len(value), NO_TIMESTAMP, dtype=np.int64)
     if has_ts.any():
         t_ms[has_ts] = _times_ms(np.round(ts[has_ts] * 1000) if timestamp_unit == "s" else ts[has_ts])
@@ -164,7 +151,7 @@ def _pieces(body: bytes, hi: int, lines_before: int) -> list[tuple[int, int, int
         if cut > cuts[-1]:
             cuts.append(cut)
     cuts.append(hi)
-    return [(a, b, lines_before + body.count(b"\n", 0, a)) for a, b in itertools.pairwise(cuts) if b > a]
+    return [(a, b, lines_before + _scan.count_lines(body, 0, a)) for a, b in itertools.pairwise(cuts) if b > a]
 
 
 class _Lines(NamedTuple):
@@ -190,41 +177,19 @@ def _scan_piece(body: bytes, lo: int, hi: int, lines_before: int) -> _Lines:
     """The lines of body[lo:hi], which `lines_before` lines precede (`_scan.scan_lines`: each line found by its newline,
     then read backwards: value and timestamp are the short fields after the last `}`, so the series text itself is
     only hashed, not scanned)."""
-    cap = body.count(b"\n", lo, hi) + 1
+    cap = _scan.count_lines(body, lo, hi) + 1
     columns = [np.empty(cap, np.int64) for _ in range(5)] + [np.empty(cap), np.empty(cap), np.empty((cap, 2), np.uint64)]
     return _Lines(*_scan.scan_lines(body, lo, hi, lines_before, *columns), *columns)
 
 
-def _strings(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> pa.StringArray:
-    """The byte ranges [starts, ends) of `buf` as one Arrow string array, without per-item Python.
-
-    The ranges are first described as an Arrow string *view* array over `buf` (16 bytes per item:
-    length, then the bytes themselves when there are at most 12, else a 4-byte prefix, buffer 0 and
-    the offset); Arrow's C++ cast then copies them into a plain string array.
-    """
-    views = np.zeros((len(starts), 16), np.uint8)
-    _scan.string_views(buf, np.ascontiguousarray(starts, np.int64), np.ascontiguousarray(ends, np.int64), views)
-    array = pa.Array.from_buffers(pa.string_view(), len(starts), [None, pa.py_buffer(views), pa.py_buffer(buf)])
-    return array.cast(pa.string())
-
-
-def _numbers(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """The byte ranges as float64 (Arrow's C++ parser: accepts NaN, +Inf, -Inf and exponents)."""
-    values = _strings(buf, starts, ends).cast(pa.float64())  # no nulls: an unparsable number raises
-    return np.frombuffer(values.buffers()[1], np.float64, len(values), values.offset * 8)  # to_numpy() would load pandas
-
-
-def _first_unparsable(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> int:
-    """Index of the first line whose value or timestamp is not a number (error path only)."""
-    for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
-        fields = bytes(buf[a:b]).split(b" ")
-        try:
-            if not 1 <= len(fields) <= 2:
-                raise ValueError
-            [float(f) for f in fields]
-        except ValueError:
-            return i
-    return 0
+def gather(buf: np.ndarray | bytes, starts: np.ndarray, ends: np.ndarray) -> Texts:
+    """The byte ranges [starts, ends) of `buf` as one column of texts, copied in C without per-item Python."""
+    starts, ends = np.ascontiguousarray(starts, np.int64), np.ascontiguousarray(ends, np.int64)
+    offsets = np.zeros(len(starts) + 1, np.int64)
+    np.cumsum(ends - starts, out=offsets[1:])
+    data = np.empty(int(offsets[-1]), np.uint8)
+    _scan.gather(buf, starts, ends, data)
+    return Texts(offsets, data)
 
 
 def _raise_at(body: bytes, start: int, end: int, line_no: int) -> None:

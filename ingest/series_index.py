@@ -17,11 +17,11 @@ from __future__ import annotations
 import ctypes
 
 import numpy as np
-import pyarrow as pa
 
 from aifmon.ingest.parser import Samples
 from aifmon.ingest.series_keys import series_keys
 from aifmon.stores.store import SampleWriter
+from aifmon.stores.texts import Texts
 from aifmon.telemetry.exposition import ExpositionError
 
 _SLICE = 10_000
@@ -89,7 +89,7 @@ class SeriesIndex:
             self._h1, self._h2, self._ids = _sorted(self._last_hashes, self._last_ids)
         return self._last_ids
 
-    def _register(self, texts: pa.StringArray) -> np.ndarray:
+    def _register(self, texts: Texts) -> np.ndarray:
         metrics, labels = series_keys(texts, self.labels)
         return self.store.register(metrics, labels).astype(np.int64)
 
@@ -126,10 +126,8 @@ def _sorted(hashes: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _return_memory() -> None:
-    """Give the memory freed after registering new series back to the system: Arrow's pool (mimalloc or jemalloc) and
-    glibc's heap keep freed blocks for reuse, and a first scrape of a whole factory frees hundreds of MB that the
-    scrapes after it never need again."""
-    pa.default_memory_pool().release_unused()
+    """Give the memory freed after registering new series back to the system: glibc's heap keeps freed blocks for reuse,
+    and a first scrape of a whole factory frees tens of MB that the scrapes after it never need again."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow as pa
 
 from aifmon.ingest import _scan
-from aifmon.ingest.parser import _strings
+from aifmon.ingest.parser import gather
+from aifmon.stores.texts import Texts
 from aifmon.telemetry.exposition import ExpositionError
 
 PROBLEMS = ("", "invalid metric name", "unterminated label set", "invalid labels", "bytes that are not UTF-8", "a label name is repeated")
@@ -33,11 +33,10 @@ class BadSeries(ExpositionError):
         self.text = text
 
 
-def series_keys(texts: pa.StringArray, labels: dict[str, str]) -> tuple[pa.StringArray, pa.StringArray]:
+def series_keys(texts: Texts, labels: dict[str, str]) -> tuple[Texts, Texts]:
     """(metric names, canonical JSON label texts) of series `texts` with the target's `labels` added; raises BadSeries
     naming the first text that is not a valid series."""
-    offsets = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset:texts.offset + len(texts) + 1].astype(np.int64)
-    data = np.frombuffer(texts.buffers()[2] or b"", np.uint8)
+    offsets, data = np.ascontiguousarray(texts.offsets, np.int64), texts.data
     # The target's labels go in as JSON already (names too: json.dumps escapes keys as it does values), sorted by name.
     names = [json.dumps(k)[1:-1] for k in sorted(labels)]
     values = [json.dumps(labels[k])[1:-1] for k in sorted(labels)]
@@ -56,5 +55,4 @@ def series_keys(texts: pa.StringArray, labels: dict[str, str]) -> tuple[pa.Strin
     if problem:
         text = bytes(data[offsets[bad]:offsets[bad + 1]]).decode("utf-8", errors="replace")
         raise BadSeries(text, f"{PROBLEMS[problem]} in {text[:120]!r}")
-    labels_text = pa.StringArray.from_buffers(len(texts), pa.py_buffer(out_offsets.astype(np.int32)), pa.py_buffer(out[:out_offsets[-1]]))
-    return _strings(data, metric_start, metric_end), labels_text
+    return gather(data, metric_start, metric_end), Texts(out_offsets, out[:out_offsets[-1]])

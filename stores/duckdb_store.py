@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 
 from aifmon.stores.store import (
     EDGE_FIRST_WINDOW_MS,
@@ -60,10 +59,12 @@ from aifmon.stores.store import (
     StoreHeldError,
     spans_within,
 )
+from aifmon.stores.texts import Texts
 from aifmon.telemetry.schema import is_counter
 
-if TYPE_CHECKING:  # pandas only where samples are read back: the collector and store import never load it (40 MB)
+if TYPE_CHECKING:  # pandas and Arrow only where samples are read back: the collector and store import never load them
     import pandas as pd
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -97,31 +98,12 @@ _VALUE = "coalesce(value, 'NaN'::DOUBLE)"
 _TEXT_BYTES = 16 * 2**20  # the largest NumPy array of series texts `register` hands DuckDB at once
 
 
-def _arrow_strings(texts: list[str]) -> pa.StringArray:
-    """Python strings as an Arrow string array, built from its buffers (pa.array() would load pandas)."""
-    encoded = [t.encode() for t in texts]
-    offsets = np.zeros(len(texts) + 1, np.int32)
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    return pa.StringArray.from_buffers(len(texts), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded)))
-
-
-def _offsets(texts: pa.StringArray) -> np.ndarray:
-    return np.frombuffer(texts.buffers()[1], np.int32)[texts.offset:texts.offset + len(texts) + 1]
-
-
-def _longest(texts: pa.StringArray) -> int:
-    """Bytes of the longest of `texts`."""
-    return int(np.diff(_offsets(texts)).max(initial=0))
-
-
-def _fixed_width(texts: pa.StringArray) -> np.ndarray:
+def _fixed_width(texts: Texts) -> np.ndarray:
     """ASCII `texts` as a NumPy array of fixed-width strings (UTF-32, as wide as the longest): each byte widened in
     place of its character. Raises ValueError on a byte that is not ASCII."""
-    offsets = _offsets(texts)
-    data = np.frombuffer(texts.buffers()[2] or b"", np.uint8)[offsets[0]:offsets[-1]]
+    data, lengths = texts.bytes(), texts.lengths()
     if data.size and data.max() >= 128:
         raise ValueError("series texts are ASCII (metric names, canonical JSON labels); got other bytes")
-    lengths = np.diff(offsets)
     width = max(1, int(lengths.max(initial=0)))
     chars = np.zeros((len(texts), width), np.uint32)
     chars[np.arange(width) < lengths[:, None]] = data  # row by row, each text's bytes then zeros (NumPy's padding)
@@ -248,10 +230,9 @@ class DuckDBStore(SampleWriter, RollupStore):
                 self._sample_writes += 1  # the writes inside are seen from here on
 
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:
-        return self.register(_arrow_strings([metric for metric, _ in keys]),
-                             _arrow_strings([json.dumps(dict(labels), sort_keys=True) for _, labels in keys]))
+        return self.register(Texts.of([metric for metric, _ in keys]), Texts.of([json.dumps(dict(labels), sort_keys=True) for _, labels in keys]))
 
-    def register(self, metrics: pa.StringArray, labels: pa.StringArray) -> np.ndarray:
+    def register(self, metrics: Texts, labels: Texts) -> np.ndarray:
         """Ids (int32) of the series (metric name, labels as canonical JSON: `json.dumps(labels, sort_keys=True)`), one per
         item, registering new ones: `series_ids` of the texts the collector's parser made. Both are ASCII (a metric
         name's grammar, JSON's escapes); other text raises ValueError.
@@ -260,9 +241,9 @@ class DuckDBStore(SampleWriter, RollupStore):
         order of first appearance (a series twice in the batch gets one id) and inserted. The series table is scanned
         once per call: a first scrape of 400,000 series registers them in 40 calls, not in 400,000 lookups. DuckDB is
         handed the texts as NumPy arrays of fixed-width strings (dtype `str`, read in place, see `_VALUE`), made from
-        Arrow's buffers without a Python string per text. Such an array takes 4 bytes a character of its longest item
+        their bytes without a Python string per text. Such an array takes 4 bytes a character of its longest item
         for every item: a batch is split so that no array is over `_TEXT_BYTES`."""
-        longest = _longest(metrics) + _longest(labels)
+        longest = int(metrics.lengths().max(initial=0) + labels.lengths().max(initial=0))
         rows = max(1, _TEXT_BYTES // (4 * max(1, longest)))
         return np.concatenate([self._register_piece(_fixed_width(metrics[i:i + rows]), _fixed_width(labels[i:i + rows]))
                                for i in range(0, len(metrics), rows)] or [np.zeros(0, np.int32)])
@@ -503,6 +484,8 @@ class DuckDBStore(SampleWriter, RollupStore):
             return none
         ids = series["series_id"].to_numpy(dtype=np.int32)
         minute_value = "last" if is_counter(metric) else "avg"
+        import pyarrow as pa  # reads only (see TYPE_CHECKING)
+
         with self._cursor() as cur:
             search = self._edge_searches(cur, ids, start_ms, end_ms)
             if search is None:
@@ -536,6 +519,8 @@ class DuckDBStore(SampleWriter, RollupStore):
         end, or the series' last or first sample where it stopped before it or started after it) and the furthest time
         it may go (the series' first or last sample); None for an empty store. Without extents (never compacted), from
         the range's ends to the store's oldest and newest samples."""
+        import pyarrow as pa  # reads only (see TYPE_CHECKING)
+
         until = _state(cur, "extents_until_ms")
         n = len(ids)
         if until is None:
@@ -713,6 +698,8 @@ def _edge_reads(cur: duckdb.DuckDBPyConnection, sid: np.ndarray, side: np.ndarra
     Windows are read together where they lie close in time (one query per stretch): DuckDB skips every row group
     outside a query's span, so series that stopped at one time cost one small read however many they are, and the
     windows around the range's ends are one read each."""
+    import pyarrow as pa  # reads only (see TYPE_CHECKING)
+
     order = np.argsort(lo, kind="stable")
     lo_s, hi_s = lo[order], hi[order]
     reach = np.maximum.accumulate(hi_s)

@@ -70,13 +70,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import urllib3
 from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
 from aifmon.stores.store import RowWriter, SampleWriter, SeriesKey, Store, StoreConfigError, StoreError, series_ids_from_json
+from aifmon.stores.texts import Texts
 from aifmon.telemetry.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -368,7 +368,7 @@ class InfluxSink(SampleWriter, RowWriter):
                 self.points_sent += len(chunk)
 
     # -- store interface: writes ---------------------------------------------------------------
-    def register(self, metrics: pa.StringArray, labels: pa.StringArray) -> np.ndarray:
+    def register(self, metrics: Texts, labels: Texts) -> np.ndarray:
         return series_ids_from_json(self, metrics, labels)
 
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:

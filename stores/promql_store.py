@@ -49,6 +49,7 @@ from aifmon.stores.store import (
     series_ids_from_json,
     series_samples,
 )
+from aifmon.stores.texts import Texts
 from aifmon.telemetry.exposition import escape_label_value, format_value, label_text
 from aifmon.telemetry.redact import redact_url
 
@@ -258,7 +259,7 @@ class VictoriaMetricsStore(PromQLStore, SampleWriter):
         self._keys: list[SeriesKey] = []
         self._ids: dict[SeriesKey, int] = {}
 
-    def register(self, metrics: pa.StringArray, labels: pa.StringArray) -> np.ndarray:
+    def register(self, metrics: Texts, labels: Texts) -> np.ndarray:
         return series_ids_from_json(self, metrics, labels)
 
     def series_ids(self, keys: list[SeriesKey]) -> np.ndarray:

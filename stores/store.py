@@ -31,7 +31,8 @@ from urllib.parse import parse_qsl, urlsplit
 if TYPE_CHECKING:  # the interface's types; importing them here would load pandas into every exporter
     import numpy as np
     import pandas as pd
-    import pyarrow as pa
+
+    from aifmon.stores.texts import Texts
 
 from aifmon.telemetry.config import DEFAULT_STORE_URL
 from aifmon.telemetry.errors import UserError
@@ -194,7 +195,7 @@ class SampleWriter(Store):
         """Ids for these series, registering new ones durably."""
         raise NotImplementedError
 
-    def register(self, metrics: pa.StringArray, labels: pa.StringArray) -> np.ndarray:
+    def register(self, metrics: Texts, labels: Texts) -> np.ndarray:
         """Ids for the series the collector parsed (metric names; labels as canonical JSON, `json.dumps(labels,
         sort_keys=True)`), one per item, registering new ones: what ingest calls for a scrape's new series."""
         raise NotImplementedError
@@ -400,7 +401,7 @@ def _backend(url: str, read_only: bool) -> tuple[type[Store], Callable[[], Store
     )
 
 
-def series_ids_from_json(store: SampleWriter, metrics: pa.StringArray, labels: pa.StringArray) -> np.ndarray:
+def series_ids_from_json(store: SampleWriter, metrics: Texts, labels: Texts) -> np.ndarray:
     """`SampleWriter.register` for a backend that keeps its series elsewhere (a server): each series decoded into a
     Python key for `series_ids`, one object per series."""
     import json
