@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 2**20
 """Default body size limit of one scrape, bytes: 400,000 series (a large factory) of about 150 bytes a line are 60 MB."""
 CHUNK_BYTES = 4 * 2**20
-"""One read of a body, bytes, parsed before the next: a few MB keeps the scan's columns in the CPU's caches (a 64 MB
-body parses faster in 4 MB pieces than whole), and only a chunk of the body is held."""
+"""One read of a body, bytes, parsed before the next: only a chunk of the body is held, and a stream of 4 MB chunks
+parses on one thread as fast as a whole 64 MB body on two (the scan's columns stay small)."""
 
 
 @dataclass(frozen=True)
