@@ -276,3 +276,21 @@ def test_newest_sample_before_a_time_ignores_samples_from_the_future(tmp_path):
     store.compact(now_ms=2_000_000 + 9 * 86_400_000)  # raw samples up to then become minute aggregates (stamped at their minute)
     assert store.newest_sample_ms(5_000_000) == 1_980_000
     store.close()
+
+
+def test_series_registered_in_a_rolled_back_transaction_are_registered_again(tmp_path):
+    """The ids handed out inside a transaction that rolled back are forgotten with it: registering the same series
+    again stores it, and its samples are read back under its labels."""
+    store = DuckDBStore(tmp_path / "t.duckdb")
+    [kept] = store.series_ids([("m", (("a", "1"),))])
+    with pytest.raises(RuntimeError), store.transaction():
+        store.series_ids([("m", (("a", "2"),))])
+        raise RuntimeError("the import failed")
+    ids = store.series_ids([("m", (("a", "2"),)), ("m", (("a", "1"),))])
+    assert ids[1] == kept and ids[0] != kept
+    store.append(ids, np.array([1_790_000_000_000, 1_790_000_000_000]), np.array([2.0, 1.0]))
+    store.close()
+    reopened = DuckDBStore(tmp_path / "t.duckdb", read_only=True)
+    read = reopened.range("m", 0, 2**62)
+    assert sorted(zip(read["a"], read["value"])) == [("1", 1.0), ("2", 2.0)]
+    reopened.close()
