@@ -140,6 +140,7 @@ def fetch(address: str, timeout_s: float, max_bytes: int) -> Iterator[tuple[str,
     try:
         with deadline.waiting():
             conn.connect()
+        with deadline.waiting():  # a deadline passed while connecting (no socket to shut down yet) ends it here
             conn.request("GET", "/metrics")
             resp = conn.getresponse()
         if resp.status != 200:

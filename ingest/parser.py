@@ -1,4 +1,4 @@
-"""Parsing whole expositions (Prometheus text and OpenMetrics) into columns, in C.
+"""Parsing expositions (Prometheus text and OpenMetrics) into columns, in C: whole, or chunk by chunk as they arrive.
 
 Each sample's series text (`name{labels}`) is kept as its key, so the collector resolves labels only
 for series it has not seen before (`aifmon.ingest.series_index`).
@@ -91,14 +91,17 @@ def line_runs(chunks: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:
     """The chunks of a text regrouped at line ends: (data, end), where data[:end] is the next run of whole lines (the
     last one may lack its newline) and data[end:] is carried into the next run. A chunk is copied only to join the
     line that straddles it: the run is a range of `data`, not a slice."""
-    data = b""
+    pending: list[bytes] = []  # a line not ended yet, in pieces: joined once, so a long line costs its length, not its square
     for chunk in chunks:
-        data = data + chunk if data else chunk
-        end = data.rfind(b"\n") + 1
-        if end:
-            yield data, end
-            data = data[end:]
-    if data:
+        end = chunk.rfind(b"\n") + 1
+        if not end:
+            pending.append(chunk)
+            continue
+        data = b"".join([*pending, chunk]) if pending else chunk
+        yield data, len(data) - len(chunk) + end
+        pending = [chunk[end:]] if end < len(chunk) else []
+    if pending:
+        data = b"".join(pending)
         yield data, len(data)
 
 
