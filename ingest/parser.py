@@ -123,7 +123,8 @@ def _parse(body: bytes, hi: int, lines_before: int, timestamp_unit: str) -> Samp
     has_ts = value_end < end
     t_ms = np.full(len(value), NO_TIMESTAMP, dtype=np.int64)
     if has_ts.any():
-        t_ms[has_ts] = _times_ms(np.round(ts[has_ts] * 1000) if timestamp_unit == "s" else ts[has_ts])
+        with np.errstate(over="ignore"):  # seconds past 1.8e305 are +-Inf in ms: no time (`_times_ms`), not a warning
+            t_ms[has_ts] = _times_ms(np.round(ts[has_ts] * 1000) if timestamp_unit == "s" else ts[has_ts])
     return Samples(body, start, series_end, value, t_ms, hashes)
 
 

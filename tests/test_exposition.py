@@ -2,6 +2,7 @@
 
 import math
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aifmon.exporters.sim import SimExporter
 from aifmon.exporters.simulation import FactorySimulation
 from aifmon.ingest.parser import parse_exposition
+from aifmon.ingest.window import NOT_A_TIME
 from aifmon.telemetry.exposition import ExpositionError, label_text, parse_series, render_family
 from aifmon.telemetry.schema import BY_NAME
 from tests.test_collector import PER_FACTORY, PER_GPU, PER_NODE
@@ -47,6 +49,9 @@ def test_special_values_and_timestamps():
     assert samples.t_ms.tolist() == [1790000000000, -1, -1, -1]
     openmetrics = parse_exposition(b"a_total 1 1790000000.125\n# EOF\n", timestamp_unit="s")
     assert openmetrics.t_ms.tolist() == [1790000000125]
+    with warnings.catch_warnings():  # seconds beyond float64 in ms are no time, quietly: one target's bad clock logs nothing per scrape
+        warnings.simplefilter("error")
+        assert parse_exposition(b"a 1 1e308\n", timestamp_unit="s").t_ms.tolist() == [NOT_A_TIME]
     assert len(parse_exposition(b"# only comments\n\n")) == 0
 
 
