@@ -68,7 +68,7 @@ static void hash_series(const uint8_t *buf, int64_t a, int64_t b, uint64_t *out)
 static int is_digit(uint8_t c) { return c >= 48 && c <= 57; }
 
 /* The decimal number in buf[a:b] when one IEEE operation converts it exactly (at most 2**53 for the digits, a power of
- * ten of at most 22: Clinger's fast path), else NaN for Arrow's parser to decide. */
+ * ten of at most 22: Clinger's fast path), else NaN for `number` to give to strtod. */
 static double decimal(const uint8_t *buf, int64_t a, int64_t b) {
     int64_t i = a, mantissa = 0, exponent = 0, digits = 0;
     int negative = 0;
