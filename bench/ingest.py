@@ -47,7 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aifmon.ingest.collector import CHUNK_BYTES, resolve
-from aifmon.ingest.parser import parse_exposition
+from aifmon.ingest.parser import parse_exposition, parse_stream
 from aifmon.ingest.series_index import SeriesIndex
 from aifmon.stores.duckdb_store import DuckDBStore
 
@@ -170,6 +170,22 @@ def small_body_parse_us(body: bytes, calls: int = 2000) -> tuple[int, float]:
     for _ in range(calls):
         parse_exposition(small)
     return small.count(b"\n"), (time.perf_counter() - started) / calls * 1e6
+
+
+def whole_and_streamed_parse_ms(body: bytes, runs: int = 10) -> tuple[float, float]:
+    """Median ms to parse `body` whole (in pieces on every core) and as the collector does, a stream of CHUNK_BYTES
+    chunks on one thread with each chunk's columns dropped once parsed, alternating."""
+    chunks = [body[k:k + CHUNK_BYTES] for k in range(0, len(body), CHUNK_BYTES)]
+    whole, streamed = [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        parse_exposition(body)
+        whole.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for _samples in parse_stream(chunks):
+            pass
+        streamed.append(time.perf_counter() - started)
+    return float(np.median(whole)) * 1000, float(np.median(streamed)) * 1000
 
 
 def stamp(body: bytes, t_ms: int) -> bytes:
@@ -314,6 +330,7 @@ def main() -> None:
     ours_rss, ours_rate, ours_s, parse_s, commit_s, rss_before, rss_after_first, first_s = np.median(np.array(ours), axis=0).tolist()
     vm_rate, vm_s, vm_rss, curl_cpu_s = np.median(np.array(vms), axis=0).tolist()
     lines, small_us = small_body_parse_us(body)
+    whole_ms, streamed_ms = whole_and_streamed_parse_ms(body)
     print(f"{'path (medians)':<44}{'samples/s':>12}{'time s':>9}{'peak RSS MB':>13}")
     print(f"{'aifmon parse + DuckDB commit (durable)':<44}{ours_rate:>12,.0f}{ours_s:>9.2f}{ours_rss:>13.0f}")
     print(f"{'VictoriaMetrics import + force_flush':<44}{vm_rate:>12,.0f}{vm_s:>9.2f}{vm_rss:>13.0f}")
@@ -328,6 +345,8 @@ def main() -> None:
     per_scrape = 1000 / args.scrapes
     print(f"aifmon per scrape (medians): read, parse and series ids {parse_s * per_scrape:.0f} ms, "
           f"DuckDB commit {commit_s * per_scrape:.0f} ms; one node's {lines}-line body parses in {small_us:.0f} µs")
+    print(f"the whole body parses in {whole_ms:.0f} ms on {os.cpu_count()} cores, as a stream of {CHUNK_BYTES >> 20} MB chunks in "
+          f"{streamed_ms:.0f} ms on one (medians of 10)")
     if reads is None:
         return
     range_s, arrays_s, latest_s, page_rows, latest_rows = reads
@@ -339,7 +358,7 @@ def main() -> None:
         "gpus": args.gpus, "samples_per_scrape": samples, "scrapes": args.scrapes, "rounds": args.rounds, "cpus": os.cpu_count(),
         "aifmon_duckdb_samples_per_s": ours_rate, "victoriametrics_import_samples_per_s": vm_rate,
         "aifmon_peak_rss_mb": ours_rss, "aifmon_first_scrape_s": first_s, "aifmon_rss_before_mb": rss_before, "aifmon_rss_after_first_scrape_mb": rss_after_first,
-        "aifmon_library_rss_mb": libraries,
+        "aifmon_library_rss_mb": libraries, "whole_parse_ms": whole_ms, "streamed_parse_ms": streamed_ms,
         "victoriametrics_peak_rss_mb": vm_rss, "curl_cpu_s": curl_cpu_s, "victoriametrics_s": vm_s, "factory_page_read_s": range_s, "factory_page_read_arrays_s": arrays_s, "latest_read_s": latest_s,
     }, indent=2) + "\n")
     print(f"wrote {RESULTS}")

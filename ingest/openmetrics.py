@@ -91,9 +91,9 @@ def import_openmetrics(store: SampleWriter, path: str | Path, progress: Callable
     with store.transaction() if isinstance(store, DuckDBStore) else nullcontext():  # not `atomic`: mypy narrows on isinstance only
         for chunk in _chunks(Path(path)):
             try:
-                samples = parse_exposition(chunk, timestamp_unit="s")
+                samples = parse_exposition(chunk, timestamp_unit="s", lines_before=line_offset)
             except ExpositionError as e:
-                refuse(_shift_line(str(e), line_offset))
+                refuse(str(e))
             now_ms = int(time.time() * 1000)
             refused, _ = window.refused(samples.t_ms, now_ms)
             missing = samples.t_ms == NO_TIMESTAMP
@@ -139,11 +139,3 @@ def _chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as fh:
         for data, end in line_runs(iter(lambda: fh.read(_CHUNK_BYTES), b"")):
             yield data[:end]
-
-
-def _shift_line(message: str, offset: int) -> str:
-    """Turn a chunk-relative 'line N' into the file's line number."""
-    if message.startswith("line ") and offset:
-        number, _, tail = message[5:].partition(":")
-        return f"line {int(number) + offset}:{tail}"
-    return message

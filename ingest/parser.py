@@ -64,8 +64,9 @@ class Samples:
         return gather(self.body, self.series_start[rows], self.series_end[rows])
 
 
-def parse_exposition(body: bytes, timestamp_unit: str = "ms") -> Samples:
-    """Parse Prometheus text (timestamps in ms) or OpenMetrics text (`timestamp_unit="s"`) into columns.
+def parse_exposition(body: bytes, timestamp_unit: str = "ms", lines_before: int = 0) -> Samples:
+    """Parse Prometheus text (timestamps in ms) or OpenMetrics text (`timestamp_unit="s"`) into columns; `lines_before`
+    lines precede `body` where it is a piece of a longer text (a file read in chunks), so errors name that text's line.
 
     The series text is the line up to its value, e.g. `aif_gpu_power_watts{node="n1",gpu="0"}`: it
     ends after the line's last `}`, or without labels at its first space. Its labels are parsed
@@ -73,7 +74,7 @@ def parse_exposition(body: bytes, timestamp_unit: str = "ms") -> Samples:
     one per core (the C scan releases the GIL). Raises ExpositionError naming the first bad line.
     """
     _check_unit(timestamp_unit)
-    return _parse(body, len(body), 0, timestamp_unit)
+    return _parse(body, len(body), lines_before, timestamp_unit)
 
 
 def parse_stream(chunks: Iterable[bytes], timestamp_unit: str = "ms") -> Iterator[Samples]:

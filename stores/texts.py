@@ -44,6 +44,6 @@ class Texts:
         return self.data[self.offsets[0]:self.offsets[-1]]
 
     def to_pylist(self) -> list[str]:
-        data = self.data.tobytes()
-        bounds = self.offsets.tolist()
+        data = self.bytes().tobytes()  # this column's bytes only: a slice does not copy its parent's
+        bounds = (self.offsets - self.offsets[0]).tolist()
         return [data[a:b].decode() for a, b in itertools.pairwise(bounds)]

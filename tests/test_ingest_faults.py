@@ -139,6 +139,33 @@ def test_one_targets_bad_values_or_body_cost_the_others_nothing(tmp_path, sim_se
     store.close()
 
 
+def test_the_deadline_counts_waiting_on_the_target_with_one_timer_per_fetch(serve, monkeypatch):
+    """A body read in chunks: the time spent on each chunk between reads (parsing, registering) is not the target's, so a
+    scrape whose processing outlasts the deadline still succeeds; and one timer thread serves the whole fetch, not one
+    per read (thousands of thread starts a second at a site of many targets)."""
+    from aifmon.ingest import collector
+
+    timers = []
+
+    class Counted(threading.Timer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            timers.append(self)
+
+    monkeypatch.setattr(collector.threading, "Timer", Counted)
+    body = b"".join(b'm{n="%d"} 1\n' % k for k in range(1_000_000))  # 14 MB: four chunks
+    address = serve(fixed("text/plain; version=0.0.4", body))
+    with collector.fetch(address, timeout_s=5.0, max_bytes=len(body)) as (_, chunks):
+        assert b"".join(chunks) == body and len(body) > 3 * collector.CHUNK_BYTES
+    assert len(timers) == 1, "a timer per wait would be 7: connect, request and five reads"
+    got = []
+    with collector.fetch(address, timeout_s=0.5, max_bytes=len(body)) as (_, chunks):
+        for chunk in chunks:
+            got.append(chunk)
+            time.sleep(0.25)  # the scrape's own work on the chunk: 1 s in all, twice the deadline
+    assert b"".join(got) == body
+
+
 def test_stop_is_not_held_up_by_a_target_that_trickles(tmp_path, sim_server, serve):
     healthy = f"127.0.0.1:{free_port()}"
     inv = parse_inventory(inventory_text({"alpha": healthy}), "t.yaml")
@@ -245,7 +272,11 @@ def history(lines: int, t0_s: int = 1_790_000_000) -> bytes:
     ('hist_power_watts{node="n00",node="n01"} 1 1790000000', "label name is repeated"),
     ('hist_power_watts{node="n00"} one 1790000000', "expected 'name{labels} value [timestamp]'"),
 ])
-def test_a_half_bad_import_stores_nothing_and_names_the_line(tmp_path, last, why):
+@pytest.mark.parametrize("chunk_bytes", [32 * 2**20, 10_000])  # the whole file in one chunk, or the bad line in its ninth
+def test_a_half_bad_import_stores_nothing_and_names_the_line(tmp_path, monkeypatch, last, why, chunk_bytes):
+    from aifmon.ingest import openmetrics
+
+    monkeypatch.setattr(openmetrics, "_CHUNK_BYTES", chunk_bytes)
     path = tmp_path / "half-bad.om"
     path.write_bytes(history(2000) + last.encode() + b"\n# EOF\n")
     store = DuckDBStore(tmp_path / "i.duckdb")

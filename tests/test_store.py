@@ -294,3 +294,13 @@ def test_series_registered_in_a_rolled_back_transaction_are_registered_again(tmp
     read = reopened.range("m", 0, 2**62)
     assert sorted(zip(read["a"], read["value"])) == [("1", 1.0), ("2", 2.0)]
     reopened.close()
+
+
+def test_texts_slices_share_their_parents_bytes_and_read_back_only_their_own():
+    from aifmon.stores.texts import Texts
+
+    texts = Texts.of(["ab", "c", "", "déf"])
+    part = texts[1:3]
+    assert part.data is texts.data and part.to_pylist() == ["c", ""] and part.bytes().tobytes() == b"c"
+    assert texts[3:].to_pylist() == ["déf"] and texts[2:2].to_pylist() == [] and texts.to_pylist() == ["ab", "c", "", "déf"]
+    assert texts.lengths().tolist() == [2, 1, 0, 4]
